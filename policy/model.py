@@ -81,10 +81,12 @@ class QuietHours(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> QuietHours:
+        if text.strip().lower() == "none":
+            return cls(windows=())
         return cls(windows=tuple(TimeWindow.parse(part) for part in text.split()))
 
     def __str__(self) -> str:
-        return " ".join(str(w) for w in self.windows)
+        return " ".join(str(w) for w in self.windows) or "none"
 
 
 DEFAULT_QUIET_HOURS = "21:00-08:00"
@@ -146,6 +148,10 @@ class Enterprise(Record):
     @classmethod
     def _quiet(cls, v: Any) -> Any:
         if isinstance(v, str):
+            if v.strip().lower() == "none":
+                # An explicit "none" lifts quiet hours for this enterprise (e.g. a
+                # 24/7 emergency-callback service); empty means the default.
+                return QuietHours(windows=())
             return QuietHours.parse(v) if v.strip() else None
         if isinstance(v, list):
             return QuietHours(windows=tuple(TimeWindow.parse(x) if isinstance(x, str) else x for x in v))

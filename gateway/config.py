@@ -1,0 +1,175 @@
+"""Gateway configuration: one pydantic-settings model, three sources.
+
+Precedence (highest first): command-line flags, ``CAG_*`` environment
+variables, the TOML file given with ``--config``, then the defaults below.
+Every key has a type, a default and a one-line description; the README's
+configuration table is generated from this model (``cag config-doc``) and a
+test checks that the two agree, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "CAG_"
+
+
+def parse_listen(text: str) -> tuple[str, str, int]:
+    """``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 as ``[::1]``) → (transport, host, port)."""
+    transport, sep, rest = text.partition(":")
+    if not sep or transport not in ("udp", "tcp"):
+        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    host, port = split_host_port(rest, text)
+    return transport, host, port
+
+
+def split_host_port(rest: str, original: str) -> tuple[str, int]:
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_s = tail.lstrip(":")
+    else:
+        host, _, port_s = rest.rpartition(":")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"{original!r}: bad port") from None
+    if not host or not 0 <= port <= 65535:
+        raise ValueError(f"{original!r}: expected HOST:PORT")
+    return host, port
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the ``--config`` TOML file (path passed in by the CLI)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.data: dict[str, Any] = {}
+        if path is not None:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+            # Accept both flat keys and a [gateway] table; dashes as in the flags.
+            table = raw.get("gateway", raw)
+            self.data = {k.replace("-", "_"): v for k, v in table.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """Every knob of ``cag serve`` (SPEC §9 names)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    listen: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"],
+        description="SIP listen addresses, udp:HOST:PORT / tcp:HOST:PORT (repeatable)",
+    )
+    next_hop: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["udp:127.0.0.1:5080"],
+        description="next hops (carrier core), [udp:|tcp:]HOST:PORT[;weight=N] (repeatable)",
+    )
+    redis_url: str | None = Field(
+        None, description="redis:// rediss:// unix:// URL or a Cluster node; none = embedded redis-server"
+    )
+    metrics: str = Field("127.0.0.1:9090", description="HOST:PORT for /metrics, /healthz, /readyz")
+    workers: int = Field(2, ge=1, le=64, description="worker processes sharing the listen ports")
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed", description="when Redis is unreachable: closed = 503, open = admit on in-memory checks"
+    )
+    budget_ms: float = Field(50, gt=0, description="decision budget per INVITE before the fail mode applies")
+    state_dir: Path = Field(Path(".state"), description="embedded Redis data, spool files, worker state")
+    shadow: bool = Field(False, description="decide and record, but forward every call (rollout)")
+    demo: bool = Field(False, description="load the shipped sample policy data before serving")
+    region: str = Field("CN", description="default region for number normalisation (phonenumbers)")
+    default_tz: str = Field("Asia/Shanghai", description="callee time zone when the number gives none")
+    quiet_hours: str = Field("21:00-08:00", description="default quiet windows, callee local time")
+    callee_daily_cap: int = Field(3, ge=0, description="calls per (callee, enterprise) per day; 0 = no limit")
+    callee_total_daily_cap: int = Field(0, ge=0, description="calls per callee per day across enterprises; 0 = no limit")
+    caller_per_second: int = Field(0, ge=0, description="calls per caller number per second; 0 = no limit")
+    consent_reject_code: Literal[603, 608] = Field(608, description="status for consent/DNC/purpose rejections")
+    time_reject_code: Literal[480, 603] = Field(603, description="status for quiet-hours and cap rejections")
+    unknown_source: Literal["drop", "403"] = Field("drop", description="requests from unknown addresses")
+    hop_timeout: float = Field(1.0, gt=0, description="seconds without a response before failing over a next hop")
+    probe_interval: float = Field(2.0, gt=0, description="seconds between OPTIONS probes of each next hop")
+    rr_secret: str | None = Field(
+        None, description="HMAC key for Record-Route tokens (same on every node); none = generated in state_dir"
+    )
+    unconsented_threshold: int = Field(100, ge=1, description="unconsented attempts per window that suspend an enterprise")
+    unconsented_window: int = Field(3600, ge=1, description="window (s) for the automatic restriction")
+    max_transactions: int = Field(100_000, ge=10, description="INVITE transactions per worker before 503 overload")
+    stir_shaken: Literal["off", "require"] = Field("off", description="require an RFC 8224 Identity header")
+    advertise_host: str | None = Field(
+        None, description="host written into Record-Route/Via when listening on a wildcard address"
+    )
+    node: str | None = Field(None, description="node name in record ids and logs; none = host name")
+    log_level: str = Field("info", description="debug, info, warning, error")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_listen(item)
+        return v
+
+    @field_validator("listen", "next_hop", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        # Environment variables give one string: comma- or space-separated.
+        if isinstance(v, str):
+            return [p for p in v.replace(",", " ").split() if p]
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: str) -> str:
+        split_host_port(v, v)
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls, _CONFIG_PATH.get("path")))
+
+
+_CONFIG_PATH: dict[str, Path | None] = {}
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings: flags (``overrides``, None values ignored) > env > TOML file > defaults."""
+    _CONFIG_PATH["path"] = Path(config) if config else None
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _CONFIG_PATH.pop("path", None)
+
+
+def resolve_redis_url(redis_url: str | None = None, state_dir: str | Path | None = None) -> str:
+    """The Redis URL a command should use.
+
+    Explicit flag, then ``CAG_REDIS_URL``; with neither, the embedded server's
+    unix socket under the state directory (``--state-dir`` / ``CAG_STATE_DIR``
+    / ``.state``), started if it does not answer yet — so ``cag policy load``
+    works before ``cag serve`` ever ran (SPEC §8).
+    """
+    url = redis_url or os.environ.get(ENV_PREFIX + "REDIS_URL")
+    if url:
+        return url
+    from gateway.embedded_redis import ensure_running
+
+    sd = Path(state_dir or os.environ.get(ENV_PREFIX + "STATE_DIR") or ".state").resolve()
+    return ensure_running(sd)

@@ -1,0 +1,313 @@
+"""The parent process of ``cag serve``: sockets, workers, embedded Redis, metrics.
+
+The parent binds every listening socket itself (one SO_REUSEPORT copy per
+worker per address) and keeps them open, so a worker that dies loses no
+port: its replacement is forked with the same socket and the kernel's flow
+spreading does not change. The parent never touches SIP; it forks, waits,
+restarts, serves /metrics /healthz /readyz, and on SIGTERM asks workers to
+drain before it stops the embedded Redis it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from gateway.config import Settings, parse_listen, split_host_port
+from gateway.embedded_redis import EmbeddedRedis
+
+log = logging.getLogger("cag.supervisor")
+
+RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+STOP_TIMEOUT_S = 10.0
+
+
+def setup_logging(level: str) -> None:
+    """JSON lines on stderr: NOC tooling parses them, humans can still read them."""
+
+    class _Json(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            out = {
+                "ts": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "pid": record.process,
+                "msg": record.getMessage(),
+            }
+            if record.exc_info:
+                out["exc"] = self.formatException(record.exc_info)
+            return json.dumps(out, ensure_ascii=True)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Json())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def rr_secret(settings: Settings, state_dir: Path) -> bytes:
+    """The Record-Route HMAC key: configured (same on every node) or kept in the state dir."""
+    if settings.rr_secret:
+        return settings.rr_secret.encode()
+    path = state_dir / "rr_secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip().encode()
+
+
+def bind_sockets(settings: Settings) -> list[list[tuple[str, socket.socket]]]:
+    """Per worker, one SO_REUSEPORT socket for each listen address."""
+    from gateway.worker import set_rcvbuf
+
+    per_worker: list[list[tuple[str, socket.socket]]] = []
+    for _ in range(settings.workers):
+        socks: list[tuple[str, socket.socket]] = []
+        for item in settings.listen:
+            transport, host, port = parse_listen(item)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+            s = socket.socket(family, kind)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if transport == "udp":
+                set_rcvbuf(s)
+            s.bind((host, port))
+            if transport == "tcp":
+                s.listen(1024)
+            s.setblocking(False)
+            socks.append((transport, s))
+        per_worker.append(socks)
+    return per_worker
+
+
+async def _prepare(url: str, settings: Settings) -> None:
+    """Load the Redis Function (and the demo data) before any worker decides."""
+    from policy.store import PolicyStore
+
+    store = await PolicyStore.connect(url)
+    try:
+        await store.ensure_functions()
+        if settings.demo:
+            from policy.cli import load_demo
+
+            await load_demo(store)
+            log.info("demo policy data loaded")
+    finally:
+        await store.close()
+
+
+class _Health:
+    """What /healthz and /readyz read (SPEC §8)."""
+
+    def __init__(self, url: str, workers: dict[int, int]) -> None:
+        self.url = url
+        self.workers = workers
+
+    def healthy(self) -> tuple[bool, dict[str, object]]:
+        return bool(self.workers), {"workers": len(self.workers)}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        from gateway import metrics
+
+        redis_ok = self._ping()
+        loaded = metrics.sample_values("cag_refdata_loaded")
+        hops = metrics.sample_values("cag_next_hop_up")
+        detail: dict[str, object] = {
+            "redis": redis_ok,
+            "reference_data": bool(loaded) and min(loaded) >= 1,
+            "next_hop_up": bool(hops) and max(hops) >= 1,
+            "workers": len(self.workers),
+        }
+        return all(bool(v) for v in detail.values()), detail
+
+    def _ping(self) -> bool:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+            try:
+                if client.ping():
+                    return True
+            finally:
+                client.close()
+        except Exception:  # any failure to answer is "not ready", never an error page
+            pass
+        return False
+
+
+def start_metrics_server(address: str, health: _Health) -> ThreadingHTTPServer:
+    from gateway import metrics
+
+    host, port = split_host_port(address, address)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body = metrics.render()
+                self._reply(200, body, "text/plain; version=0.0.4")
+            elif self.path.startswith("/healthz"):
+                ok, detail = health.healthy()
+                self._reply(200 if ok else 503, json.dumps({"ok": ok, **detail}).encode(), "application/json")
+            elif self.path.startswith("/readyz"):
+                ok, detail = health.ready()
+                self._reply(200 if ok else 503, json.dumps({"ok": ok, **detail}).encode(), "application/json")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def run(settings: Settings) -> int:
+    setup_logging(settings.log_level)
+    state_dir = Path(settings.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    from gateway.metrics import check_mode, mark_dead, setup_multiproc_dir
+
+    setup_multiproc_dir(state_dir)
+    check_mode()
+
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis(state_dir)
+        try:
+            embedded.start()
+        except Exception as e:
+            log.error("cannot start the embedded redis-server: %s", e)
+            return 1
+        url = embedded.url
+        log.info("embedded redis-server on %s", embedded.sock)
+    try:
+        asyncio.run(_prepare(url, settings))
+    except Exception as e:
+        log.error("cannot prepare Redis at startup: %s", e)
+        if embedded:
+            embedded.stop()
+        return 1
+
+    try:
+        sockets = bind_sockets(settings)
+    except OSError as e:
+        log.error("cannot bind listen addresses %s: %s", settings.listen, e)
+        if embedded:
+            embedded.stop()
+        return 1
+
+    from gateway.worker import WorkerSpec, run_worker
+
+    secret = rr_secret(settings, state_dir)
+    node = settings.node or socket.gethostname()
+    workers: dict[int, int] = {}  # pid -> index
+    health = _Health(url, workers)
+    try:
+        metrics_server = start_metrics_server(settings.metrics, health)
+    except OSError as e:
+        log.error("cannot bind metrics address %s: %s", settings.metrics, e)
+        if embedded:
+            embedded.stop()
+        return 1
+
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for i, socks in enumerate(sockets):
+                if i != index:
+                    for _, s in socks:
+                        s.close()
+            spec = WorkerSpec(index, settings, url, secret, sockets[index], node)
+            code = 1
+            try:
+                code = run_worker(spec)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        workers[pid] = index
+
+    for i in range(settings.workers):
+        spawn(i)
+    log.info(
+        "serving listen=%s next_hop=%s workers=%d metrics=%s",
+        settings.listen, settings.next_hop, settings.workers, settings.metrics,
+    )
+
+    restarts: dict[int, int] = {}
+    due: list[tuple[float, int]] = []
+    while not stopping:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid and pid in workers:
+            index = workers.pop(pid)
+            mark_dead(pid)
+            n = restarts.get(index, 0)
+            restarts[index] = n + 1
+            delay = RESTART_BACKOFF_S[min(n, len(RESTART_BACKOFF_S) - 1)]
+            log.error("worker %d (pid %d) exited with status %d; restarting in %.1fs", index, pid, status, delay)
+            due.append((time.monotonic() + delay, index))
+        now = time.monotonic()
+        for item in [d for d in due if d[0] <= now]:
+            due.remove(item)
+            spawn(item[1])
+        if not pid:
+            time.sleep(0.05)
+
+    log.info("stopping: draining %d workers", len(workers))
+    for pid in list(workers):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while workers and time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            workers.pop(pid, None)
+        else:
+            time.sleep(0.05)
+    for pid in list(workers):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    metrics_server.shutdown()
+    if embedded:
+        embedded.stop()
+    log.info("stopped")
+    return 0

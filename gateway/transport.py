@@ -1,0 +1,154 @@
+"""asyncio protocols that only move bytes between sockets and the proxy core.
+
+Like aioquic's asyncio adapter: a datagram or a framed TCP message goes to
+``sink`` with its source and the loop time; nothing here parses SIP beyond
+TCP framing, which must happen before a message exists at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.sip import Ping, SipError, StreamFramer
+
+log = logging.getLogger("cag.transport")
+
+Addr = tuple[str, int]
+# sink(data, source, transport, conn_id, private)
+Sink = Callable[[bytes, Addr, str, "int | None", bool], None]
+
+_conn_ids = itertools.count(1)
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """One UDP socket: the shared listen socket or the worker's private one."""
+
+    def __init__(self, sink: Sink, *, private: bool, on_event: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.private = private
+        self.on_event = on_event
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.sink(data, (addr[0], addr[1]), "udp", None, self.private)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a dead next hop lands here; the core's
+        # hop timeout does the failover, so this is only counted.
+        self.on_event("udp_icmp_error")
+
+    def sendto(self, data: bytes, dest: Addr) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, dest)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One TCP connection (accepted from a trunk, or opened to a next hop)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        registry: dict[int, TcpConnection],
+        on_event: Callable[[str], None],
+        *,
+        max_message: int = 65535,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.sink = sink
+        self.registry = registry
+        self.on_event = on_event
+        self.framer = StreamFramer(max_message=max_message)
+        self.conn_id = next(_conn_ids)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Addr = ("", 0)
+        self.idle_timeout = idle_timeout
+        self._idle: asyncio.TimerHandle | None = None
+        self.pending: list[bytes] = []  # written before connection_made (outbound)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (peer[0], peer[1])
+        self.registry[self.conn_id] = self
+        for chunk in self.pending:
+            self.transport.write(chunk)
+        self.pending.clear()
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        # Slow-loris guard: a connection that sends nothing for idle_timeout is closed.
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self.on_event("tcp_idle_closed")
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._arm_idle()
+        try:
+            items = self.framer.feed(data)
+        except SipError:
+            self.on_event("tcp_bad_framing")
+            self.close()
+            return
+        for item in items:
+            if isinstance(item, Ping):
+                if self.transport is not None:
+                    self.transport.write(b"\r\n")  # RFC 5626 pong
+                continue
+            self.sink(item, self.peer, "tcp", self.conn_id, False)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None:
+            self.pending.append(data)
+        elif not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self.registry.pop(self.conn_id, None)
+
+
+class TcpConnector:
+    """Outbound TCP connections to next hops, one per destination, reused."""
+
+    def __init__(self, sink: Sink, registry: dict[int, TcpConnection], on_event: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.registry = registry
+        self.on_event = on_event
+        self.by_dest: dict[Addr, TcpConnection] = {}
+
+    def send(self, data: bytes, dest: Addr) -> None:
+        conn = self.by_dest.get(dest)
+        if conn is not None and (conn.transport is None or not conn.transport.is_closing()):
+            conn.write(data)
+            return
+        conn = TcpConnection(self.sink, self.registry, self.on_event, idle_timeout=3600.0)
+        conn.pending.append(data)
+        self.by_dest[dest] = conn
+        loop = asyncio.get_running_loop()
+
+        async def _connect(c: TcpConnection = conn) -> None:
+            try:
+                await loop.create_connection(lambda: c, dest[0], dest[1])
+            except OSError:
+                self.on_event("tcp_connect_failed")
+                if self.by_dest.get(dest) is c:
+                    del self.by_dest[dest]
+
+        loop.create_task(_connect())

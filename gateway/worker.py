@@ -1,0 +1,266 @@
+"""One worker process: an event loop joining sockets, the proxy core and policy.
+
+The worker owns nothing the parent cannot give again: its listen sockets
+are inherited (SO_REUSEPORT copies held by the parent), its private UDP
+socket is its own so responses to what it forwards come back to it
+(SPEC §6), and all decisions live in Redis, so a restarted worker picks up
+where the dead one left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import metrics
+from gateway.config import Settings, parse_listen
+from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
+from gateway.transport import Addr, TcpConnection, TcpConnector, UdpEndpoint
+
+log = logging.getLogger("cag.worker")
+
+TICK_S = 0.02
+STATS_S = 1.0
+DRAIN_S = 5.0
+RCVBUF = 4 * 1024 * 1024
+
+
+@dataclass
+class WorkerSpec:
+    index: int
+    settings: Settings
+    redis_url: str
+    rr_secret: bytes
+    sockets: list[tuple[str, socket.socket]]  # (transport, listening socket)
+    node: str
+
+
+def set_rcvbuf(sock: socket.socket, size: int = RCVBUF) -> None:
+    """Large receive buffers: the first loss at high rates is the kernel's (BENCHMARKS.md)."""
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            return
+        except OSError:
+            continue
+
+
+def advertised(settings: Settings) -> Addr:
+    """The address written into Record-Route: the first listen address (a wildcard → loopback)."""
+    _, host, port = parse_listen(settings.listen[0])
+    if host in ("0.0.0.0", "::"):
+        host = settings.advertise_host or socket.gethostbyname(socket.gethostname())
+    return host, port
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.loop = asyncio.get_running_loop()
+        self.udp_listen: list[UdpEndpoint] = []
+        self.private: UdpEndpoint | None = None
+        self.tcp_conns: dict[int, TcpConnection] = {}
+        self.connector = TcpConnector(self._receive, self.tcp_conns, self._event)
+        self.pending_events: Counter[str] = Counter()
+        self._last_core: Counter[str] = Counter()
+        self._last_engine: Counter[str] = Counter()
+        self.stopping = asyncio.Event()
+        self.engine: Any = None
+        self.core: ProxyCore | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+
+    def _event(self, name: str) -> None:
+        self.pending_events[name] += 1
+
+    async def start(self) -> None:
+        s = self.spec.settings
+        from policy.cli import engine_config_from_settings
+        from policy.engine import AdmissionEngine
+        from policy.store import PolicyStore
+
+        store = await PolicyStore.connect(self.spec.redis_url)
+        self.engine = AdmissionEngine(store, engine_config_from_settings(s))
+        self.engine.latency_observer = self._observe
+        await self.engine.start()
+
+        listen = advertised(s)
+        # The private socket: on the listen host, an ephemeral port of this worker's own.
+        priv_host = listen[0]
+        family = socket.AF_INET6 if ":" in priv_host else socket.AF_INET
+        psock = socket.socket(family, socket.SOCK_DGRAM)
+        set_rcvbuf(psock)
+        psock.bind((priv_host, 0))
+        psock.setblocking(False)
+        _, self.private = await self.loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(self._receive, private=True, on_event=self._event), sock=psock
+        )
+        private_addr = psock.getsockname()[:2]
+
+        hops = tuple(NextHop.parse(h) for h in s.next_hop)
+        cfg = CoreConfig(
+            listen=listen,
+            private=(private_addr[0], private_addr[1]),
+            next_hops=hops,
+            rr_secret=self.spec.rr_secret,
+            hop_timeout=s.hop_timeout,
+            probe_interval=s.probe_interval,
+            unknown_source_code=403 if s.unknown_source == "403" else 0,
+            max_transactions=s.max_transactions,
+            node=self.spec.node,
+            worker=self.spec.index,
+        )
+        self.core = ProxyCore(cfg, self.engine.source_known)
+
+        for transport, sock in self.spec.sockets:
+            if transport == "udp":
+                _, ep = await self.loop.create_datagram_endpoint(
+                    lambda: UdpEndpoint(self._receive, private=False, on_event=self._event), sock=sock
+                )
+                self.udp_listen.append(ep)
+            else:
+                server = await self.loop.create_server(
+                    lambda: TcpConnection(self._receive, self.tcp_conns, self._event), sock=sock
+                )
+                self.servers.append(server)
+        self.loop.call_later(TICK_S, self._tick)
+        self.loop.call_later(STATS_S, self._flush_stats)
+        metrics.WORKERS.set(1)
+
+    # ---- bytes in -------------------------------------------------------
+    def _receive(self, data: bytes, source: Addr, transport: str, conn_id: int | None, private: bool) -> None:
+        core = self.core
+        if core is None:
+            return
+        try:
+            actions = core.receive(data, source, transport, conn_id, self.loop.time(), private)
+        except Exception:  # the core promises not to raise; never let a bug kill the worker
+            log.exception("proxy core raised on a message; dropped")
+            self._event("core_error")
+            return
+        if actions:
+            self._dispatch(actions)
+
+    # ---- actions out ----------------------------------------------------
+    def _dispatch(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action)
+            elif isinstance(action, Admit):
+                metrics.INVITES.inc()
+                self.loop.create_task(self._decide(action))
+            elif isinstance(action, Release):
+                self.engine.release(action.trunk_id, action.call_id)
+            elif isinstance(action, Outcome):
+                pass  # the audit trail (issue 4) records outcomes
+
+    def _send(self, a: Send) -> None:
+        if a.transport == "udp":
+            ep = self.private if a.private or not self.udp_listen else self.udp_listen[0]
+            if ep is not None:
+                ep.sendto(a.data, a.dest)
+        elif a.conn_id is not None:
+            conn = self.tcp_conns.get(a.conn_id)
+            if conn is not None:
+                conn.write(a.data)
+            else:
+                self._event("tcp_conn_gone")
+        else:
+            self.connector.send(a.data, a.dest)
+
+    async def _decide(self, a: Admit) -> None:
+        t0 = time.perf_counter()
+        decision = await self.engine.admit(a.call)
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
+        metrics.DECISIONS.labels(decision.decision, decision.reason).inc()
+        if not decision.admit and decision.sip_code:
+            log.info(
+                "reject reason=%s code=%s trunk=%s record=%s",
+                decision.reason, decision.sip_code, decision.trunk_id, a.record_id,
+            )
+        if self.core is not None:
+            self._dispatch(self.core.decided(a.key, decision, self.loop.time()))
+
+    def _observe(self, what: str, seconds: float) -> None:
+        if what == "redis":
+            metrics.REDIS_SECONDS.observe(seconds)
+
+    # ---- timers ---------------------------------------------------------
+    def _tick(self) -> None:
+        if self.core is not None:
+            try:
+                actions = self.core.tick(self.loop.time())
+            except Exception:
+                log.exception("proxy core tick raised")
+                actions = []
+            if actions:
+                self._dispatch(actions)
+        self.loop.call_later(TICK_S, self._tick)
+
+    def _flush_stats(self) -> None:
+        """Copy plain counters into Prometheus once a second, off the per-message path."""
+        core, engine = self.core, self.engine
+        if core is not None:
+            _flush_counter(core.stats, self._last_core)
+            metrics.IN_FLIGHT.set(core.in_flight())
+            for hop, up in core.hop_status():
+                metrics.HOP_UP.labels(f"{hop.transport}:{hop.host}:{hop.port}").set(1 if up else 0)
+        if engine is not None:
+            _flush_counter(engine.stats, self._last_engine)
+            metrics.REFDATA_LOADED.set(1 if engine.ready else 0)
+            metrics.REDIS_OK.set(1 if engine.redis_ok else 0)
+            metrics.REFDATA_VERSION.set(getattr(engine.ref, "version", 0))
+        for name, n in self.pending_events.items():
+            metrics.EVENTS.labels(name).inc(n)
+        self.pending_events.clear()
+        self.loop.call_later(STATS_S, self._flush_stats)
+
+    async def drain(self) -> None:
+        """SIGTERM: stop taking connections, let in-flight transactions finish (bounded)."""
+        for server in self.servers:
+            server.close()
+        deadline = self.loop.time() + DRAIN_S
+        while self.core is not None and self.core.in_flight() and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.engine is not None:
+            await self.engine.stop()
+
+
+def _flush_counter(current: Counter[str], last: Counter[str]) -> None:
+    for name, value in list(current.items()):
+        delta = value - last.get(name, 0)
+        if delta > 0:
+            metrics.EVENTS.labels(name).inc(delta)
+            last[name] = value
+
+
+async def _main(spec: WorkerSpec) -> None:
+    worker = Worker(spec)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await worker.start()
+    log.info("worker %d (pid %d) serving", spec.index, os.getpid())
+    await stop.wait()
+    await worker.drain()
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    """Entry point in the forked child."""
+    import uvloop
+
+    try:
+        uvloop.run(_main(spec))
+    except Exception:
+        log.exception("worker %d failed", spec.index)
+        return 1
+    return 0

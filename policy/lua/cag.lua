@@ -1,0 +1,244 @@
+#!lua name=cag
+--[[
+Redis Functions library of the call admission gateway (SPEC section 4).
+
+Why server-side: the per-callee checks (consent, DNC, daily caps) and their
+counting must be atomic, or two workers admitting calls to the same callee at
+the same moment could both see "2 of 3 used" and both count. One FCALL per
+hash slot per INVITE also keeps the hot path to one round trip.
+
+Every function touches keys of ONE hash slot only (callee, caller number,
+trunk, enterprise or reference data), so the library runs unchanged on a
+single server and on Redis Cluster.
+
+Idempotency: a function that counts stores its result under a per-transaction
+key (Call-ID + top Via branch) for TXN_TTL seconds; a repeated or late call
+with the same transaction returns the stored result and counts nothing again.
+
+The consent / DNC logic mirrors policy/rules/consent.py (check_consent,
+check_dnc) exactly: same order, same reason codes. tests/integration/
+test_store_parity.py runs one table of cases through both.
+--]]
+
+local LIB_VERSION = 1
+
+local function is_set(v)
+  return v ~= false and v ~= nil and v ~= ''
+end
+
+local function num(v)
+  if is_set(v) then return tonumber(v) end
+  return nil
+end
+
+-- Consent checks; returns the reason code or '' when the consent passes.
+-- c: HGETALL of the consent hash as a table, or nil when absent.
+local function consent_reason(c, token, enterprise, purpose, now_ms)
+  if not is_set(token) then return 'consent_missing' end
+  if c == nil then return 'consent_unknown' end
+  if c.ent ~= enterprise then return 'consent_other_enterprise' end
+  local revoked = num(c.rv)
+  if revoked ~= nil and revoked <= now_ms then return 'consent_revoked' end
+  local granted = num(c.gr)
+  if granted ~= nil and granted > now_ms then return 'consent_unknown' end
+  local expires = num(c.ex)
+  if expires ~= nil and expires <= now_ms then return 'consent_expired' end
+  if is_set(purpose) and purpose ~= c.pur then return 'purpose_not_allowed' end
+  local maxc = num(c.max)
+  if maxc ~= nil and maxc > 0 and (tonumber(c.used) or 0) >= maxc then return 'consent_exhausted' end
+  return ''
+end
+
+-- DNC check; returns the reason code or ''.
+local function dnc_reason(scope, consent_ok, consent_purpose)
+  if not is_set(scope) then return '' end
+  if scope == 'all' then return 'callee_dnc' end
+  -- scope 'commercial': a valid consent for a non-marketing purpose is the
+  -- callee's own request, which a commercial-only registration does not bar.
+  if consent_ok and is_set(consent_purpose) and consent_purpose ~= 'marketing' then return '' end
+  return 'callee_dnc'
+end
+
+local function hash_table(flat)
+  if #flat == 0 then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function store_txn(key, result, counted, ttl)
+  redis.call('HSET', key, 'r', cmsgpack.pack(result), 'c', counted)
+  redis.call('EXPIRE', key, ttl)
+end
+
+--[[ cag_admit: consent, DNC, quiet hours (flag computed by the caller) and the
+per-callee daily caps, counted atomically when everything passes.
+KEYS: 1 txn, 2 consent hash, 3 dnc hash, 4 day counter (callee, enterprise),
+      5 day counter (callee, all enterprises)
+ARGV: 1 token, 2 enterprise id, 3 declared purpose, 4 now (epoch ms),
+      5 quiet hours fail (0/1), 6 callee_daily limit (0 none),
+      7 callee_total_daily limit (0 none), 8 day key ttl (s), 9 dry run (0/1),
+      10 txn ttl (s)
+Returns {consent_reason, dnc_reason, used, evidence_ref, consent_purpose,
+         day_count, total_count, counted (0/1), replay (0/1)}
+Counts are the values BEFORE this call.
+--]]
+local function cag_admit(keys, args)
+  local dry = args[9] == '1'
+  if not dry then
+    local stored = redis.call('HGET', keys[1], 'r')
+    if stored then
+      local res = cmsgpack.unpack(stored)
+      res[9] = 1
+      return res
+    end
+  end
+  local token, enterprise, purpose = args[1], args[2], args[3]
+  local now_ms = tonumber(args[4])
+  local c = nil
+  if is_set(token) then c = hash_table(redis.call('HGETALL', keys[2])) end
+  local creason = consent_reason(c, token, enterprise, purpose, now_ms)
+  local cpurpose = ''
+  local used = 0
+  local evidence = ''
+  if c ~= nil then
+    cpurpose = c.pur or ''
+    used = tonumber(c.used) or 0
+    evidence = c.ev or ''
+  end
+  local dreason = dnc_reason(redis.call('HGET', keys[3], 'scope'), creason == '', cpurpose)
+  local day = tonumber(redis.call('GET', keys[4]) or '0')
+  local total = tonumber(redis.call('GET', keys[5]) or '0')
+  local lim_day, lim_total = tonumber(args[6]), tonumber(args[7])
+  local pass = creason == '' and dreason == '' and args[5] ~= '1'
+      and (lim_day == 0 or day < lim_day) and (lim_total == 0 or total < lim_total)
+  local counted = 0
+  if pass and not dry then
+    local ttl = tonumber(args[8])
+    redis.call('INCR', keys[4])
+    redis.call('EXPIRE', keys[4], ttl)
+    redis.call('INCR', keys[5])
+    redis.call('EXPIRE', keys[5], ttl)
+    if c ~= nil then redis.call('HINCRBY', keys[2], 'used', 1) end
+    counted = 1
+  end
+  local res = {creason, dreason, used, evidence, cpurpose, day, total, counted, 0}
+  if not dry then store_txn(keys[1], res, counted, tonumber(args[10])) end
+  return res
+end
+
+--[[ cag_rate: per-second counter and optional concurrency set on one slot
+(a caller number or a trunk).
+KEYS: 1 txn, 2 per-second counter, 3 concurrency zset (call-id -> expiry ms)
+ARGV: 1 per-second limit (0 none), 2 max concurrent (0 none), 3 now (ms),
+      4 call-id, 5 concurrency timeout (ms), 6 dry run (0/1), 7 txn ttl (s)
+Returns {rate_count, concurrent_count, counted (0/1), replay (0/1)}
+--]]
+local function cag_rate(keys, args)
+  local dry = args[6] == '1'
+  if not dry then
+    local stored = redis.call('HGET', keys[1], 'r')
+    if stored then
+      local res = cmsgpack.unpack(stored)
+      res[4] = 1
+      return res
+    end
+  end
+  local limit, maxc, now_ms = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local rate = 0
+  if limit > 0 then rate = tonumber(redis.call('GET', keys[2]) or '0') end
+  local conc = 0
+  if maxc > 0 then
+    if not dry then redis.call('ZREMRANGEBYSCORE', keys[3], '-inf', now_ms) end
+    conc = redis.call('ZCOUNT', keys[3], '(' .. now_ms, '+inf')
+  end
+  local pass = (limit == 0 or rate < limit) and (maxc == 0 or conc < maxc)
+  local counted = 0
+  if pass and not dry then
+    if limit > 0 then
+      redis.call('INCR', keys[2])
+      redis.call('EXPIRE', keys[2], 2)
+    end
+    if maxc > 0 then
+      local timeout = tonumber(args[5])
+      redis.call('ZADD', keys[3], now_ms + timeout, args[4])
+      redis.call('PEXPIRE', keys[3], timeout)
+    end
+    counted = 1
+  end
+  local res = {rate, conc, counted, 0}
+  if not dry then store_txn(keys[1], res, counted, tonumber(args[7])) end
+  return res
+end
+
+--[[ cag_refund: undo what a transaction counted when the overall decision was
+a rejection (e.g. the callee script counted but trunk_rate rejected).
+Marks the transaction so it never refunds twice.
+KEYS: the same keys as the counting call (cag_admit or cag_rate)
+ARGV: 1 'admit' or 'rate', 2 call-id
+Returns 1 when something was refunded, else 0.
+--]]
+local function cag_refund(keys, args)
+  local st = redis.call('HMGET', keys[1], 'c', 'f')
+  if st[1] ~= '1' or st[2] then return 0 end
+  redis.call('HSET', keys[1], 'f', 1)
+  local function decr(key)
+    local v = tonumber(redis.call('GET', key) or '0')
+    if v > 0 then redis.call('DECR', key) end
+  end
+  if args[1] == 'admit' then
+    decr(keys[4])
+    decr(keys[5])
+    local used = tonumber(redis.call('HGET', keys[2], 'used') or '0')
+    if used > 0 then redis.call('HINCRBY', keys[2], 'used', -1) end
+  else
+    decr(keys[2])
+    if keys[3] then redis.call('ZREM', keys[3], args[2]) end
+  end
+  return 1
+end
+
+--[[ cag_release: a call ended (BYE, CANCEL, final error): free its
+concurrency slot. KEYS: 1 concurrency zset. ARGV: 1 call-id. --]]
+local function cag_release(keys, args)
+  return redis.call('ZREM', keys[1], args[1])
+end
+
+--[[ cag_unconsented: count one unconsented attempt of an enterprise (R6).
+A fixed window that starts at the first attempt; when the count reaches the
+threshold the window is reset and 1 is returned (exactly one caller sees the
+crossing, so the enterprise is suspended once).
+KEYS: 1 counter. ARGV: 1 threshold, 2 window (s).
+Returns {count, crossed (0/1)}. --]]
+local function cag_unconsented(keys, args)
+  local n = redis.call('INCR', keys[1])
+  if n == 1 then redis.call('EXPIRE', keys[1], tonumber(args[2])) end
+  if n >= tonumber(args[1]) then
+    redis.call('DEL', keys[1])
+    return {n, 1}
+  end
+  return {n, 0}
+end
+
+--[[ cag_ref_cas: compare-and-set one reference record (a suspension) and bump
+the reference version, so a concurrent file load is never overwritten blind.
+KEYS: 1 record hash, 2 version counter. ARGV: 1 field, 2 expected value, 3 new value.
+Returns the new version, or -1 when the record changed meanwhile. --]]
+local function cag_ref_cas(keys, args)
+  local cur = redis.call('HGET', keys[1], args[1])
+  if cur ~= args[2] then return -1 end
+  redis.call('HSET', keys[1], args[1], args[3])
+  return redis.call('INCR', keys[2])
+end
+
+local function cag_version()
+  return LIB_VERSION
+end
+
+redis.register_function('cag_admit', cag_admit)
+redis.register_function('cag_rate', cag_rate)
+redis.register_function('cag_refund', cag_refund)
+redis.register_function('cag_release', cag_release)
+redis.register_function('cag_unconsented', cag_unconsented)
+redis.register_function('cag_ref_cas', cag_ref_cas)
+redis.register_function{function_name = 'cag_version', callback = cag_version, flags = {'no-writes'}}

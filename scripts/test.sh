@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, lint, then pytest.
+# pytest's exit 5 ("no tests ran") is a failure here, never a pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh || exit 1
+.venv/bin/ruff check . || exit 1
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests - treated as a failure" >&2
+  exit 1
+fi
+exit "$rc"
