@@ -122,6 +122,7 @@ class Check:
     outcome: Outcome
     reason: str | None = None
     detail: str = ""
+    retry_after: int | None = None  # seconds, for the time-based checks (quiet hours, caps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from phonenumbers import PhoneNumberFormat, PhoneNumberType, timezone as pn_timezone
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
+from phonenumbers import timezone as pn_timezone
 
 __all__ = [
     "is_access_number",
@@ -49,7 +50,7 @@ SUBSCRIBER_KINDS = frozenset({"mobile", "fixed", "fixed_or_mobile"})
 def is_access_number(digits: str) -> bool:
     """Carrier access numbers that must be kept exact (81号 二(三), R4).
 
-    95/96 numbers of 5–8 digits, 10-digit 400/800 numbers, and any code of at
+    95/96 numbers of 5 to 8 digits, 10-digit 400/800 numbers, and any code of at
     most 6 digits (service codes such as 10086 or 12345): phonenumbers would
     prefix them with +86 or reject them, either of which breaks exact matching.
     """
@@ -80,6 +81,21 @@ def normalize_number(raw: str | None, region: str = "CN") -> str | None:
 
 @lru_cache(maxsize=65536)
 def _normalize(raw: str, region: str) -> str | None:
+    # phonenumbers eats leading zeros of nonsense numbers one parse at a time
+    # ("000000001" -> "+8600000001" -> "+860000001"); iterate to the fixed point
+    # so that normalising a normalised number never changes it.
+    result = _normalize_once(raw, region)
+    for _ in range(8):
+        if result is None or result == raw:
+            break
+        again = _normalize_once(result, region)
+        if again == result:
+            break
+        result = again
+    return result
+
+
+def _normalize_once(raw: str, region: str) -> str | None:
     text = raw.strip()
     if text[:4].lower() == "tel:":
         text = text[4:]
@@ -95,10 +111,16 @@ def _normalize(raw: str, region: str) -> str | None:
         return digits[2:]
     if not plus and is_access_number(digits):
         return digits
+    as_given = ("+" if plus else "") + digits
     try:
-        parsed = phonenumbers.parse(("+" if plus else "") + digits, region)
+        parsed = phonenumbers.parse(as_given, region, keep_raw_input=True)
     except phonenumbers.NumberParseException:
-        return ("+" if plus else "") + digits
+        return as_given
+    if parsed.preferred_domestic_carrier_code:
+        # phonenumbers strips carrier-selection prefixes (12593, 17951, ...),
+        # which would let "12593" + a filed number match that filing: R4 forbids
+        # any change of number length, so such a number stays as it was given.
+        return as_given
     e164 = phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
     national = e164[3:] if e164.startswith("+86") else None
     if national is not None and is_access_number(national):

@@ -31,31 +31,34 @@ local function num(v)
   return nil
 end
 
--- Consent checks; returns the reason code or '' when the consent passes.
--- c: HGETALL of the consent hash as a table, or nil when absent.
+-- Consent checks (check_consent); returns the reason code or '' when it passes.
+-- c: HGETALL of the consent hash as a table, or nil when absent. The callee
+-- is implied by the key (the token index that names another callee lives on
+-- another slot: the engine turns consent_unknown into consent_other_callee).
+-- purpose: the declared purpose, already normalised (strip + lower) by the
+-- engine; c.np is the consent's normalised purpose.
 local function consent_reason(c, token, enterprise, purpose, now_ms)
   if not is_set(token) then return 'consent_missing' end
   if c == nil then return 'consent_unknown' end
   if c.ent ~= enterprise then return 'consent_other_enterprise' end
+  if is_set(purpose) and purpose ~= (c.np or '') then return 'purpose_not_allowed' end
   local revoked = num(c.rv)
   if revoked ~= nil and revoked <= now_ms then return 'consent_revoked' end
   local granted = num(c.gr)
-  if granted ~= nil and granted > now_ms then return 'consent_unknown' end
+  if granted ~= nil and now_ms < granted then return 'consent_unknown' end
   local expires = num(c.ex)
-  if expires ~= nil and expires <= now_ms then return 'consent_expired' end
-  if is_set(purpose) and purpose ~= c.pur then return 'purpose_not_allowed' end
+  if expires ~= nil and now_ms >= expires then return 'consent_expired' end
   local maxc = num(c.max)
-  if maxc ~= nil and maxc > 0 and (tonumber(c.used) or 0) >= maxc then return 'consent_exhausted' end
+  if maxc ~= nil and (tonumber(c.used) or 0) >= maxc then return 'consent_exhausted' end
   return ''
 end
 
--- DNC check; returns the reason code or ''.
+-- DNC check (check_dnc); returns the reason code or ''.
+-- A commercial-only registration does not bar a consented callback: the
+-- callee asked for that call.
 local function dnc_reason(scope, consent_ok, consent_purpose)
   if not is_set(scope) then return '' end
-  if scope == 'all' then return 'callee_dnc' end
-  -- scope 'commercial': a valid consent for a non-marketing purpose is the
-  -- callee's own request, which a commercial-only registration does not bar.
-  if consent_ok and is_set(consent_purpose) and consent_purpose ~= 'marketing' then return '' end
+  if scope == 'commercial' and consent_ok and consent_purpose == 'callback' then return '' end
   return 'callee_dnc'
 end
 
@@ -80,16 +83,19 @@ ARGV: 1 token, 2 enterprise id, 3 declared purpose, 4 now (epoch ms),
       7 callee_total_daily limit (0 none), 8 day key ttl (s), 9 dry run (0/1),
       10 txn ttl (s)
 Returns {consent_reason, dnc_reason, used, evidence_ref, consent_purpose,
-         day_count, total_count, counted (0/1), replay (0/1)}
-Counts are the values BEFORE this call.
+         day_count, total_count, counted (0/1), replay (0/1), refunded (0/1)}
+Counts are the values BEFORE this call. A replay whose transaction was
+refunded says so: the overall decision then was a rejection even if every
+slot passed (fail-closed after the budget ran out), and the engine repeats it.
 --]]
 local function cag_admit(keys, args)
   local dry = args[9] == '1'
   if not dry then
-    local stored = redis.call('HGET', keys[1], 'r')
-    if stored then
-      local res = cmsgpack.unpack(stored)
+    local stored = redis.call('HMGET', keys[1], 'r', 'f')
+    if stored[1] then
+      local res = cmsgpack.unpack(stored[1])
       res[9] = 1
+      if stored[2] then res[10] = 1 end
       return res
     end
   end
@@ -102,7 +108,7 @@ local function cag_admit(keys, args)
   local used = 0
   local evidence = ''
   if c ~= nil then
-    cpurpose = c.pur or ''
+    cpurpose = c.np or ''
     used = tonumber(c.used) or 0
     evidence = c.ev or ''
   end
@@ -122,7 +128,7 @@ local function cag_admit(keys, args)
     if c ~= nil then redis.call('HINCRBY', keys[2], 'used', 1) end
     counted = 1
   end
-  local res = {creason, dreason, used, evidence, cpurpose, day, total, counted, 0}
+  local res = {creason, dreason, used, evidence, cpurpose, day, total, counted, 0, 0}
   if not dry then store_txn(keys[1], res, counted, tonumber(args[10])) end
   return res
 end
@@ -132,15 +138,16 @@ end
 KEYS: 1 txn, 2 per-second counter, 3 concurrency zset (call-id -> expiry ms)
 ARGV: 1 per-second limit (0 none), 2 max concurrent (0 none), 3 now (ms),
       4 call-id, 5 concurrency timeout (ms), 6 dry run (0/1), 7 txn ttl (s)
-Returns {rate_count, concurrent_count, counted (0/1), replay (0/1)}
+Returns {rate_count, concurrent_count, counted (0/1), replay (0/1), refunded (0/1)}
 --]]
 local function cag_rate(keys, args)
   local dry = args[6] == '1'
   if not dry then
-    local stored = redis.call('HGET', keys[1], 'r')
-    if stored then
-      local res = cmsgpack.unpack(stored)
+    local stored = redis.call('HMGET', keys[1], 'r', 'f')
+    if stored[1] then
+      local res = cmsgpack.unpack(stored[1])
       res[4] = 1
+      if stored[2] then res[5] = 1 end
       return res
     end
   end
@@ -166,7 +173,7 @@ local function cag_rate(keys, args)
     end
     counted = 1
   end
-  local res = {rate, conc, counted, 0}
+  local res = {rate, conc, counted, 0, 0}
   if not dry then store_txn(keys[1], res, counted, tonumber(args[7])) end
   return res
 end

@@ -19,6 +19,7 @@ from policy.numbers import national_key, normalize_number
 __all__ = ["RefData", "filing_key"]
 
 _IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+_CACHE_MAX = 65536
 
 
 def filing_key(number: str, region: str = "CN") -> str:
@@ -69,6 +70,7 @@ class RefData:
 
     __slots__ = (
         "_by_enterprise",
+        "_cache",
         "_enterprise_sets",
         "_exact",
         "_v4",
@@ -96,6 +98,9 @@ class RefData:
         self.filings = filings
         self.version = version
         self._exact: dict[str, Trunk] = {}
+        # Source address -> trunk, as looked up (parsing an address costs more than
+        # the rest of the lookup). Bounded: a flood of spoofed sources just resets it.
+        self._cache: dict[str, Trunk | None] = {}
         self._v4 = _NetIndex()
         self._v6 = _NetIndex()
         # R4 length test: per enterprise, the national keys of its filed numbers,
@@ -141,6 +146,17 @@ class RefData:
         trunk = self._exact.get(ip)
         if trunk is not None:
             return trunk
+        try:
+            return self._cache[ip]
+        except KeyError:
+            pass
+        trunk = self._lookup(ip)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[ip] = trunk
+        return trunk
+
+    def _lookup(self, ip: str) -> Trunk | None:
         try:
             addr = ipaddress.ip_address(ip.strip("[]"))
         except ValueError:
