@@ -61,7 +61,9 @@ class _TomlSource(PydanticBaseSettingsSource):
         return self.data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.data.items() if k in self.settings_cls.model_fields}
+        # Unknown keys are passed through so extra="forbid" names them: a typo in a
+        # carrier's file must fail loudly, not fall back to a default.
+        return dict(self.data)
 
 
 class Settings(BaseSettings):

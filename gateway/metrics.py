@@ -3,31 +3,18 @@
 Workers are separate processes, so prometheus-client runs in multiprocess
 mode: each worker writes its samples to memory-mapped files under
 ``PROMETHEUS_MULTIPROC_DIR`` and the parent aggregates them behind one
-``/metrics``. That variable must be set before ``prometheus_client`` is
-first imported, which ``setup_multiproc_dir`` does and ``check_mode``
-asserts. Label sets are bounded by construction: reasons and events are
+``/metrics``. That variable must be set before this module (and so
+``prometheus_client``) is first imported — ``gateway.supervisor`` does it —
+and ``check_mode`` asserts it. Label sets are bounded by construction: reasons and events are
 code-defined strings, never numbers or Call-IDs from a message.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def setup_multiproc_dir(state_dir: Path) -> Path:
-    d = state_dir / "metrics"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    os.environ[MULTIPROC_ENV] = str(d)
-    return d
-
-
-from prometheus_client import (  # noqa: E402 - after the env var helper on purpose
+from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
@@ -104,3 +91,4 @@ def mark_dead(pid: int) -> None:
 
 
 ReadyCheck = Callable[[], tuple[bool, dict[str, object]]]
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

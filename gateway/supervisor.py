@@ -55,6 +55,17 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+def setup_multiproc_dir(state_dir: Path) -> Path:
+    """Prometheus multiprocess files; must run before gateway.metrics is imported."""
+    import shutil
+
+    d = state_dir / "metrics"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d)
+    return d
+
+
 def rr_secret(settings: Settings, state_dir: Path) -> bytes:
     """The Record-Route HMAC key: configured (same on every node) or kept in the state dir."""
     if settings.rr_secret:
@@ -185,9 +196,9 @@ def run(settings: Settings) -> int:
     setup_logging(settings.log_level)
     state_dir = Path(settings.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    from gateway.metrics import check_mode, mark_dead, setup_multiproc_dir
-
     setup_multiproc_dir(state_dir)
+    from gateway.metrics import check_mode, mark_dead
+
     check_mode()
 
     embedded: EmbeddedRedis | None = None

@@ -205,9 +205,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
     try:
         records = load_file(args.kind, path, region=_region(args))
     except LoadError as e:
+        # Only FILE:LINE: reason lines: scripts and editors parse them; exit 1 says nothing was loaded.
         for line in e.errors:
             print(line, file=sys.stderr)
-        print(f"cag policy load: {path}: nothing loaded (fix the rows above)", file=sys.stderr)
         return EXIT_FAIL
     if not records and not args.replace:
         print(f"cag policy load: {path} has no data rows: nothing to load", file=sys.stderr)
@@ -364,11 +364,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cause = getattr(args, "cause", None)
 
     async def body(store: PolicyStore) -> int:
-        if status == "active" and args.target == "enterprise":
+        if args.target == "enterprise":
             _, enterprises, _, _ = await store.load_refdata()
             current = next((e for e in enterprises if e.enterprise_id == args.id), None)
             if current is not None and current.status == "blacklisted":
-                # The bad-actor list (R10) is carrier data, changed by loading it, not by a resume.
+                # The bad-actor list (R10) is carrier data, changed by loading it: neither a
+                # resume nor a suspend (which would downgrade it to "suspended") may touch it.
+                if status == "suspended":
+                    _err(args, f"enterprise {args.id} is blacklisted (already blocked); not changed")
+                    return EXIT_OK
                 _err(args, f"enterprise {args.id} is blacklisted; change its status with `cag policy load`")
                 return EXIT_FAIL
         ok = await store.set_status(args.target, args.id, status, cause=cause, at=datetime.now(UTC))

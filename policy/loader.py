@@ -169,18 +169,23 @@ class _Errors:
         self.name = name
         self.shown: list[str] = []
         self.count = 0
+        self.first_hidden = 0  # line of the first error not shown
         self.bad_lines: set[int] = set()
 
     def add(self, line: int, reason: str) -> None:
         self.count += 1
         if len(self.shown) < MAX_ERRORS:
             self.shown.append(f"{self.name}:{line}: {reason}")
+        elif not self.first_hidden:
+            self.first_hidden = line
 
     def raise_if_any(self) -> None:
         if self.count:
             lines = list(self.shown)
             if self.count > len(self.shown):
-                lines.append(f"{self.name}: ... and {self.count - len(self.shown)} more errors")
+                # Still FILE:LINE-shaped, so scripts that parse every line keep working.
+                hidden = self.count - len(self.shown)
+                lines.append(f"{self.name}:{self.first_hidden}: ... and {hidden} more errors from this line on")
             raise LoadError(lines)
 
 

@@ -22,7 +22,6 @@ import pytest
 from policy.engine import AdmissionEngine, EngineConfig
 from policy.model import CallAttempt, Consent, Enterprise, NumberFiling, Trunk
 from policy.store import PolicyStore
-from tests.conftest import free_port
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOON = datetime(2026, 3, 10, 12, 0, tzinfo=SHANGHAI)  # outside the default quiet hours
@@ -131,6 +130,22 @@ async def make_engine(store: PolicyStore) -> AsyncIterator[EngineFactory]:
 
 
 # ---------------------------------------------------------------- cluster
+def _cluster_port() -> int:
+    """A TCP port p with p + 10000 (the cluster bus port) also free and below 65536."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, 30000)  # noqa: S311 - not crypto
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def _wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,7 +167,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ports: list[int] = []
     try:
         for i in range(3):
-            port = free_port(socket.SOCK_STREAM)
+            port = _cluster_port()
             d = base / f"n{i}"
             d.mkdir()
             procs.append(

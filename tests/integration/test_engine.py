@@ -376,3 +376,28 @@ async def test_function_library_reloaded_when_flushed(store: PolicyStore, make_e
     await store.client.execute_command("FUNCTION", "FLUSH")
     assert (await e.admit(call())).admit  # "Function not found" -> load -> retried
     assert await store.client.hget(consent_key(CALLEE, TOKEN), "used") == b"2"
+
+
+async def test_every_counter_has_a_ttl(store: PolicyStore, make_engine: EngineFactory) -> None:
+    rules = RuleConfig(caps=FrequencyCap(caller_per_second=5))
+    e = await make_engine(rules=rules, unconsented_threshold=50)
+    assert (await e.admit(call(source_ip="198.51.100.2"))).admit
+    assert (await e.admit(call(source_ip="198.51.100.1", consent_token=None))).reason == "consent_missing"
+    await asyncio.sleep(0.05)
+    persistent = {b"{cag:ref}:trunks", b"{cag:ref}:enterprises", b"{cag:ref}:filings", b"{cag:ref}:version",
+                  b"{cag:idx}:consents", f"{{k:{TOKEN}}}:callee".encode(), consent_key(CALLEE, TOKEN).encode()}
+    seen = set()
+    async for k in store.client.scan_iter():
+        ttl = await store.client.pttl(k)
+        if k in persistent:
+            assert ttl == -1, k
+            continue
+        seen.add(k.split(b":")[-2] if b":txn:" not in k else b"txn")
+        assert ttl > 0, k
+        if b":rate:" in k:
+            assert ttl <= 2000
+        elif b"txn" in k:
+            assert 32_000 < ttl <= 64_000
+        elif k.endswith(b":conc"):
+            assert ttl <= 14400 * 1000
+    assert len(seen) >= 4

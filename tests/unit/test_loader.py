@@ -341,7 +341,7 @@ def test_error_list_is_capped_with_a_count(tmp_path: Path) -> None:
     p = write(tmp_path, "t.csv", "trunk_id,enterprise_id,sources\n" + rows)
     errs = errors_of("trunks", p)
     assert len(errs) == MAX_ERRORS + 1
-    assert errs[-1] == f"{p}: ... and 25 more errors"
+    assert errs[-1] == f"{p}:{MAX_ERRORS + 2}: ... and 25 more errors from this line on"
 
 
 def test_validate_row_for_cli_values() -> None:

@@ -1,0 +1,168 @@
+"""Admission micro-benchmark: one worker's AdmissionEngine against a local redis-server.
+
+Not a test. It answers "how many admission decisions can one worker make per
+second, and how much of its CPU does each cost?" — the policy half of the
+gateway's per-call budget (BENCHMARKS.md puts one pipelined FCALL at ~11 µs
+of client CPU). Every decision here is a full one: in-memory checks, the
+callee script (consent + DNC + caps, counted), the token index and, in the
+``all_slots`` scenario, the caller-number and trunk rate / concurrency scripts.
+
+    python -m bench.admission [--calls 20000] [--concurrency 200] [--no-uvloop]
+
+Client CPU is ``time.process_time()`` of this process only (redis-server is
+another process); results go to bench/results/admission.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.embedded_redis import EmbeddedRedis
+from policy.engine import AdmissionEngine, EngineConfig
+from policy.model import CallAttempt, Consent, Enterprise, FrequencyCap, NumberFiling, Trunk
+from policy.rules import RuleConfig
+from policy.store import PolicyStore
+
+RESULTS = Path(__file__).resolve().parent / "results" / "admission.json"
+NOON = datetime(2026, 3, 10, 12, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+CALLEES = 20_000  # distinct callees, each with a consent (3 calls/day each)
+
+
+def _callee(i: int) -> str:
+    return f"1380{i:07d}"
+
+
+async def _load(store: PolicyStore) -> None:
+    await store.put_records("trunks", [
+        Trunk(trunk_id="t-plain", enterprise_id="ent", sources=("192.0.2.0/24",)),
+        Trunk(trunk_id="t-limited", enterprise_id="ent", sources=("198.51.100.0/24",),
+              max_cps=10**9, max_concurrent=10**9),
+    ])
+    await store.put_records("enterprises", [Enterprise(enterprise_id="ent", name="bench", quiet_hours="none")])
+    await store.put_records("filings", [NumberFiling(number="+861058001234", enterprise_id="ent", outbound=True)])
+    granted = datetime(2026, 1, 1, tzinfo=UTC)
+    consents = [Consent(token=f"tok-{i}", callee="+86" + _callee(i), enterprise_id="ent", granted_at=granted)
+                for i in range(CALLEES)]
+    for i in range(0, len(consents), 2000):
+        await store.put_records("consents", consents[i:i + 2000])
+
+
+async def _scenario(name: str, store: PolicyStore, calls: int, concurrency: int, source: str,
+                    rules: RuleConfig) -> dict[str, Any]:
+    await store.client.flushall()
+    await _load(store)
+    engine = AdmissionEngine(store, EngineConfig(rules=rules, budget_ms=1000), clock=lambda: NOON)
+    await engine.start()
+    attempts = [
+        CallAttempt(call_id=f"{name}-{n}", branch=f"z9hG4bK{n}", source_ip=source, source_port=5060,
+                    callee=_callee(n % CALLEES), from_user="01058001234", pai_user=None,
+                    consent_token=f"tok-{n % CALLEES}")
+        for n in range(calls)
+    ]
+    # warm-up (connections, function load, code paths)
+    await asyncio.gather(*(engine.admit(a) for a in attempts[:200]))
+    await store.client.flushall()
+    await _load(store)
+    await asyncio.sleep(0.6)  # engine picks up the reloaded reference version
+
+    latencies: list[float] = []
+    reasons: Counter[str] = Counter()
+    it = iter(attempts)
+
+    async def worker() -> None:
+        for a in it:
+            t = time.perf_counter()
+            d = await engine.admit(a)
+            latencies.append(time.perf_counter() - t)
+            reasons[d.reason] += 1
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    await engine.stop()
+    latencies.sort()
+    return {
+        "scenario": name,
+        "calls": calls,
+        "concurrency": concurrency,
+        "admissions_per_s": round(calls / wall),
+        "client_cpu_us_per_admission": round(cpu / calls * 1e6, 1),
+        "latency_ms_p50": round(statistics.median(latencies) * 1000, 3),
+        "latency_ms_p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
+        "reasons": dict(reasons),
+        "store_errors": engine.stats["store_errors"] + engine.stats["store_timeouts"],
+    }
+
+
+async def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp), extra_args=("--appendonly", "no"))
+        server.start()
+        try:
+            store = await PolicyStore.connect(server.url)
+            try:
+                return [
+                    await _scenario("callee_only", store, calls, concurrency, "192.0.2.10", RuleConfig()),
+                    await _scenario("all_slots", store, calls, concurrency, "198.51.100.10",
+                                    RuleConfig(caps=FrequencyCap(caller_per_second=10**9))),
+                    await _scenario("sequential", store, min(calls, 5000), 1, "192.0.2.10", RuleConfig()),
+                ]
+            finally:
+                await store.close()
+        finally:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=20_000)
+    ap.add_argument("--concurrency", type=int, default=200)
+    ap.add_argument("--no-uvloop", action="store_true")
+    args = ap.parse_args(argv)
+    use_uvloop = False
+    if not args.no_uvloop:
+        try:
+            import uvloop
+
+            use_uvloop = True
+            results = uvloop.run(run(args.calls, args.concurrency))
+        except ImportError:
+            results = asyncio.run(run(args.calls, args.concurrency))
+    else:
+        results = asyncio.run(run(args.calls, args.concurrency))
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()  # noqa: S607
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "uvloop": use_uvloop,
+        "redis": redis_version,
+        "transport": "unix socket",
+        "results": results,
+    }
+    for r in results:
+        print(f"{r['scenario']:>12}: {r['admissions_per_s']:>7} admissions/s, "
+              f"{r['client_cpu_us_per_admission']:>6} µs client CPU/admission, "
+              f"p50 {r['latency_ms_p50']} ms, p99 {r['latency_ms_p99']} ms "
+              f"(concurrency {r['concurrency']}, {r['calls']} calls, {r['reasons']})")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
