@@ -9,7 +9,7 @@ round trips.
 
 Failure handling, in the order it is applied:
 
-* budget: the store part runs under ``asyncio.timeout(budget_ms)``;
+* budget: the store part has ``budget_ms`` to answer (a timer on one future per decision);
 * fail mode: on timeout or a Redis error, ``closed`` rejects with
   ``store_unavailable`` (503, Retry-After = ``ResponseMap.default_retry_after``),
   ``open`` decides with the in-memory checks only (quiet hours included);
@@ -46,6 +46,7 @@ from policy.rules import (
     finish,
 )
 from policy.rules.caps import PER_SECOND_RETRY, check_cap
+from policy.rules.consent import check_consent, check_dnc
 from policy.rules.purpose import normalize_purpose
 from policy.store import CalleeResult, PolicyStore, RateResult, StoreError
 
@@ -72,7 +73,9 @@ class EngineConfig:
     """Engine knobs; ``rules`` are the policy knobs of ``policy.rules``."""
 
     rules: RuleConfig = RuleConfig()  # noqa: RUF009 - frozen, shared safely
-    fail_mode: Literal["closed", "open"] = "closed"  # what to decide when Redis does not answer in time
+    fail_mode: Literal["closed", "open"] = (
+        "closed"  # what to decide when Redis does not answer in time
+    )
     budget_ms: float = 50  # time allowed for the store part of one decision
     shadow: bool = False  # decide and count, but admit everything (rollout)
     unconsented_threshold: int = 100  # unconsented attempts that suspend an enterprise (R6)
@@ -91,12 +94,18 @@ class _Slot:
     fut: asyncio.Future[Any]
 
 
-async def _wait(slots: list[_Slot]) -> dict[str, Any]:
-    """Wait for every slot's answer; raise the first ``StoreError``.
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
-    Waits on one private future, so a budget timeout cancels only that
+
+async def _wait(slots: list[_Slot], timeout: float) -> dict[str, Any]:
+    """Wait for every slot's answer; raise the first ``StoreError``, or ``TimeoutError``.
+
+    Waits on one private future, so a budget timeout fails only that
     future, never the slot futures: their late answers still arrive and can
-    be refunded.
+    be refunded. The deadline is a bare ``call_at`` on that future, which
+    costs a fraction of ``asyncio.timeout`` (no task cancellation to undo).
     """
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
@@ -115,7 +124,11 @@ async def _wait(slots: list[_Slot]) -> dict[str, Any]:
 
     for s in slots:
         s.fut.add_done_callback(done)
-    await waiter
+    handle = loop.call_at(loop.time() + timeout, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        handle.cancel()
     return {s.kind: s.fut.result() for s in slots}
 
 
@@ -128,7 +141,9 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 class AdmissionEngine:
     """Admission decisions for one worker (implements ``Admission`` of docs/interfaces.md)."""
 
-    def __init__(self, store: PolicyStore, cfg: EngineConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: PolicyStore, cfg: EngineConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.cfg = cfg
         self.clock = clock
@@ -223,7 +238,12 @@ class AdmissionEngine:
                 self._refresh_ok = True
             except (StoreError, TimeoutError, OSError) as e:
                 self._refresh_ok = False
-                self._log_limited("refresh", "reference refresh failed (serving version %d): %s", self.ref.version, e)
+                self._log_limited(
+                    "refresh",
+                    "reference refresh failed (serving version %d): %s",
+                    self.ref.version,
+                    e,
+                )
             except Exception:
                 self._refresh_ok = False
                 log.exception("reference refresh failed")
@@ -237,8 +257,11 @@ class AdmissionEngine:
         except Exception:
             log.exception("admission failed for call %s", call.call_id)
             self.stats["internal_errors"] += 1
-            d = reject("store_unavailable", retry_after=self.cfg.rules.responses.default_retry_after,
-                       responses=self.cfg.rules.responses)
+            d = reject(
+                "store_unavailable",
+                retry_after=self.cfg.rules.responses.default_retry_after,
+                responses=self.cfg.rules.responses,
+            )
         self.stats["decisions_" + d.reason] += 1
         if self.latency_observer is not None:
             self.latency_observer("decision", time.perf_counter() - t0)
@@ -252,8 +275,14 @@ class AdmissionEngine:
             self._count_unconsented(d.enterprise_id, now)
         if self.cfg.shadow and not d.admit and d.reason != "malformed":
             self.stats["shadow_would_reject"] += 1
-            d = dataclasses.replace(d, admit=True, reason="admitted", sip_code=0, retry_after=None,
-                                    shadow_reject=d.reason)
+            d = dataclasses.replace(
+                d,
+                admit=True,
+                reason="admitted",
+                sip_code=0,
+                retry_after=None,
+                shadow_reject=d.reason,
+            )
         return d
 
     async def _with_store(self, call: CallAttempt, local: LocalVerdict, now: float) -> Decision:
@@ -262,8 +291,7 @@ class AdmissionEngine:
         t0 = time.perf_counter()
         slots = self._submit(call, local, now, dry_run=False, all_checks=False)
         try:
-            async with asyncio.timeout(self.cfg.budget_ms / 1000):
-                results = await _wait(slots)
+            results = await _wait(slots, self.cfg.budget_ms / 1000)
         except (TimeoutError, StoreError) as e:
             timeout = isinstance(e, TimeoutError)
             self.stats["store_timeouts" if timeout else "store_errors"] += 1
@@ -291,7 +319,9 @@ class AdmissionEngine:
                 self._refund_result(r)
         return d
 
-    def _submit(self, call: CallAttempt, local: LocalVerdict, now: float, dry_run: bool, all_checks: bool) -> list[_Slot]:
+    def _submit(
+        self, call: CallAttempt, local: LocalVerdict, now: float, dry_run: bool, all_checks: bool
+    ) -> list[_Slot]:
         """Queue this call's store commands; they leave in the loop turn's pipeline."""
         assert local.callee is not None and local.trunk is not None
         now_ms = int(now * 1000)
@@ -325,24 +355,58 @@ class AdmissionEngine:
         if quiet_fail and not all_checks:
             return slots
         if lim.caller_per_second > 0 and local.caller:
-            slots.append(_Slot("caller", store.rate(
-                "n", local.caller, limit=lim.caller_per_second, now_ms=now_ms, call_id=call.call_id,
-                txn=txn, dry_run=dry_run)))
+            slots.append(
+                _Slot(
+                    "caller",
+                    store.rate(
+                        "n",
+                        local.caller,
+                        limit=lim.caller_per_second,
+                        now_ms=now_ms,
+                        call_id=call.call_id,
+                        txn=txn,
+                        dry_run=dry_run,
+                    ),
+                )
+            )
         if lim.trunk_max_cps > 0 or lim.trunk_max_concurrent > 0:
-            slots.append(_Slot("trunk", store.rate(
-                "t", local.trunk.trunk_id, limit=lim.trunk_max_cps, max_concurrent=lim.trunk_max_concurrent,
-                now_ms=now_ms, call_id=call.call_id, txn=txn,
-                concurrency_timeout_s=self.cfg.concurrency_timeout_s, dry_run=dry_run)))
+            slots.append(
+                _Slot(
+                    "trunk",
+                    store.rate(
+                        "t",
+                        local.trunk.trunk_id,
+                        limit=lim.trunk_max_cps,
+                        max_concurrent=lim.trunk_max_concurrent,
+                        now_ms=now_ms,
+                        call_id=call.call_id,
+                        txn=txn,
+                        concurrency_timeout_s=self.cfg.concurrency_timeout_s,
+                        dry_run=dry_run,
+                    ),
+                )
+            )
         return slots
 
-    def _verdict(self, local: LocalVerdict, results: dict[str, Any], all_checks: bool) -> StoreVerdict:
+    def _verdict(
+        self, local: LocalVerdict, results: dict[str, Any], all_checks: bool
+    ) -> StoreVerdict:
         cr: CalleeResult = results["callee"]
         reason = cr.consent_reason
         token_callee = results.get("token")
-        if reason == "consent_unknown" and token_callee is not None and token_callee != local.callee:
+        if (
+            reason == "consent_unknown"
+            and token_callee is not None
+            and token_callee != local.callee
+        ):
             reason = "consent_other_callee"
         if reason is None:
-            consent = Check("consent", "pass", None, f"consent for {cr.consent_purpose or '?'}, {cr.used} calls used")
+            consent = Check(
+                "consent",
+                "pass",
+                None,
+                f"consent for {cr.consent_purpose or '?'}, {cr.used} calls used",
+            )
         else:
             detail = _CONSENT_DETAIL.get(reason, reason)
             if reason == "consent_other_callee":
@@ -358,10 +422,15 @@ class AdmissionEngine:
         counts: dict[str, int | None] = {
             "callee_daily_cap": cr.day_count,
             "callee_total_daily_cap": cr.total_count,
-            "caller_rate": caller.rate_count if caller is not None else (0 if lim.caller_per_second <= 0 else None),
-            "trunk_rate": trunk.rate_count if trunk is not None else (0 if lim.trunk_max_cps <= 0 else None),
-            "trunk_concurrent": trunk.concurrent if trunk is not None else (
-                0 if lim.trunk_max_concurrent <= 0 else None),
+            "caller_rate": caller.rate_count
+            if caller is not None
+            else (0 if lim.caller_per_second <= 0 else None),
+            "trunk_rate": trunk.rate_count
+            if trunk is not None
+            else (0 if lim.trunk_max_cps <= 0 else None),
+            "trunk_concurrent": trunk.concurrent
+            if trunk is not None
+            else (0 if lim.trunk_max_concurrent <= 0 else None),
         }
         caps: list[Check] = []
         stopped = False
@@ -435,8 +504,11 @@ class AdmissionEngine:
         if self._failures >= self.cfg.breaker_failures and not self._breaker_open:
             self._breaker_open = True
             self.stats["breaker_opened"] += 1
-            log.warning("redis failing (%d in a row): circuit breaker open, probing every %.2fs",
-                        self._failures, self.cfg.breaker_probe_s)
+            log.warning(
+                "redis failing (%d in a row): circuit breaker open, probing every %.2fs",
+                self._failures,
+                self.cfg.breaker_probe_s,
+            )
             self._probe_task = asyncio.get_running_loop().create_task(self._probe())
 
     async def _probe(self) -> None:
@@ -459,7 +531,9 @@ class AdmissionEngine:
 
     # ------------------------------------------------------- side effects
     def _count_unconsented(self, enterprise_id: str, now: float) -> None:
-        fut = self.store.unconsented(enterprise_id, self.cfg.unconsented_threshold, self.cfg.unconsented_window_s)
+        fut = self.store.unconsented(
+            enterprise_id, self.cfg.unconsented_threshold, self.cfg.unconsented_window_s
+        )
 
         def done(f: asyncio.Future[tuple[int, bool]]) -> None:
             if f.cancelled() or f.exception() is not None:
@@ -474,7 +548,11 @@ class AdmissionEngine:
         cause = f"auto: {count} unconsented attempts in {self.cfg.unconsented_window_s} s"
         try:
             ok = await self.store.set_status(
-                "enterprise", enterprise_id, "suspended", cause=cause, at=datetime.fromtimestamp(now, UTC)
+                "enterprise",
+                enterprise_id,
+                "suspended",
+                cause=cause,
+                at=datetime.fromtimestamp(now, UTC),
             )
         except (StoreError, ValueError) as e:
             log.error("auto-suspension of enterprise %s failed: %s", enterprise_id, e)
@@ -514,11 +592,69 @@ class AdmissionEngine:
             return finish(call, local, skipped, cfg, all_checks=True)
         slots = self._submit(call, local, at.timestamp(), dry_run=True, all_checks=True)
         try:
-            async with asyncio.timeout(5.0):
-                results = await _wait(slots)
+            results = await _wait(slots, 5.0)
         except TimeoutError as e:
             raise StoreError("explain: store did not answer within 5 s") from e
-        return finish(call, local, self._verdict(local, results, all_checks=True), cfg, all_checks=True)
+        verdict = await self._explained(
+            call, local, at, results, self._verdict(local, results, True)
+        )
+        return finish(call, local, verdict, cfg, all_checks=True)
+
+    async def _explained(
+        self,
+        call: CallAttempt,
+        local: LocalVerdict,
+        at: datetime,
+        results: dict[str, Any],
+        verdict: StoreVerdict,
+    ) -> StoreVerdict:
+        """Word the consent / DNC checks as policy.rules.consent does, from the records.
+
+        The script returns reason codes only; explain is not on the hot path,
+        so it reads the consent and DNC records and runs the Python reference
+        for its details ("revoked 2026-…", "2 of 2 calls used"). Should the
+        two ever disagree, the script's verdict stands (it is what admission
+        does) and the disagreement is logged.
+        """
+        assert local.callee is not None and local.trunk is not None
+        cr: CalleeResult = results["callee"]
+        token = call.consent_token
+        stored = await self.store.get_consent(token) if token else None
+        record = stored if stored is not None and stored.callee == local.callee else None
+        consent = check_consent(
+            record,
+            token=token,
+            callee=local.callee,
+            enterprise_id=local.trunk.enterprise_id,
+            declared_purpose=call.purpose,
+            used=cr.used,
+            now=at,
+            token_callee=stored.callee if stored is not None else None,
+        )
+        dnc = check_dnc(
+            await self.store.get_dnc(local.callee),
+            consent_ok=verdict.consent.outcome == "pass",
+            consent_purpose=cr.consent_purpose,
+        )
+        agreed = {}
+        for name, ours, theirs in (
+            ("consent", verdict.consent, consent),
+            ("dnc", verdict.dnc, dnc),
+        ):
+            if (ours.outcome, ours.reason) == (theirs.outcome, theirs.reason):
+                agreed[name] = theirs
+            else:
+                log.warning(
+                    "explain: script and reference disagree on %s: %s vs %s",
+                    name,
+                    ours.reason,
+                    theirs.reason,
+                )
+        return dataclasses.replace(
+            verdict,
+            consent=agreed.get("consent", verdict.consent),
+            dnc=agreed.get("dnc", verdict.dnc),
+        )
 
     @staticmethod
     def _with_suspension_detail(local: LocalVerdict) -> LocalVerdict:
@@ -526,10 +662,19 @@ class AdmissionEngine:
         if ent is None or ent.status != "suspended" or ent.suspended_at is None:
             return local
         since = f"; suspended since {ent.suspended_at.isoformat()}"
-        if ent.suspended_cause:
-            since += f" ({ent.suspended_cause})"
         checks = tuple(
-            dataclasses.replace(c, detail=c.detail + since) if c.name == "trunk" and since not in c.detail else c
+            dataclasses.replace(
+                c,
+                detail=c.detail
+                + since
+                + (
+                    f" ({ent.suspended_cause})"
+                    if ent.suspended_cause and ent.suspended_cause not in c.detail
+                    else ""
+                ),
+            )
+            if c.name == "trunk" and since not in c.detail
+            else c
             for c in local.checks
         )
         return dataclasses.replace(local, checks=checks)

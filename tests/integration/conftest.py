@@ -36,7 +36,9 @@ def trunks() -> list[Trunk]:
     return [
         Trunk(trunk_id="t-a", enterprise_id="ent-a", sources=("192.0.2.0/24",)),
         Trunk(trunk_id="t-cps", enterprise_id="ent-a", sources=("198.51.100.1",), max_cps=1),
-        Trunk(trunk_id="t-conc", enterprise_id="ent-a", sources=("198.51.100.2",), max_concurrent=1),
+        Trunk(
+            trunk_id="t-conc", enterprise_id="ent-a", sources=("198.51.100.2",), max_concurrent=1
+        ),
         Trunk(trunk_id="t-b", enterprise_id="ent-b", sources=("198.51.100.3",)),
     ]
 
@@ -135,7 +137,7 @@ def _cluster_port() -> int:
     import random
 
     for _ in range(200):
-        port = random.randrange(20000, 30000)  # noqa: S311 - not crypto
+        port = random.randrange(20000, 30000)  # not crypto
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
@@ -171,30 +173,59 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             d = base / f"n{i}"
             d.mkdir()
             procs.append(
-                subprocess.Popen(  # noqa: S603 - fixed argv
+                subprocess.Popen(  # fixed argv
                     [
-                        "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                        "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-                        "--cluster-node-timeout", "2000", "--dir", str(d), "--save", "",
-                        "--appendonly", "no", "--logfile", str(d / "redis.log"),
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(d / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--dir",
+                        str(d),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--logfile",
+                        str(d / "redis.log"),
                     ],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
             )
             ports.append(port)
         for p in ports:
             _wait_port(p)
-        subprocess.run(  # noqa: S603
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             states = [
-                subprocess.run(  # noqa: S603
-                    ["redis-cli", "-p", str(p), "cluster", "info"], capture_output=True, text=True, timeout=5
+                subprocess.run(
+                    ["redis-cli", "-p", str(p), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
                 ).stdout
                 for p in ports
             ]

@@ -57,7 +57,7 @@ class GatewayProc:
             args += ["--next-hop", hop]
         args += list(self.extra)
         env = dict(os.environ, CAG_PROBE_INTERVAL=os.environ.get("CAG_PROBE_INTERVAL", "0.5"))
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -59,7 +59,9 @@ def check(d: Decision, name: str) -> Check:
 
 
 # ------------------------------------------------------------ atomicity
-async def test_concurrent_admits_respect_cap_exactly(redis_url: str, store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_concurrent_admits_respect_cap_exactly(
+    redis_url: str, store: PolicyStore, make_engine: EngineFactory
+) -> None:
     """50 INVITEs to one callee from two workers at once, cap 3: exactly 3 admitted."""
     other = await PolicyStore.connect(redis_url)
     try:
@@ -78,7 +80,9 @@ async def test_concurrent_admits_respect_cap_exactly(redis_url: str, store: Poli
     assert await store.consent_used(TOKEN) == 3
 
 
-async def test_consent_max_calls_exhausted_exactly(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_consent_max_calls_exhausted_exactly(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     await store.grant_consent(consent(token="tok-2", max_calls=2))
     e = await make_engine()
     decisions = await asyncio.gather(*(e.admit(call(consent_token="tok-2")) for _ in range(10)))
@@ -97,13 +101,24 @@ async def test_same_transaction_counts_once(store: PolicyStore, make_engine: Eng
     assert await store.consent_used(TOKEN) == 1
 
 
-async def test_late_script_after_client_timeout_counts_once(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_late_script_after_client_timeout_counts_once(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     """The script ran but the client never saw the answer; the retransmission counts nothing."""
     c = call()
     # What a worker whose client timed out left behind: the script ran and counted.
     r = await store.admit_callee(
-        callee=CALLEE, token=TOKEN, enterprise_id="ent-a", purpose=None, now_ms=int(NOON.timestamp() * 1000),
-        quiet_fail=False, daily_limit=3, total_limit=0, day=DAY, day_ttl=3600, txn=c.txn_id,
+        callee=CALLEE,
+        token=TOKEN,
+        enterprise_id="ent-a",
+        purpose=None,
+        now_ms=int(NOON.timestamp() * 1000),
+        quiet_fail=False,
+        daily_limit=3,
+        total_limit=0,
+        day=DAY,
+        day_ttl=3600,
+        txn=c.txn_id,
     )
     assert r.counted and not r.replay
     e = await make_engine()
@@ -113,7 +128,9 @@ async def test_late_script_after_client_timeout_counts_once(store: PolicyStore, 
     assert await store.consent_used(TOKEN) == 1
 
 
-async def test_budget_timeout_rejects_refunds_and_repeats(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_budget_timeout_rejects_refunds_and_repeats(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     """Fail-closed after the budget ran out: the late script's counting is refunded, and a
     retransmission of that transaction gets the same rejection (the stored decision)."""
     hasty = await make_engine(budget_ms=0.0001)
@@ -123,7 +140,10 @@ async def test_budget_timeout_rejects_refunds_and_repeats(store: PolicyStore, ma
     assert hasty.stats["store_timeouts"] == 1
 
     async def refunded() -> bool:
-        return await day_count(store) == 0 and await store.client.exists(f"{{c:{CALLEE}}}:txn:{c.txn_id}") == 1
+        return (
+            await day_count(store) == 0
+            and await store.client.exists(f"{{c:{CALLEE}}}:txn:{c.txn_id}") == 1
+        )
 
     await eventually(refunded)
     assert await store.consent_used(TOKEN) == 0
@@ -135,7 +155,9 @@ async def test_budget_timeout_rejects_refunds_and_repeats(store: PolicyStore, ma
 
 
 # ------------------------------------------------------ rejections, quota
-async def test_rejected_calls_consume_no_quota(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_rejected_calls_consume_no_quota(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     night = await make_engine(clock=fixed_clock(NIGHT))
     d = await night.admit(call())
     assert d.reason == "quiet_hours" and d.retry_after == 9 * 3600
@@ -148,7 +170,9 @@ async def test_rejected_calls_consume_no_quota(store: PolicyStore, make_engine: 
     assert await store.consent_used(TOKEN) == 0
 
 
-async def test_refund_when_trunk_rate_rejects(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_refund_when_trunk_rate_rejects(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine()
     first = await e.admit(call(source_ip="198.51.100.1"))
     second = await e.admit(call(source_ip="198.51.100.1"))  # same second, max_cps 1
@@ -183,7 +207,9 @@ async def test_max_concurrent_released(store: PolicyStore, make_engine: EngineFa
     await eventually(admitted)
 
 
-async def test_revocation_and_dnc_effective_on_next_invite(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_revocation_and_dnc_effective_on_next_invite(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine()
     assert (await e.admit(call())).admit
     await store.dnc_add(DncEntry(number=CALLEE, scope="all"))
@@ -195,7 +221,9 @@ async def test_revocation_and_dnc_effective_on_next_invite(store: PolicyStore, m
     assert not await store.revoke_consent("no-such-token", NOON)
 
 
-async def test_consent_other_callee_via_token_index(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_consent_other_callee_via_token_index(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine()
     d = await e.admit(call(callee="13900139000"))  # TOKEN was granted for CALLEE
     assert d.reason == "consent_other_callee"
@@ -205,16 +233,23 @@ async def test_consent_other_callee_via_token_index(store: PolicyStore, make_eng
     assert await day_count(store, OTHER_CALLEE) == 0
 
 
-async def test_evidence_ref_and_checks_on_admission(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_evidence_ref_and_checks_on_admission(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine()
+    seen: list[tuple[str, float]] = []
+    e.latency_observer = lambda what, s: seen.append((what, s))
     d = await e.admit(call())
     assert d.admit and d.evidence_ref == "ev-1" and d.consent_token == TOKEN
+    assert sorted(w for w, _ in seen) == ["decision", "redis"] and all(0 < s < 1 for _, s in seen)
     assert tuple(c.name for c in d.checks) == CHECK_ORDER
     assert all(c.outcome == "pass" for c in d.checks)
 
 
 # ------------------------------------------------- reference data, R6
-async def test_reference_change_visible_within_one_second(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_reference_change_visible_within_one_second(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine()
     assert e.ready and (await e.admit(call())).admit
     t0 = time.monotonic()
@@ -230,7 +265,9 @@ async def test_reference_change_visible_within_one_second(store: PolicyStore, ma
     print(f"reference change visible after {elapsed * 1000:.1f} ms")
 
 
-async def test_auto_suspension_after_threshold(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_auto_suspension_after_threshold(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine(unconsented_threshold=3, unconsented_window_s=60)
     for _ in range(3):
         assert (await e.admit(call(consent_token=None))).reason == "consent_missing"
@@ -278,10 +315,18 @@ async def test_explain_changes_no_counter(store: PolicyStore, make_engine: Engin
     x2 = await e.explain(call(consent_token="nope"), NOON)
     assert await _snapshot(store) == before
     assert x.reason == "trunk_concurrent"
-    assert {c.name for c in x.checks} >= {"trunk", "consent", "dnc", "quiet_hours", "callee_daily_cap",
-                                          "caller_rate", "trunk_concurrent"}
+    assert {c.name for c in x.checks} >= {
+        "trunk",
+        "consent",
+        "dnc",
+        "quiet_hours",
+        "callee_daily_cap",
+        "caller_rate",
+        "trunk_concurrent",
+    }
     assert check(x, "callee_daily_cap").detail == "1 of 3 used"
     assert x2.reason == "consent_unknown" and check(x2, "callee_daily_cap").outcome == "pass"
+    assert check(x2, "consent").detail == "unknown consent token"  # worded by policy.rules.consent
 
 
 # ------------------------------------------------------ fail modes
@@ -306,7 +351,7 @@ async def test_fail_closed_when_redis_stopped(private: Any, make_engine: EngineF
     d = await e.admit(call())
     elapsed = time.monotonic() - t0
     assert (d.reason, d.sip_code, d.retry_after) == ("store_unavailable", 503, 1)
-    assert elapsed < 0.06
+    assert elapsed < 0.08  # budget 50 ms + scheduling slack
     assert e.stats["fail_closed"] == 1
     assert e.source_known("192.0.2.10")  # the reference snapshot stays in service
 
@@ -349,7 +394,7 @@ async def test_recovery_within_five_seconds(private: Any, make_engine: EngineFac
     assert not e.redis_ok and e.stats["breaker_opened"] == 1
     t0 = time.monotonic()
     d = await e.admit(call())  # breaker open: decided at once, Redis not called
-    assert d.reason == "store_unavailable" and time.monotonic() - t0 < 0.01
+    assert d.reason == "store_unavailable" and time.monotonic() - t0 < 0.02
     server.start()
     t0 = time.monotonic()
 
@@ -361,7 +406,9 @@ async def test_recovery_within_five_seconds(private: Any, make_engine: EngineFac
     print(f"decisions resumed {elapsed:.2f} s after redis restarted")
 
 
-async def test_shadow_mode_admits_and_counts(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_shadow_mode_admits_and_counts(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine(shadow=True)
     d = await e.admit(call(consent_token="nope"))
     assert d.admit and d.shadow_reject == "consent_unknown"
@@ -370,7 +417,9 @@ async def test_shadow_mode_admits_and_counts(store: PolicyStore, make_engine: En
     assert await day_count(store) == 1
 
 
-async def test_function_library_reloaded_when_flushed(store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_function_library_reloaded_when_flushed(
+    store: PolicyStore, make_engine: EngineFactory
+) -> None:
     e = await make_engine()
     assert (await e.admit(call())).admit
     await store.client.execute_command("FUNCTION", "FLUSH")
@@ -382,10 +431,19 @@ async def test_every_counter_has_a_ttl(store: PolicyStore, make_engine: EngineFa
     rules = RuleConfig(caps=FrequencyCap(caller_per_second=5))
     e = await make_engine(rules=rules, unconsented_threshold=50)
     assert (await e.admit(call(source_ip="198.51.100.2"))).admit
-    assert (await e.admit(call(source_ip="198.51.100.1", consent_token=None))).reason == "consent_missing"
+    assert (
+        await e.admit(call(source_ip="198.51.100.1", consent_token=None))
+    ).reason == "consent_missing"
     await asyncio.sleep(0.05)
-    persistent = {b"{cag:ref}:trunks", b"{cag:ref}:enterprises", b"{cag:ref}:filings", b"{cag:ref}:version",
-                  b"{cag:idx}:consents", f"{{k:{TOKEN}}}:callee".encode(), consent_key(CALLEE, TOKEN).encode()}
+    persistent = {
+        b"{cag:ref}:trunks",
+        b"{cag:ref}:enterprises",
+        b"{cag:ref}:filings",
+        b"{cag:ref}:version",
+        b"{cag:idx}:consents",
+        f"{{k:{TOKEN}}}:callee".encode(),
+        consent_key(CALLEE, TOKEN).encode(),
+    }
     seen = set()
     async for k in store.client.scan_iter():
         ttl = await store.client.pttl(k)

@@ -39,14 +39,22 @@ async def test_reference_roundtrip_version_and_replace(store: PolicyStore) -> No
     assert {t.trunk_id for t in trunks} == {"t-a", "t-cps", "t-conc", "t-b"}
     assert {e.enterprise_id for e in ents} == {"ent-a", "ent-b"} and len(filings) == 2
     assert v0 == await store.ref_version() == 3
-    n = await store.put_records("trunks", [Trunk(trunk_id="t-new", enterprise_id="ent-a", sources=("10.0.0.0/8",))])
+    n = await store.put_records(
+        "trunks", [Trunk(trunk_id="t-new", enterprise_id="ent-a", sources=("10.0.0.0/8",))]
+    )
     assert n == 1
     trunks, *_, v1 = await store.load_refdata()
     assert len(trunks) == 5 and v1 == v0 + 1
-    await store.put_records("trunks", [Trunk(trunk_id="t-only", enterprise_id="ent-a", sources=("10.0.0.1",))], replace=True)
+    await store.put_records(
+        "trunks",
+        [Trunk(trunk_id="t-only", enterprise_id="ent-a", sources=("10.0.0.1",))],
+        replace=True,
+    )
     trunks, *_ = await store.load_refdata()
     assert [t.trunk_id for t in trunks] == ["t-only"]
-    ents2 = [Enterprise(enterprise_id="e-q", quiet_hours="12:00-13:30 21:00-08:00", callee_daily_cap=5)]
+    ents2 = [
+        Enterprise(enterprise_id="e-q", quiet_hours="12:00-13:30 21:00-08:00", callee_daily_cap=5)
+    ]
     await store.put_records("enterprises", ents2)
     _, ents, _, _ = await store.load_refdata()
     assert next(e for e in ents if e.enterprise_id == "e-q") == ents2[0]
@@ -106,7 +114,9 @@ async def test_consent_moved_to_another_callee(store: PolicyStore) -> None:
 
 
 async def test_consents_replace(store: PolicyStore) -> None:
-    await store.put_records("consents", [consent(token="a"), consent(token="b", callee=OTHER_CALLEE)])
+    await store.put_records(
+        "consents", [consent(token="a"), consent(token="b", callee=OTHER_CALLEE)]
+    )
     assert await store.client.smembers(IDX_CONSENTS) == {TOKEN.encode(), b"a", b"b"}
     n = await store.put_records("consents", [consent(token="b", callee=OTHER_CALLEE)], replace=True)
     assert n == 1
@@ -120,7 +130,9 @@ async def test_consents_replace(store: PolicyStore) -> None:
 async def test_dnc_add_remove_replace(store: PolicyStore) -> None:
     at = datetime(2026, 1, 2, tzinfo=UTC)
     await store.dnc_add(DncEntry(number="13800138000", scope="commercial", registered_at=at))
-    assert await store.get_dnc(CALLEE) == DncEntry(number=CALLEE, scope="commercial", registered_at=at)
+    assert await store.get_dnc(CALLEE) == DncEntry(
+        number=CALLEE, scope="commercial", registered_at=at
+    )
     assert await store.dnc_remove("138 0013 8000")
     assert not await store.dnc_remove(CALLEE)
     await store.put_records("dnc", [DncEntry(number=CALLEE), DncEntry(number=OTHER_CALLEE)])
@@ -151,5 +163,13 @@ async def test_batched_calls_share_one_pipeline(store: PolicyStore) -> None:
 
 async def test_unconsented_window(store: PolicyStore) -> None:
     results = [await store.unconsented("ent-a", 3, 60) for _ in range(7)]
-    assert results == [(1, False), (2, False), (3, True), (1, False), (2, False), (3, True), (1, False)]
+    assert results == [
+        (1, False),
+        (2, False),
+        (3, True),
+        (1, False),
+        (2, False),
+        (3, True),
+        (1, False),
+    ]
     assert 0 < await store.client.ttl("{e:ent-a}:unconsented") <= 60

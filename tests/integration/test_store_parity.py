@@ -28,7 +28,9 @@ H = timedelta(hours=1)
 @dataclass
 class Case:
     name: str
-    consent: dict[str, Any] | None = field(default_factory=dict)  # overrides; None: no consent stored
+    consent: dict[str, Any] | None = field(
+        default_factory=dict
+    )  # overrides; None: no consent stored
     token: str | None = T
     callee: str = CALLEE  # the callee dialled
     purpose: str | None = None  # declared
@@ -45,7 +47,11 @@ CASES = [
     Case("other enterprise", consent={"enterprise_id": "ent-b"}),
     Case("declared purpose differs", purpose="consultation"),
     Case("declared purpose same, other case", purpose=" CallBack "),
-    Case("purpose mismatch beats revocation", purpose="consultation", consent={"revoked_at": NOON - H}),
+    Case(
+        "purpose mismatch beats revocation",
+        purpose="consultation",
+        consent={"revoked_at": NOON - H},
+    ),
     Case("revoked before", consent={"revoked_at": NOON - H}),
     Case("revoked exactly now", consent={"revoked_at": NOON}),
     Case("revocation in the future", consent={"revoked_at": NOON + H}),
@@ -53,15 +59,30 @@ CASES = [
     Case("expired", consent={"granted_at": NOON - 2 * H, "expires_at": NOON - H}),
     Case("expires exactly now", consent={"granted_at": NOON - 2 * H, "expires_at": NOON}),
     Case("expires later", consent={"expires_at": NOON + H}),
-    Case("revoked and expired", consent={"granted_at": NOON - 3 * H, "expires_at": NOON - H, "revoked_at": NOON - 2 * H}),
+    Case(
+        "revoked and expired",
+        consent={"granted_at": NOON - 3 * H, "expires_at": NOON - H, "revoked_at": NOON - 2 * H},
+    ),
     Case("exhausted", consent={"max_calls": 2}, used=2),
     Case("one call left", consent={"max_calls": 2}, used=1),
-    Case("expired and exhausted", consent={"granted_at": NOON - 2 * H, "expires_at": NOON - H, "max_calls": 1}, used=1),
+    Case(
+        "expired and exhausted",
+        consent={"granted_at": NOON - 2 * H, "expires_at": NOON - H, "max_calls": 1},
+        used=1,
+    ),
     Case("dnc all", dnc="all"),
     Case("dnc all, no consent", consent=None, dnc="all"),
     Case("dnc commercial, consented callback", dnc="commercial"),
-    Case("dnc commercial, consented consultation", consent={"purpose": "consultation"}, dnc="commercial"),
-    Case("dnc commercial, consent purpose in capitals", consent={"purpose": "CALLBACK"}, dnc="commercial"),
+    Case(
+        "dnc commercial, consented consultation",
+        consent={"purpose": "consultation"},
+        dnc="commercial",
+    ),
+    Case(
+        "dnc commercial, consent purpose in capitals",
+        consent={"purpose": "CALLBACK"},
+        dnc="commercial",
+    ),
     Case("dnc commercial, consent revoked", consent={"revoked_at": NOON - H}, dnc="commercial"),
     Case("dnc commercial, no token", token=None, dnc="commercial"),
 ]
@@ -102,7 +123,9 @@ def _reference(case: Case) -> tuple[Check, Check]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_lua_matches_python(case: Case, store: PolicyStore, make_engine: EngineFactory) -> None:
+async def test_lua_matches_python(
+    case: Case, store: PolicyStore, make_engine: EngineFactory
+) -> None:
     if case.consent is not None:
         stored = _consent(case.consent)
         await store.grant_consent(stored)
@@ -115,5 +138,8 @@ async def test_lua_matches_python(case: Case, store: PolicyStore, make_engine: E
     x = await e.explain(call(consent_token=case.token, callee=digits, purpose=case.purpose), NOON)
     lua = {c.name: c for c in x.checks}
     ref_consent, ref_dnc = _reference(case)
-    assert (lua["consent"].outcome, lua["consent"].reason) == (ref_consent.outcome, ref_consent.reason)
+    assert (lua["consent"].outcome, lua["consent"].reason) == (
+        ref_consent.outcome,
+        ref_consent.reason,
+    )
     assert (lua["dnc"].outcome, lua["dnc"].reason) == (ref_dnc.outcome, ref_dnc.reason)
