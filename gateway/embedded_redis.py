@@ -90,7 +90,7 @@ class EmbeddedRedis:
             "--logfile", str(self.dir / "redis.log"),
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )

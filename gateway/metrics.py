@@ -3,25 +3,17 @@
 Workers are separate processes, so prometheus-client runs in multiprocess
 mode: each worker writes its samples to memory-mapped files under
 ``PROMETHEUS_MULTIPROC_DIR`` and the parent aggregates them behind one
-``/metrics``. That variable must be set before this module (and so
-``prometheus_client``) is first imported — ``gateway.supervisor`` does it —
-and ``check_mode`` asserts it. Label sets are bounded by construction: reasons and events are
+``/metrics`` (``gateway.metrics_export``). Only workers import this module:
+an unlabelled gauge defined in the parent would add the parent's zero to
+every "min" aggregate. Label sets are bounded by construction: reasons and events are
 code-defined strings, never numbers or Call-IDs from a message.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
 # Sub-millisecond work needs sub-millisecond buckets (issue 6).
 LATENCY_BUCKETS = (
@@ -48,47 +40,16 @@ IN_FLIGHT = Gauge(
     "cag_transactions_in_flight", "INVITE transactions held in memory", multiprocess_mode="livesum"
 )
 HOP_UP = Gauge(
-    "cag_next_hop_up", "1 when the next hop answers, 0 when marked down", ["hop"], multiprocess_mode="max"
+    "cag_next_hop_up", "1 when the next hop answers, 0 when marked down", ["hop"], multiprocess_mode="livemax"
 )
 REFDATA_VERSION = Gauge(
-    "cag_refdata_version", "Reference data version held by the workers", multiprocess_mode="min"
+    "cag_refdata_version", "Reference data version held by the workers", multiprocess_mode="livemin"
 )
 REFDATA_LOADED = Gauge(
-    "cag_refdata_loaded", "1 when a worker holds reference data", multiprocess_mode="min"
+    "cag_refdata_loaded", "1 when a worker holds reference data", multiprocess_mode="livemin"
 )
-REDIS_OK = Gauge("cag_redis_up", "1 when the worker's Redis calls succeed", multiprocess_mode="min")
+REDIS_OK = Gauge("cag_redis_up", "1 when the worker's Redis calls succeed", multiprocess_mode="livemin")
 WORKERS = Gauge("cag_workers", "Worker processes alive", multiprocess_mode="liveall")
 
 
-def check_mode() -> None:
-    from prometheus_client import values
-
-    if os.environ.get(MULTIPROC_ENV) and "MultiProcess" not in values.ValueClass.__name__:
-        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
-
-
-def aggregate_registry() -> CollectorRegistry:
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return registry
-
-
-def render() -> bytes:
-    return generate_latest(aggregate_registry())
-
-
-def sample_values(name: str) -> list[float]:
-    """Aggregated sample values of one metric family (for /readyz)."""
-    out: list[float] = []
-    for family in aggregate_registry().collect():
-        if family.name == name:
-            out.extend(s.value for s in family.samples)
-    return out
-
-
-def mark_dead(pid: int) -> None:
-    multiprocess.mark_process_dead(pid)
-
-
 ReadyCheck = Callable[[], tuple[bool, dict[str, object]]]
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

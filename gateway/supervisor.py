@@ -129,7 +129,7 @@ class _Health:
         return bool(self.workers), {"workers": len(self.workers)}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
-        from gateway import metrics
+        from gateway import metrics_export as metrics
 
         redis_ok = self._ping()
         loaded = metrics.sample_values("cag_refdata_loaded")
@@ -158,7 +158,7 @@ class _Health:
 
 
 def start_metrics_server(address: str, health: _Health) -> ThreadingHTTPServer:
-    from gateway import metrics
+    from gateway import metrics_export as metrics
 
     host, port = split_host_port(address, address)
 
@@ -197,7 +197,7 @@ def run(settings: Settings) -> int:
     state_dir = Path(settings.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     setup_multiproc_dir(state_dir)
-    from gateway.metrics import check_mode, mark_dead
+    from gateway.metrics_export import check_mode, mark_dead
 
     check_mode()
 

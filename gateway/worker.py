@@ -19,12 +19,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import metrics
 from gateway.config import Settings, parse_listen
 from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
 from gateway.transport import Addr, TcpConnection, TcpConnector, UdpEndpoint
 
 log = logging.getLogger("cag.worker")
+
+# gateway.metrics is imported in the worker only (run_worker), never in the
+# parent that imports this module: see gateway.metrics for why.
+metrics: Any = None
 
 TICK_S = 0.02
 STATS_S = 1.0
@@ -257,6 +260,11 @@ async def _main(spec: WorkerSpec) -> None:
 def run_worker(spec: WorkerSpec) -> int:
     """Entry point in the forked child."""
     import uvloop
+
+    global metrics
+    from gateway import metrics as worker_metrics
+
+    metrics = worker_metrics
 
     try:
         uvloop.run(_main(spec))

@@ -151,7 +151,6 @@ def run_uac(
     transport: str = "u1",
     limit: int = 200,
     timeout: float = 60,
-    pause_ms: int = 0,
     extra: Sequence[str] = (),
 ) -> SippResult:
     """Place ``calls`` calls through the gateway; fields per call from ``rows`` (cycled)."""
@@ -159,7 +158,7 @@ def run_uac(
     stats = tmp / f"uac-stats-{time.monotonic_ns()}.csv"
     port = free_port()
     args = [
-        "sipp", "127.0.0.1:%d" % target_port,
+        "sipp", f"127.0.0.1:{target_port}",
         "-sf", str(scenario if os.path.isabs(scenario) else SIPP_DIR / scenario),
         "-inf", str(inf),
         "-i", "127.0.0.1", "-p", str(port),
@@ -167,7 +166,6 @@ def run_uac(
         "-m", str(calls), "-r", str(rate), "-l", str(limit),
         "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "1",
-        "-set", "pause", str(pause_ms),
         "-recv_timeout", "10000",
         "-default_behaviors", "all,-abortunexp",
         "-max_recv_loops", "10000",
@@ -196,10 +194,12 @@ class SippUas:
 
     def start(self) -> SippUas:
         self.stats = self.tmp / f"uas-{self.port}-stats.csv"
+        self.short = self.tmp / f"uas-{self.port}-{time.monotonic_ns()}-msgs.log"
         args = [
             "sipp", "-sf", str(SIPP_DIR / self.scenario),
             "-i", "127.0.0.1", "-p", str(self.port), "-t", self.transport,
             "-aa", "-nostdin", "-trace_stat", "-stf", str(self.stats), "-fd", "1",
+            "-trace_shortmsg", "-shortmessage_file", str(self.short),
             "-default_behaviors", "all,-abortunexp",
             "-max_recv_loops", "10000",
         ]
@@ -217,8 +217,13 @@ class SippUas:
         return f"{kind}:127.0.0.1:{self.port}"
 
     def calls_seen(self) -> int:
-        st = _read_stats(self.stats)
-        return int(st.get("TotalCallCreated", 0) or 0)
+        """INVITEs received (OPTIONS probes, answered by -aa, are not calls)."""
+        try:
+            text = self.short.read_text(errors="replace")
+        except OSError:
+            return 0
+        # -trace_shortmsg lines: date, time, epoch, R/S, Call-ID, CSeq, first line
+        return sum(1 for line in text.splitlines() if "\tR\t" in line and "\tINVITE " in line)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -25,6 +25,7 @@ def uas(tmp_path: Path) -> Iterator[SippUas]:
 
 @pytest.fixture
 def gateway(redis_url: str, tmp_path: Path, uas: SippUas) -> Iterator[GatewayProc]:
+    standard_policy(redis_url, callees=1)  # /readyz wants reference data loaded
     gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop])
     gw.state_dir.mkdir()
     gw.start()

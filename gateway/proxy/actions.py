@@ -1,0 +1,62 @@
+"""What the proxy core asks its adapter to do (aioquic style: the core returns work, never does I/O).
+
+Plain slotted dataclasses: one is built per message on the hot path, so they
+carry no validation and no behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policy.model import CallAttempt
+
+Addr = tuple[str, int]
+
+
+@dataclass(slots=True)
+class Send:
+    """Send ``data`` to ``dest``.
+
+    ``private=True``: from this worker's own downstream UDP socket (its address
+    is in our Via), so the responses come back to this worker. ``conn_id``:
+    the TCP connection to write on (responses leave on the request's
+    connection); ``None`` over TCP means connect to / reuse a connection to
+    ``dest``.
+    """
+
+    data: bytes
+    dest: Addr
+    transport: str  # "udp" | "tcp"
+    conn_id: int | None = None
+    private: bool = False
+
+
+@dataclass(slots=True)
+class Admit:
+    """Ask policy about ``call``; the adapter answers with ``ProxyCore.decided(key, ...)``."""
+
+    key: str
+    call: CallAttempt
+    record_id: str
+
+
+@dataclass(slots=True)
+class Release:
+    """A concurrency slot is free again (BYE, CANCEL, final error, timeout)."""
+
+    trunk_id: str
+    call_id: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of an admitted call, for the audit record (SPEC §7). Times are wall-clock."""
+
+    record_id: str
+    call_id: str
+    final_code: int | None
+    answered_at: float | None
+    ended_at: float | None
+
+
+Action = Send | Admit | Release | Outcome

@@ -1,0 +1,82 @@
+"""The Record-Route token: proof, verifiable without shared state, that a dialog was admitted.
+
+Any worker on any node holding ``rr_secret`` can check an in-dialog request's
+Route: the token carries the audit record id, the next-hop index and the
+trunk id, and an HMAC-SHA256 (truncated to 96 bits) over those and the
+dialog's Call-ID and caller tag. A trunk that adds a To-tag to skip admission
+has no token that verifies, so it gets 481 (SPEC §6 "Dialogs").
+
+Requests from the callee carry the caller's tag in To rather than From, so
+``verify`` tries the tags the caller gives, in order, and says which matched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+
+_SEP = b"\x1f"
+_MAC_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class DialogInfo:
+    record_id: str
+    hop: int
+    trunk_id: str
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class RouteToken:
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("rr_secret must not be empty")
+        self._secret = secret
+
+    def _mac(self, call_id: str, tag: str, payload: bytes) -> bytes:
+        msg = b"".join((call_id.encode(), _SEP, tag.encode(), _SEP, payload))
+        return hmac.digest(self._secret, msg, "sha256")[:_MAC_BYTES]
+
+    def mint(self, call_id: str, from_tag: str, record_id: str, hop: int, trunk_id: str) -> str:
+        """A token-safe string (base64url and '.'), usable unquoted as a URI parameter value."""
+        payload = _SEP.join((record_id.encode(), str(hop).encode(), trunk_id.encode()))
+        return f"{_b64(payload)}.{_b64(self._mac(call_id, from_tag, payload))}"
+
+    def verify(
+        self, token: str, call_id: str, tags: tuple[str | None, ...]
+    ) -> tuple[DialogInfo, int] | None:
+        """``(info, index of the tag that verified)``, or None for a forged / foreign / broken token."""
+        body, dot, mac_text = token.partition(".")
+        if not dot:
+            return None
+        try:
+            payload = _unb64(body)
+            mac = _unb64(mac_text)
+        except (binascii.Error, ValueError):
+            return None
+        if len(mac) != _MAC_BYTES:
+            return None
+        for i, tag in enumerate(tags):
+            if tag is None:
+                continue
+            if hmac.compare_digest(mac, self._mac(call_id, tag, payload)):
+                parts = payload.split(_SEP)
+                if len(parts) != 3 or not parts[1].isdigit():
+                    return None
+                try:
+                    info = DialogInfo(parts[0].decode(), int(parts[1]), parts[2].decode())
+                except UnicodeDecodeError:
+                    return None
+                return info, i
+        return None

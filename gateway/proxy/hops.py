@@ -1,0 +1,100 @@
+"""Next hops: parsing, weighted choice and up/down health (SPEC §6 "Next hops").
+
+Health is kept per worker: a hop is marked down when it lets an INVITE time
+out or leaves an OPTIONS probe unanswered, and up again only when it answers
+a probe, so a dead hop costs at most one hop timeout per worker per probe
+interval instead of one per call.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class NextHop:
+    host: str
+    port: int
+    transport: str = "udp"
+    weight: int = 1
+
+    _TRANSPORTS: ClassVar[tuple[str, ...]] = ("udp", "tcp")
+
+    @classmethod
+    def parse(cls, text: str) -> NextHop:
+        """``[udp:|tcp:]HOST:PORT[;weight=N]`` (UDP by default; IPv6 as ``[::1]:5060``)."""
+        main, _, params = text.strip().partition(";")
+        transport = "udp"
+        head, sep, rest = main.partition(":")
+        if sep and head.lower() in cls._TRANSPORTS:
+            transport = head.lower()
+            main = rest
+        if main.startswith("["):
+            host, sep, port_s = main[1:].partition("]:")
+        else:
+            host, sep, port_s = main.rpartition(":")
+        if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise ValueError(f"bad next hop {text!r}: expected [udp:|tcp:]HOST:PORT[;weight=N]")
+        weight = 1
+        for p in params.split(";"):
+            name, _, value = p.strip().partition("=")
+            if name.lower() == "weight":
+                if not value.isdigit():
+                    raise ValueError(f"bad weight in next hop {text!r}")
+                weight = int(value)
+            elif name:
+                raise ValueError(f"unknown parameter {name!r} in next hop {text!r}")
+        return cls(host, int(port_s), transport, weight)
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.host}:{self.port};weight={self.weight}"
+
+
+class HopSet:
+    """The configured hops with their health; indices are stable (they go into Record-Route tokens)."""
+
+    __slots__ = ("addrs", "hops", "hosts", "up")
+
+    def __init__(self, hops: tuple[NextHop, ...]) -> None:
+        self.hops = hops
+        self.up = [True] * len(hops)
+        self.hosts = frozenset(h.host for h in hops)
+        self.addrs = {h.addr: i for i, h in enumerate(hops)}
+
+    def pick(self, rng: random.Random, tried: set[int] | None = None) -> int | None:
+        """Weighted random among up hops not yet tried; on a first attempt with none up, among all."""
+        hops, up = self.hops, self.up
+        cands = [i for i in range(len(hops)) if up[i] and (not tried or i not in tried)]
+        if not cands:
+            if tried:
+                return None  # failover goes only to hops believed up
+            cands = list(range(len(hops)))
+            if not cands:
+                return None
+        if len(cands) == 1:
+            return cands[0]
+        total = sum(hops[i].weight for i in cands)
+        if total <= 0:
+            return cands[rng.randrange(len(cands))]
+        r = rng.random() * total
+        for i in cands:
+            r -= hops[i].weight
+            if r < 0:
+                return i
+        return cands[-1]
+
+    def mark(self, index: int, up: bool) -> bool:
+        """Set a hop's health; True when it changed (worth a log line)."""
+        if 0 <= index < len(self.up) and self.up[index] != up:
+            self.up[index] = up
+            return True
+        return False
+
+    def status(self) -> list[tuple[NextHop, bool]]:
+        return list(zip(self.hops, self.up, strict=True))

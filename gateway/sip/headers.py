@@ -1,0 +1,215 @@
+"""Header names (compact forms, canonical spelling) and list-value splitting.
+
+Lookups key every header by its lower-cased *full* name, so ``v`` and ``Via``
+are the same header; headers we generate use the canonical spelling because
+some peers match names case-sensitively and never expect compact forms.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+# RFC 3261 §7.3.3 plus the compact forms registered since (RFC 3265, 3515, 3892, 4028, 8224, 3841).
+COMPACT: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "u": "allow-events",
+    "y": "identity",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+}
+
+_CANONICAL_LIST = (
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Route", "Record-Route",
+    "Content-Length", "Content-Type", "Content-Encoding", "Content-Disposition", "Content-Language",
+    "Allow", "Allow-Events", "Supported", "Require", "Proxy-Require", "Unsupported", "Subject",
+    "User-Agent", "Server", "Date", "Expires", "Min-Expires", "Retry-After", "Reason", "Warning",
+    "WWW-Authenticate", "Authorization", "Proxy-Authenticate", "Proxy-Authorization",
+    "Authentication-Info", "P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Identity",
+    "Event", "Refer-To", "Referred-By", "Session-Expires", "Min-SE", "Accept", "Accept-Encoding",
+    "Accept-Language", "Accept-Contact", "Reject-Contact", "Request-Disposition", "Call-Info",
+    "Alert-Info", "Error-Info", "In-Reply-To", "Organization", "Priority", "Reply-To", "Timestamp",
+    "RSeq", "RAck", "Path", "Service-Route", "History-Info", "Diversion", "SIP-ETag", "SIP-If-Match",
+)
+CANONICAL: dict[str, str] = {n.lower(): n for n in _CANONICAL_LIST}
+
+# Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1 allows
+# joining or splitting those lines freely). Anything else may carry commas
+# as plain data (Date, WWW-Authenticate, Identity, User-Agent...) and is
+# never split.
+LIST_HEADERS: frozenset[str] = frozenset(
+    {
+        "via", "route", "record-route", "contact", "allow", "allow-events", "supported", "require",
+        "proxy-require", "unsupported", "p-asserted-identity", "p-preferred-identity", "privacy",
+        "accept", "accept-encoding", "accept-language", "content-encoding", "content-language",
+        "in-reply-to", "path", "service-route", "history-info", "diversion", "p-associated-uri",
+        "accept-contact", "reject-contact", "request-disposition", "call-info", "alert-info",
+        "error-info", "reason", "warning",
+    }
+)
+
+
+def header_key(name: str) -> str:
+    """The lookup key: lower-case full name, compact forms expanded."""
+    k = name.strip().lower()
+    return COMPACT.get(k, k)
+
+
+def canonical_name(name: str) -> str:
+    """Spelling for a header line we generate: canonical when known, never compact."""
+    k = header_key(name)
+    return CANONICAL.get(k) or (name.strip() if len(name.strip()) > 1 else k)
+
+
+# One header line (or folded group of lines): (name as written, lookup key,
+# unfolded value, raw line or None, line terminator). A plain tuple because
+# building ~20 of them per message is on the hot path (a NamedTuple costs
+# several times more to create). ``raw`` is the line text as received
+# (latin-1, so it encodes back to the exact bytes), without its final
+# terminator, which ``eol`` records, so bare-LF input is re-emitted as it
+# came; an edit replaces the entry with one whose ``raw`` is None, which is
+# how ``to_bytes`` knows what to regenerate.
+Header = tuple[str, str, str, str | None, str]
+CRLF = "\r\n"
+
+
+def check_value(value: str) -> None:
+    """Refuse CR, LF and NUL: a value with those could smuggle extra header lines."""
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError("header value contains CR, LF or NUL")
+
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+
+@lru_cache(maxsize=256)
+def new_header_name(name: str) -> tuple[str, str]:
+    """(spelling, key) for a header we generate; ValueError unless the name is one token.
+
+    Cached: the proxy adds the same handful of names to every message.
+    """
+    n = name.strip()
+    if not _TOKEN_RE.fullmatch(n):
+        raise ValueError("invalid header name")
+    return canonical_name(n), header_key(n)
+
+
+def check_name(name: str) -> None:
+    """A header name we emit must be one token, or the line would mean something else."""
+    new_header_name(name)
+
+
+def split_list(value: str) -> list[str]:
+    """Split a list header on top-level commas (not inside "..." or <...>)."""
+    if "," not in value:
+        v = value.strip()
+        return [v] if v else []
+    out: list[str] = []
+    start = 0
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            part = value[start:i].strip()
+            if part:
+                out.append(part)
+            start = i + 1
+        i += 1
+    part = value[start:].strip()
+    if part:
+        out.append(part)
+    return out
+
+
+def first_element_end(value: str) -> int:
+    """Index of the first top-level comma of a list value, or -1 (one element)."""
+    if "," not in value:
+        return -1
+    quoted = False
+    angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            return i
+        i += 1
+    return -1
+
+
+def split_params(text: str) -> dict[str, str | None]:
+    """``;a=1;b;c="x;y"`` -> {"a": "1", "b": None, "c": '"x;y"'}; names lower-cased, first wins."""
+    out: dict[str, str | None] = {}
+    if '"' in text:
+        parts = _split_quoted(text, ";")
+    else:
+        parts = text.split(";")
+    for p in parts:
+        name, eq, val = p.partition("=")
+        name = name.strip().lower()
+        if not name or name in out:
+            continue
+        out[name] = val.strip() if eq else None
+    return out
+
+
+def _split_quoted(text: str, sep: str) -> list[str]:
+    out: list[str] = []
+    start = 0
+    quoted = False
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == sep:
+            out.append(text[start:i])
+            start = i + 1
+        i += 1
+    out.append(text[start:])
+    return out

@@ -1,0 +1,250 @@
+"""``parse``: one datagram / framed message in, a ``Request`` or ``Response`` out.
+
+The parse is deliberately shallow: split the lines, key the headers, check
+what every message must have (start line, the five mandatory headers, CSeq,
+Content-Length, Max-Forwards, the limits). Via and URIs are parsed only when
+asked, because most messages through a proxy need only the top Via and a tag.
+"""
+
+from __future__ import annotations
+
+from itertools import repeat
+
+from .errors import SipError
+from .headers import COMPACT, CRLF, Header, split_list
+from .message import Request, Response, parse_cseq
+from .uri import SCHEMES
+
+MAX_MESSAGE = 65535  # bytes; larger is a 513
+MAX_HEADERS = 256  # header lines (continuations count); more is a 400
+MAX_LINE = 8192  # bytes per line; longer is a 400
+MAX_VIAS = 64  # Via values; a deeper stack is a 400
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_MANDATORY = ("via", "from", "to", "call-id", "cseq")
+_PRETTY = {
+    "via": "Via",
+    "from": "From",
+    "to": "To",
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "content-length": "Content-Length",
+}
+
+
+def parse(
+    data: bytes,
+    *,
+    max_size: int = MAX_MESSAGE,
+    max_headers: int = MAX_HEADERS,
+    max_line: int = MAX_LINE,
+    max_vias: int = MAX_VIAS,
+) -> Request | Response:
+    """Parse one whole message; raises ``SipError`` (and nothing else) when it is refused."""
+    try:
+        return _parse(bytes(data), max_size, max_headers, max_line, max_vias)
+    except SipError:
+        raise
+    except Exception:  # a parser bug must still be a clean refusal, never a crash upstream
+        raise SipError("malformed message") from None
+
+
+def _split_slow(data: bytes, pos: int) -> tuple[list[str], list[str], int]:
+    # eols gets one extra entry at the end: the terminator of the empty line.
+    """Line split tolerating bare-LF endings; refuses a bare CR or a NUL inside a line."""
+    lines: list[str] = []
+    eols: list[str] = []
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            raise SipError("no end of headers")
+        if nl > pos and data[nl - 1] == 13:
+            line = data[pos : nl - 1]
+            eol = "\r\n"
+        else:
+            line = data[pos:nl]
+            eol = "\n"
+        pos = nl + 1
+        if not line:
+            eols.append(eol)
+            return lines, eols, pos
+        if b"\r" in line:
+            raise SipError("bare CR in header")
+        if b"\0" in line:
+            raise SipError("NUL in header")
+        lines.append(line.decode("latin-1"))
+        eols.append(eol)
+
+
+def _parse(data: bytes, max_size: int, max_headers: int, max_line: int, max_vias: int) -> Request | Response:
+    if len(data) > max_size:
+        raise SipError("message too large", 513)
+    i = 0
+    while True:  # RFC 3261 §7.5: ignore CRLFs before the start line
+        if data.startswith(b"\r\n", i):
+            i += 2
+        elif data.startswith(b"\n", i):
+            i += 1
+        else:
+            break
+    lines: list[str] | None = None
+    eols: list[str] | None = None
+    p = data.find(b"\r\n\r\n", i)
+    if p >= 0:
+        head = data[i:p]
+        if b"\0" in head:
+            raise SipError("NUL in header")
+        lines = head.decode("latin-1").split("\r\n")
+        n = len(lines) - 1
+        if head.count(b"\n") != n or head.count(b"\r") != n:  # a bare CR or LF somewhere
+            lines = None
+        body_start = p + 4
+    if lines is None:
+        lines, eols, body_start = _split_slow(data, i)
+        if not lines:
+            raise SipError("empty message")
+    if len(lines) - 1 > max_headers:
+        raise SipError("too many headers")
+    if body_start - i > max_line and max(map(len, lines)) > max_line:
+        raise SipError("header line too long")
+
+    start = lines[0]
+    headers: list[Header] | None = None
+    if eols is None and len(lines) > 1:
+        # Fast path (CRLF only): whole-list operations instead of a loop per line.
+        # A folded line or an odd name shows up as whitespace in the names and
+        # sends us to the slow path.
+        names, seps, rest = zip(*[s.partition(":") for s in lines[1:]], strict=False)
+        joined = ":".join(names)
+        if (
+            "" not in seps
+            and "" not in names
+            and " " not in joined
+            and "\t" not in joined
+            and joined.isascii()
+            and joined.isprintable()
+        ):
+            keys = joined.lower().split(":")
+            if min(map(len, keys)) == 1:
+                keys = [COMPACT.get(k, k) for k in keys]
+            values = [v.strip(" \t") for v in rest]
+            headers = list(zip(names, keys, values, lines[1:], repeat(CRLF)))
+    if headers is None:
+        headers = _headers_slow(lines, eols)
+        keys = [h[1] for h in headers]
+        values = [h[2] for h in headers]
+
+    blank = (CRLF, CRLF) if eols is None else (eols[0], eols[-1])
+    cseq = _validate(keys, values, max_vias)
+    content_length = None
+    if "content-length" in keys:
+        v = values[keys.index("content-length")]
+        if not v.isascii() or not v.isdigit() or len(v) > 10:
+            raise SipError("bad Content-Length")
+        content_length = int(v)
+    if content_length is None:
+        body = data[body_start:]
+    else:
+        if body_start + content_length > len(data):
+            raise SipError("Content-Length larger than body")
+        body = data[body_start : body_start + content_length]
+
+    if start.startswith("SIP/"):
+        parts = start.split(" ", 2)
+        if len(parts) < 2:
+            raise SipError("bad status line")
+        version, code = parts[0], parts[1]
+        if version.upper() != "SIP/2.0":
+            raise SipError("SIP version not supported", 505)
+        if len(code) != 3 or not code.isascii() or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipError("bad status code")
+        return Response(int(code), parts[2] if len(parts) == 3 else "", version, start, headers, body, eols is None, content_length is not None, blank)
+    parts = start.split(" ")
+    if len(parts) != 3:
+        raise SipError("bad request line")
+    method, uri, version = parts
+    if not method or not (method.isalpha() or all(c in _TOKEN_CHARS for c in method)):
+        raise SipError("bad method")
+    if version.upper() != "SIP/2.0":
+        if version[:4].upper() == "SIP/":
+            raise SipError("SIP version not supported", 505)
+        raise SipError("bad request line")
+    scheme, colon, _ = uri.partition(":")
+    if not colon or not scheme:
+        raise SipError("bad Request-URI")
+    if scheme.lower() not in SCHEMES:
+        raise SipError("unsupported URI scheme", 416)
+    if cseq[1] != method:
+        raise SipError("CSeq method does not match")
+    return Request(method, uri, version, start, headers, body, eols is None, content_length is not None, blank)
+
+
+def _headers_slow(lines: list[str], eols: list[str] | None) -> list[Header]:
+    """Line-by-line: folded continuations, whitespace before the colon, bare-LF endings."""
+    headers: list[Header] = []
+    append = headers.append
+    compact = COMPACT
+    for k in range(1, len(lines)):
+        s = lines[k]
+        eol = CRLF if eols is None else eols[k]
+        c0 = s[0]
+        if c0 == " " or c0 == "\t":  # folded continuation (RFC 3261 §7.3.1)
+            if not headers:
+                raise SipError("continuation before first header")
+            name, key, value, raw, peol = headers[-1]
+            cont = s.strip(" \t")
+            if cont:
+                value = f"{value} {cont}" if value else cont
+            headers[-1] = (name, key, value, (raw or "") + peol + s, eol)
+            continue
+        name, colon, value = s.partition(":")
+        if not colon:
+            raise SipError("header line without colon")
+        name = name.rstrip(" \t")
+        if not name or " " in name or "\t" in name or not name.isascii() or not name.isprintable():
+            raise SipError("bad header name")
+        key = name.lower()
+        if len(key) == 1:
+            key = compact.get(key, key)
+        append((name, key, value.strip(" \t"), s, eol))
+    return headers
+
+
+def _validate(keys: list[str], values: list[str], max_vias: int) -> tuple[int, str]:
+    """Mandatory and single-instance headers, CSeq, Max-Forwards, Via depth. Returns the CSeq."""
+    for key in _MANDATORY:
+        n = keys.count(key)
+        if n != 1:
+            if n == 0:
+                raise SipError(f"missing {_PRETTY[key]}")
+            if key != "via":
+                raise SipError(f"duplicate {_PRETTY[key]}")
+    if keys.count("content-length") > 1:
+        raise SipError("duplicate Content-Length")
+    for key in ("from", "to", "call-id", "cseq"):
+        if not values[keys.index(key)]:
+            raise SipError(f"empty {_PRETTY[key]}")
+    if keys.count("via") == 1:
+        v = values[keys.index("via")]
+        via_count = len(split_list(v)) if "," in v else 1 if v else 0
+        if not via_count:
+            raise SipError("empty Via")
+    else:
+        via_count = 0
+        for k, v in zip(keys, values, strict=False):
+            if k == "via":
+                if not v:
+                    raise SipError("empty Via")
+                via_count += len(split_list(v)) if "," in v else 1
+    if via_count > max_vias:
+        raise SipError("too many Via values")
+    n = keys.count("max-forwards")
+    if n == 1:
+        v = values[keys.index("max-forwards")]
+        if not v.isascii() or not v.isdigit() or len(v) > 10:
+            raise SipError("bad Max-Forwards")
+    elif n:
+        for k, v in zip(keys, values, strict=False):
+            if k == "max-forwards" and (not v.isascii() or not v.isdigit() or len(v) > 10):
+                raise SipError("bad Max-Forwards")
+    return parse_cseq(values[keys.index("cseq")])
