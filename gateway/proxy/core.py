@@ -105,6 +105,19 @@ def _top_branch(first_line: str | None) -> str | None:
     return br or None
 
 
+def _first_route(req: Request) -> str | None:
+    """The first Route value; a name-addr (what Record-Route gives) is cut at its '>' without a full list split."""
+    v = req.get("Route")
+    if v is None:
+        return None
+    if v.startswith("<"):
+        end = v.find(">")
+        if end > 0:
+            return v[: end + 1] + v[end + 1 :].split(",", 1)[0]
+    routes = req.routes()
+    return routes[0] if routes else None
+
+
 def _uri_host(host: str) -> str:
     """IPv6 literals go into Vias and URIs in brackets."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -913,11 +926,11 @@ class ProxyCore:
     ) -> list[Action]:
         """Forward only with our verified Route, to the hop the INVITE went to (SPEC §6 "Dialogs")."""
         is_ack = req.method == "ACK"
-        routes = req.routes()
+        route = _first_route(req)
         verified = None
-        if routes:
+        if route:
             try:
-                uri = parse_uri(header_uri(routes[0]))
+                uri = parse_uri(header_uri(route))
             except SipError:
                 uri = None
             if uri is not None and (uri.host.lower(), uri.port or 5060) in self._listen_keys:

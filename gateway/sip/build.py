@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .errors import SipError
 from .headers import check_value, header_key, new_header_name
 from .message import Request
 
@@ -62,7 +63,14 @@ PHRASES: dict[int, str] = {
     608: "Rejected",
 }
 
-_CLASS_PHRASE = {1: "Trying", 2: "OK", 3: "Redirection", 4: "Client Error", 5: "Server Error", 6: "Global Failure"}
+_CLASS_PHRASE = {
+    1: "Trying",
+    2: "OK",
+    3: "Redirection",
+    4: "Client Error",
+    5: "Server Error",
+    6: "Global Failure",
+}
 
 
 def _enc(text: str) -> bytes:
@@ -78,6 +86,14 @@ def _line(name: str, value: str) -> bytes:
     return _enc(f"{spelled}: {value}")
 
 
+def _has_tag(req: Request) -> bool:
+    # A To the URI parser cannot read still gets an answer: fall back to a plain search.
+    try:
+        return req.to_tag is not None
+    except SipError:
+        return ";tag=" in (req.get("To") or "").lower()
+
+
 def build_response(
     req: Request,
     status: int,
@@ -89,7 +105,11 @@ def build_response(
     """A response to ``req`` per RFC 3261 §8.2.6: its Vias, From, To (+tag), Call-ID, CSeq."""
     if not 100 <= status <= 699:
         raise ValueError("status out of range")
-    phrase = reason_phrase if reason_phrase is not None else PHRASES.get(status, _CLASS_PHRASE[status // 100])
+    phrase = (
+        reason_phrase
+        if reason_phrase is not None
+        else PHRASES.get(status, _CLASS_PHRASE[status // 100])
+    )
     check_value(phrase)
     lines = [_enc(f"SIP/2.0 {status} {phrase}")]
     from_v = to_v = call_id = cseq = ""
@@ -104,7 +124,7 @@ def build_response(
             call_id = value
         elif key == "cseq" and not cseq:
             cseq = value
-    if to_tag is not None and status > 100 and req.to_tag is None:
+    if to_tag is not None and status > 100 and not _has_tag(req):
         check_value(to_tag)
         to_v = f"{to_v};tag={to_tag}"
     lines.append(b"From: " + _enc(from_v))
@@ -119,7 +139,9 @@ def build_response(
     return b"\r\n".join(lines)
 
 
-def build_request(method: str, uri: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> bytes:
+def build_request(
+    method: str, uri: str, headers: Iterable[tuple[str, str]], body: bytes = b""
+) -> bytes:
     """A request we originate (OPTIONS probe, CANCEL, ACK); Content-Length is computed here."""
     if not method or not method.isascii() or not method.isalpha():
         raise ValueError("bad method")

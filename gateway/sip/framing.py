@@ -50,12 +50,13 @@ def _content_length(head: bytes) -> int:
 class StreamFramer:
     """Cuts a TCP byte stream into whole messages; unusable after its first error."""
 
-    __slots__ = ("_broken", "_buf", "_scan", "max_message")
+    __slots__ = ("_broken", "_buf", "_scan", "_total", "max_message")
 
     def __init__(self, max_message: int = 65535) -> None:
         self.max_message = max_message
         self._buf = bytearray()
         self._scan = 0  # where to resume looking for the end of the header section
+        self._total = 0  # size of the message being received, once its header section is complete
         self._broken = False
 
     def feed(self, data: bytes) -> list[bytes | Ping]:
@@ -75,41 +76,40 @@ class StreamFramer:
         buf += data
         out: list[bytes | Ping] = []
         while buf:
-            if buf[0] in (13, 10) and self._scan == 0:
-                # Between messages: CRLFCRLF is a ping, a lone CRLF (or LF) is ignored.
-                if buf.startswith(b"\r\n\r\n"):
-                    del buf[:4]
-                    out.append(Ping())
+            total = self._total
+            if not total:
+                if self._scan == 0 and buf[0] in (13, 10):
+                    # Between messages: CRLFCRLF is a ping, a lone CRLF (or LF) is ignored.
+                    if buf.startswith(b"\r\n\r\n"):
+                        del buf[:4]
+                        out.append(Ping())
+                        continue
+                    if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                        break  # could still become a ping
+                    del buf[: 2 if buf.startswith(b"\r\n") else 1]
                     continue
-                if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
-                    break  # could still become a ping
-                if buf.startswith(b"\r\n"):
-                    del buf[:2]
+                start = max(0, self._scan - 3)
+                p = buf.find(b"\r\n\r\n", start)
+                q = buf.find(b"\n\n", start, p if p >= 0 else len(buf))
+                if q >= 0:
+                    end = q + 2
+                elif p >= 0:
+                    end = p + 4
                 else:
-                    del buf[:1]
-                continue
-            start = max(0, self._scan - 3)
-            p = buf.find(b"\r\n\r\n", start)
-            q = buf.find(b"\n\n", start, p if p >= 0 else len(buf))
-            if q >= 0:
-                end = q + 2
-            elif p >= 0:
-                end = p + 4
-            else:
-                if len(buf) > self.max_message:
+                    if len(buf) > self.max_message:
+                        raise SipError("header section too large", 513)
+                    self._scan = len(buf)
+                    break
+                if end > self.max_message:
                     raise SipError("header section too large", 513)
-                self._scan = len(buf)
-                break
-            if end > self.max_message:
-                raise SipError("header section too large", 513)
-            cl = _content_length(bytes(buf[:end]))
-            total = end + cl
-            if total > self.max_message:
-                raise SipError("message too large", 513)
+                total = end + _content_length(bytes(buf[:end]))
+                if total > self.max_message:
+                    raise SipError("message too large", 513)
+                self._total = total
             if len(buf) < total:
-                self._scan = end  # header end known; only the body is missing
-                break
+                break  # the header end is known; only the body is missing
             out.append(bytes(buf[:total]))
             del buf[:total]
             self._scan = 0
+            self._total = 0
         return out

@@ -40,7 +40,17 @@ class Message:
     ``headers`` holds ``(name, key, value, raw, eol)`` tuples (see ``headers.Header``).
     """
 
-    __slots__ = ("_blank", "_body0", "_cl", "_crlf", "_edited", "_start", "_vias", "body", "headers")
+    __slots__ = (
+        "_blank",
+        "_body0",
+        "_cl",
+        "_crlf",
+        "_edited",
+        "_start",
+        "_vias",
+        "body",
+        "headers",
+    )
 
     def __init__(
         self,
@@ -51,7 +61,8 @@ class Message:
         cl: bool = True,
         blank: tuple[str, str] = (CRLF, CRLF),
     ) -> None:
-        self._blank = blank  # terminators of the start line + empty line (bare LF input keeps its LF)
+        # Terminators of the start line and the empty line: bare-LF input keeps its LFs.
+        self._blank = blank
         self._start = start
         self.headers = headers
         self.body = body
@@ -235,7 +246,10 @@ class Message:
             self._cl = True
         start = self.start_line()
         if self._crlf:
-            parts = [raw if raw is not None else f"{name}: {value}" for name, _, value, raw, _ in self.headers]
+            parts = [
+                raw if raw is not None else f"{name}: {value}"
+                for name, _, value, raw, _ in self.headers
+            ]
             parts.insert(0, start)
             parts.append("")
             text = CRLF.join(parts)

@@ -76,7 +76,9 @@ def _split_slow(data: bytes, pos: int) -> tuple[list[str], list[str], int]:
         eols.append(eol)
 
 
-def _parse(data: bytes, max_size: int, max_headers: int, max_line: int, max_vias: int) -> Request | Response:
+def _parse(
+    data: bytes, max_size: int, max_headers: int, max_line: int, max_vias: int
+) -> Request | Response:
     if len(data) > max_size:
         raise SipError("message too large", 513)
     i = 0
@@ -156,9 +158,24 @@ def _parse(data: bytes, max_size: int, max_headers: int, max_line: int, max_vias
         version, code = parts[0], parts[1]
         if version.upper() != "SIP/2.0":
             raise SipError("SIP version not supported", 505)
-        if len(code) != 3 or not code.isascii() or not code.isdigit() or not 100 <= int(code) <= 699:
+        if (
+            len(code) != 3
+            or not code.isascii()
+            or not code.isdigit()
+            or not 100 <= int(code) <= 699
+        ):
             raise SipError("bad status code")
-        return Response(int(code), parts[2] if len(parts) == 3 else "", version, start, headers, body, eols is None, content_length is not None, blank)
+        return Response(
+            int(code),
+            parts[2] if len(parts) == 3 else "",
+            version,
+            start,
+            headers,
+            body,
+            eols is None,
+            content_length is not None,
+            blank,
+        )
     parts = start.split(" ")
     if len(parts) != 3:
         raise SipError("bad request line")
@@ -176,7 +193,9 @@ def _parse(data: bytes, max_size: int, max_headers: int, max_line: int, max_vias
         raise SipError("unsupported URI scheme", 416)
     if cseq[1] != method:
         raise SipError("CSeq method does not match")
-    return Request(method, uri, version, start, headers, body, eols is None, content_length is not None, blank)
+    return Request(
+        method, uri, version, start, headers, body, eols is None, content_length is not None, blank
+    )
 
 
 def _headers_slow(lines: list[str], eols: list[str] | None) -> list[Header]:

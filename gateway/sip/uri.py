@@ -46,7 +46,11 @@ class SipUri:
         if not isinstance(other, SipUri):
             return NotImplemented
         return (self.scheme, self.user, self.host, self.port, self.params) == (
-            other.scheme, other.user, other.host, other.port, other.params,
+            other.scheme,
+            other.user,
+            other.host,
+            other.port,
+            other.params,
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -102,7 +106,9 @@ def parse_uri(text: str) -> SipUri:
         number = number.strip()
         if not number:
             raise SipError("bad tel URI")
-        return SipUri("tel", unquote(number, "latin-1"), "", None, split_params(ptext) if ptext else {})
+        return SipUri(
+            "tel", unquote(number, "latin-1"), "", None, split_params(ptext) if ptext else {}
+        )
     rest = rest.partition("?")[0]
     at = rest.find("@")
     user: str | None = None

@@ -119,7 +119,9 @@ REPEATED = crlf(
 ALL_VALID = [SIPP_INVITE, COMPACT_INVITE, FOLDED_INVITE, SIPP_180, RESP_100, RESP_200, REPEATED]
 
 
-def invite_with(*replace: tuple[str, str | None], extra: tuple[str, ...] = (), body: bytes = b"") -> bytes:
+def invite_with(
+    *replace: tuple[str, str | None], extra: tuple[str, ...] = (), body: bytes = b""
+) -> bytes:
     """The SIPp INVITE (no SDP) with some lines replaced (None = dropped) and extra lines."""
     base = [
         ("start", "INVITE sip:13800138000@10.0.0.2:5060 SIP/2.0"),

@@ -92,7 +92,10 @@ def test_list_split_is_quote_and_angle_aware() -> None:
         )
     )
     m = parse(data)
-    assert m.get_all("P-Asserted-Identity") == ['"Doe, John" <sip:1058001234@10.0.0.1>', "<tel:+861058001234>"]
+    assert m.get_all("P-Asserted-Identity") == [
+        '"Doe, John" <sip:1058001234@10.0.0.1>',
+        "<tel:+861058001234>",
+    ]
     assert m.get_all("m") == ["<sip:a@b;x=1,2>;expires=3", "<sip:c@d>"]
     assert m.get_all("privacy") == ["id", "critical"]
 
@@ -122,7 +125,9 @@ def test_leading_crlf_and_bare_lf_tolerated() -> None:
 
 
 def test_invalid_utf8_in_display_name_parses_as_latin1() -> None:
-    data = invite_with(("from", None), extra=("From: \"\xe5\xbc\xa0\xff\" <sip:1058001234@10.0.0.1>;tag=z",))
+    data = invite_with(
+        ("from", None), extra=('From: "\xe5\xbc\xa0\xff" <sip:1058001234@10.0.0.1>;tag=z',)
+    )
     m = parse(data)
     assert m.from_tag == "z"
     assert m.to_bytes() == data
@@ -172,13 +177,45 @@ def test_max_forwards_may_be_missing() -> None:
         (invite_with(extra=("no colon here",)), 400),
         (invite_with(extra=("X-Long: " + "a" * 9000,)), 400),
         (invite_with(extra=tuple(f"X-H{i}: {i}" for i in range(MAX_HEADERS))), 400),
-        (invite_with(("via", "Via: " + ", ".join(f"SIP/2.0/UDP 10.0.0.{i % 250}" for i in range(65)))), 400),
-        (crlf("SIP/2.0 99 Weird", "Via: SIP/2.0/UDP a", "From: <sip:a@b>", "To: <sip:a@b>", "Call-ID: x",
-              "CSeq: 1 INVITE"), 400),
-        (crlf("SIP/2.0 700 Weird", "Via: SIP/2.0/UDP a", "From: <sip:a@b>", "To: <sip:a@b>", "Call-ID: x",
-              "CSeq: 1 INVITE"), 400),
-        (crlf("SIP/3.0 200 OK", "Via: SIP/2.0/UDP a", "From: <sip:a@b>", "To: <sip:a@b>", "Call-ID: x",
-              "CSeq: 1 INVITE"), 505),
+        (
+            invite_with(
+                ("via", "Via: " + ", ".join(f"SIP/2.0/UDP 10.0.0.{i % 250}" for i in range(65)))
+            ),
+            400,
+        ),
+        (
+            crlf(
+                "SIP/2.0 99 Weird",
+                "Via: SIP/2.0/UDP a",
+                "From: <sip:a@b>",
+                "To: <sip:a@b>",
+                "Call-ID: x",
+                "CSeq: 1 INVITE",
+            ),
+            400,
+        ),
+        (
+            crlf(
+                "SIP/2.0 700 Weird",
+                "Via: SIP/2.0/UDP a",
+                "From: <sip:a@b>",
+                "To: <sip:a@b>",
+                "Call-ID: x",
+                "CSeq: 1 INVITE",
+            ),
+            400,
+        ),
+        (
+            crlf(
+                "SIP/3.0 200 OK",
+                "Via: SIP/2.0/UDP a",
+                "From: <sip:a@b>",
+                "To: <sip:a@b>",
+                "Call-ID: x",
+                "CSeq: 1 INVITE",
+            ),
+            505,
+        ),
         (b"", 400),
         (b"\r\n\r\n", 400),
         (b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n", 400),
