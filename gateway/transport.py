@@ -73,12 +73,13 @@ class TcpConnection(asyncio.Protocol):
         self.pending: list[bytes] = []  # written before connection_made (outbound)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
         self.registry[self.conn_id] = self
         for chunk in self.pending:
-            self.transport.write(chunk)
+            transport.write(chunk)
         self.pending.clear()
         self._arm_idle()
 
@@ -132,6 +133,7 @@ class TcpConnector:
         self.registry = registry
         self.on_event = on_event
         self.by_dest: dict[Addr, TcpConnection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # strong refs: the loop keeps only weak ones
 
     def send(self, data: bytes, dest: Addr) -> None:
         conn = self.by_dest.get(dest)
@@ -151,4 +153,6 @@ class TcpConnector:
                 if self.by_dest.get(dest) is c:
                     del self.by_dest[dest]
 
-        loop.create_task(_connect())
+        task = loop.create_task(_connect())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -80,6 +80,7 @@ class Worker:
         self.engine: Any = None
         self.core: ProxyCore | None = None
         self.servers: list[asyncio.AbstractServer] = []
+        self.deciding: set[asyncio.Task[None]] = set()  # strong refs to decisions in flight
 
     def _event(self, name: str) -> None:
         self.pending_events[name] += 1
@@ -159,7 +160,9 @@ class Worker:
                 self._send(action)
             elif isinstance(action, Admit):
                 metrics.INVITES.inc()
-                self.loop.create_task(self._decide(action))
+                task = self.loop.create_task(self._decide(action))
+                self.deciding.add(task)
+                task.add_done_callback(self.deciding.discard)
             elif isinstance(action, Release):
                 self.engine.release(action.trunk_id, action.call_id)
             elif isinstance(action, Outcome):
