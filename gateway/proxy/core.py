@@ -795,10 +795,47 @@ class ProxyCore:
             ct.ack = ack
             out.append(Send(ack, ct.dest, ct.transport, None, True))
             self.stats["reacked"] += 1
-        elif status >= 200:
-            self.stats["late_2xx_abandoned"] += 1
+        elif state == CState.ABANDONED:
+            # A hop we gave up on (too slow, Timer C) woke up: the caller is being
+            # served elsewhere or has been answered, so end this branch too.
+            if status >= 200:
+                if not ct.orphan_closed:
+                    ct.orphan_closed = True
+                    self.stats["late_2xx_abandoned"] += 1
+                    out.extend(self._close_orphan(ct, resp))
+            elif ct.cancel is None:
+                self.stats["late_provisional_cancelled"] += 1
+                self._send_cancel(ct, now, out)
         else:
             self.stats["retransmission_absorbed"] += 1
+        return out
+
+    def _close_orphan(self, ct: ClientTxn, resp: Response) -> list[Action]:
+        """ACK and BYE for a 2xx from an abandoned attempt (nobody upstream will ever send them)."""
+        req = ct.server.req
+        contacts = resp.get_all("Contact")
+        target = header_uri(contacts[0]) if contacts else req.uri
+        # The UAC route set: the 2xx's Record-Route reversed, without our own entry.
+        rrs = [r for r in resp.get_all("Record-Route") if ";cag=" not in r]
+        rrs.reverse()
+        to = resp.get("To") or ""
+        cseq = req.cseq[0]
+        out: list[Action] = []
+        for method, n in (("ACK", cseq), ("BYE", cseq + 1)):
+            branch = f"{MAGIC}o{self._next_id():x}{self.rng.getrandbits(32):08x}"
+            lines = [f"{method} {target} SIP/2.0", f"Via: {self._via[ct.transport]}{branch}"]
+            lines.extend(f"Route: {r}" for r in rrs)
+            lines += [
+                "Max-Forwards: 70",
+                f"From: {req.get('From')}",
+                f"To: {to}",
+                f"Call-ID: {ct.server.call.call_id}",
+                f"CSeq: {n} {method}",
+                "Content-Length: 0",
+                "",
+                "",
+            ]
+            out.append(Send("\r\n".join(lines).encode(), ct.dest, ct.transport, None, True))
         return out
 
     # ------------------------------------------------------------------- timers

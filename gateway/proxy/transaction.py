@@ -142,6 +142,7 @@ class ClientTxn:
         "got_response",
         "hop",
         "hop_at",
+        "orphan_closed",
         "server",
         "state",
         "transport",
@@ -171,6 +172,7 @@ class ClientTxn:
         self.cancel_pending = False
         self.cancel: bytes | None = None  # the CANCEL we sent (retransmitted over UDP)
         self.ack: bytes | None = None  # the ACK we sent for a non-2xx final
+        self.orphan_closed = False  # a late 2xx after abandonment was ACKed and BYEd
         self.a_at = INF
         self.a_iv = T1
         self.hop_at = INF

@@ -29,7 +29,7 @@ CAG = str(Path(sys.executable).parent / "cag")
 
 @dataclass
 class GatewayProc:
-    redis_url: str
+    redis_url: str | None  # None: the embedded redis-server under state_dir
     state_dir: Path
     next_hops: Sequence[str]
     workers: int = 2
@@ -47,7 +47,7 @@ class GatewayProc:
             CAG, "serve",
             "--listen", f"udp:127.0.0.1:{self.port}",
             "--listen", f"tcp:127.0.0.1:{self.port}",
-            "--redis-url", self.redis_url,
+            *(["--redis-url", self.redis_url] if self.redis_url else []),
             "--metrics", f"127.0.0.1:{self.metrics_port}",
             "--workers", str(self.workers),
             "--state-dir", str(self.state_dir),
@@ -92,6 +92,12 @@ class GatewayProc:
             if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
                 total += float(value)
         return total
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "cag serve"],
+                             capture_output=True, text=True).stdout
+        return sorted(int(p) for p in out.split())
 
     def log_tail(self, n: int = 3000) -> str:
         try:

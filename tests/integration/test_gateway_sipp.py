@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.harness import GatewayProc, SippUas, run_uac, standard_policy
+from tests.integration.harness import ROOT, GatewayProc, SippUas, run_uac, standard_policy
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +219,66 @@ def test_tcp_keepalive_is_answered(gateway: GatewayProc) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=2) as c:
         c.sendall(b"\r\n\r\n")
         assert c.recv(16) == b"\r\n"
+
+
+def test_dead_worker_is_restarted_and_calls_continue(redis_url: str, gateway: GatewayProc, tmp_path: Path) -> None:
+    rows = standard_policy(redis_url, callees=20)
+    before = gateway.worker_pids()
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = gateway.worker_pids()
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.1)
+    after = gateway.worker_pids()
+    assert len(after) == 2 and before[0] not in after and before[1] in after
+    time.sleep(1.0)  # the new worker loads reference data
+    result = run_uac(tmp_path, gateway.port, rows, calls=100, rate=50)
+    assert result.failed == 0 and result.successful == 100, result.stdout
+
+
+def test_health_ready_and_metrics(redis_url: str, gateway: GatewayProc, tmp_path: Path) -> None:
+    rows = standard_policy(redis_url, callees=5)
+    code, body = gateway.http("/healthz")
+    assert code == 200 and json.loads(body)["workers"] == 2
+    code, body = gateway.http("/readyz")
+    detail = json.loads(body)
+    assert code == 200 and detail["redis"] and detail["reference_data"] and detail["next_hop_up"]
+    result = run_uac(tmp_path, gateway.port, rows, calls=20, rate=20)
+    assert result.successful == 20, result.stdout
+    time.sleep(1.2)
+    assert gateway.metric("cag_invites_total") == 20
+    assert gateway.metric("cag_decisions_total", decision="admit", reason="admitted") == 20
+    assert gateway.metric("cag_decision_seconds_count") == 20
+    assert gateway.metric("cag_proxy_events_total", event="forwarded_requests") >= 60  # INVITE, ACK, BYE
+    assert gateway.metric("cag_next_hop_up") >= 1
+    code, _ = gateway.http("/nope")
+    assert code == 404
+
+
+def test_demo_on_the_embedded_default(tmp_path: Path, uas: SippUas) -> None:
+    """What the README's run command does: no Redis URL, --demo, admitted and rejected calls."""
+    gw = GatewayProc(None, tmp_path / "state", [uas.hop], extra=["--demo"])
+    gw.state_dir.mkdir()
+    try:
+        gw.start()
+        sock = gw.state_dir / "redis" / "redis.sock"
+        assert sock.exists()
+        demo = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "demo_calls.py"), "--gateway", f"127.0.0.1:{gw.port}"],
+            capture_output=True, text=True, timeout=60,
+        )
+        out = demo.stdout
+        assert "200 OK (admitted" in out, out
+        assert "(consent_missing)" in out and "(caller_not_filed)" in out, out
+    finally:
+        assert gw.stop() == 0
+    assert not (tmp_path / "state" / "redis" / "redis.sock").exists() or not _answers(tmp_path)
+
+
+def _answers(tmp_path: Path) -> bool:
+    from gateway.embedded_redis import EmbeddedRedis
+
+    return EmbeddedRedis(tmp_path / "state").running()

@@ -170,13 +170,32 @@ def test_route_token() -> None:
     assert t.verify("!!.??", "cid", ("ftag",)) is None
 
 
-def test_late_responses_from_abandoned_hop_are_acked_not_forwarded() -> None:
+def test_late_responses_from_abandoned_hop_are_ended_not_forwarded() -> None:
     core = quiet_core(hops=(HOP1, HOP2))
     fwd = forwarded(core)
     core.tick(T0 + 1.01)  # failover
-    assert core.receive(respond(fwd.data, 180, "Ringing"), fwd.dest, "udp", None, T0 + 1.1, True) == []
-    s = only_send(core.receive(respond(fwd.data, 486, "Busy Here"), fwd.dest, "udp", None, T0 + 1.2, True))
+    # A late provisional: the abandoned branch is cancelled, nothing goes upstream.
+    s = only_send(core.receive(respond(fwd.data, 180, "Ringing"), fwd.dest, "udp", None, T0 + 1.1, True))
+    assert s.dest == fwd.dest and first_line(s.data).startswith("CANCEL ")
+    s = only_send(core.receive(respond(fwd.data, 487, "Request Terminated"), fwd.dest, "udp", None, T0 + 1.2, True))
     assert s.dest == fwd.dest and first_line(s.data).startswith("ACK ")
+
+
+def test_late_2xx_from_abandoned_hop_gets_ack_and_bye() -> None:
+    core = quiet_core(hops=(HOP1, HOP2))
+    fwd = forwarded(core)
+    core.tick(T0 + 1.01)  # failover
+    acts = core.receive(respond(fwd.data, 200), fwd.dest, "udp", None, T0 + 1.5, True)
+    s = sends(acts)
+    assert [first_line(x.data) for x in s] == [
+        "ACK sip:uas@10.0.0.9:5070 SIP/2.0",
+        "BYE sip:uas@10.0.0.9:5070 SIP/2.0",
+    ]
+    assert all(x.dest == fwd.dest and x.private for x in s)
+    assert hget(s[1].data, "CSeq") == "2 BYE" and "uas-tag-1" in (hget(s[1].data, "To") or "")
+    assert hget(s[0].data, "Route") is None  # our own Record-Route is not a hop to route through
+    # Its retransmission does not start a second BYE.
+    assert core.receive(respond(fwd.data, 200), fwd.dest, "udp", None, T0 + 1.6, True) == []
 
 
 def test_cancel_is_retransmitted_until_answered() -> None:
