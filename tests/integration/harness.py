@@ -43,6 +43,14 @@ class GatewayProc:
         return self.state_dir / "gateway.log"
 
     def start(self, timeout: float = 20.0, wait_ready: bool = True) -> None:
+        """Start and wait for /readyz; on failure the process is killed, never left behind."""
+        try:
+            self._start(timeout, wait_ready)
+        except BaseException:
+            self.stop(timeout=2.0)
+            raise
+
+    def _start(self, timeout: float, wait_ready: bool) -> None:
         args = [
             CAG, "serve",
             "--listen", f"udp:127.0.0.1:{self.port}",
