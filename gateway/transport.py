@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from gateway.sip import Ping, SipError, StreamFramer
 
@@ -73,13 +73,13 @@ class TcpConnection(asyncio.Protocol):
         self.pending: list[bytes] = []  # written before connection_made (outbound)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass: cast, don't assert.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
         self.registry[self.conn_id] = self
         for chunk in self.pending:
-            transport.write(chunk)
+            self.transport.write(chunk)
         self.pending.clear()
         self._arm_idle()
 
