@@ -234,7 +234,7 @@ class Worker:
         for server in self.servers:
             server.close()
         deadline = self.loop.time() + DRAIN_S
-        while self.core is not None and self.core.in_flight() and self.loop.time() < deadline:
+        while self.core is not None and self.core.undecided() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.engine is not None:
             await self.engine.stop()

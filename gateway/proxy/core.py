@@ -274,6 +274,14 @@ class ProxyCore:
     def hop_status(self) -> list[tuple[NextHop, bool]]:
         return self.hops.status()
 
+    def undecided(self) -> int:
+        """Transactions still owed a final answer (pending decision or forwarded, no final yet).
+
+        What a draining worker waits for: the ones lingering only to absorb
+        retransmissions need no more work from us.
+        """
+        return sum(1 for t in self._servers.values() if t.state in (SState.PENDING, SState.FORWARDED))
+
     def in_flight(self) -> int:
         """Server transactions alive (pending, forwarded or lingering for retransmissions)."""
         return len(self._servers)
