@@ -263,9 +263,12 @@ def load_policy(redis_url: str, **kinds: list[dict[str, object]]) -> None:
     asyncio.run(_go())
 
 
-def standard_policy(redis_url: str, *, callees: int = 50, quiet_hours: str = "none") -> list[list[str]]:
+def standard_policy(
+    redis_url: str, *, callees: int = 50, quiet_hours: str = "none", max_concurrent: int = 0
+) -> list[list[str]]:
     """Trunk on loopback, one enterprise, filed caller 95500, consents; returns SIPp rows."""
-    trunks = [{"trunk_id": "T1", "enterprise_id": "E1", "sources": "127.0.0.0/8", "max_cps": 0, "status": "active"}]
+    trunks = [{"trunk_id": "T1", "enterprise_id": "E1", "sources": "127.0.0.0/8", "max_cps": 0, "status": "active",
+               "max_concurrent": max_concurrent}]
     enterprises = [{"enterprise_id": "E1", "name": "Demo", "status": "active", "quiet_hours": quiet_hours,
                     "callee_daily_cap": 0}]
     filings = [{"number": "95500", "enterprise_id": "E1", "carrier": "x", "usage": "callback", "inbound": True,
