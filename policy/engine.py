@@ -61,7 +61,10 @@ _CONSENT_DETAIL = {
     "consent_unknown": "unknown consent token, or not valid yet",
     "consent_other_callee": "token was granted for another callee",
     "consent_other_enterprise": "token was granted to another enterprise",
-    "purpose_not_allowed": "declared purpose differs from the consent's purpose",
+    "purpose_not_allowed": "declared purpose differs from the consent's, or the call's purpose "
+    "is not one the enterprise may call for",
+    "purpose_marketing": "the call's purpose is marketing: commercial-marketing outbound "
+    "is not allowed",
     "consent_revoked": "consent revoked",
     "consent_expired": "consent expired",
     "consent_exhausted": "consent's max_calls used up",
@@ -337,6 +340,7 @@ class AdmissionEngine:
                     token=call.consent_token,
                     enterprise_id=local.trunk.enterprise_id,
                     purpose=normalize_purpose(call.purpose),
+                    allowed_purposes=local.enterprise.purposes if local.enterprise else (),
                     now_ms=now_ms,
                     quiet_fail=quiet_fail,
                     daily_limit=lim.callee_daily,
@@ -627,6 +631,7 @@ class AdmissionEngine:
             callee=local.callee,
             enterprise_id=local.trunk.enterprise_id,
             declared_purpose=call.purpose,
+            allowed_purposes=local.enterprise.purposes if local.enterprise is not None else (),
             used=cr.used,
             now=at,
             token_callee=stored.callee if stored is not None else None,

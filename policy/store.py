@@ -50,6 +50,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal
 
@@ -217,6 +218,12 @@ def _normalize(number: str) -> str:
     except ImportError:  # pragma: no cover - numbers.py is written in parallel
         return number
     return normalize_number(number) or number
+
+
+@lru_cache(maxsize=1024)
+def _purposes_arg(purposes: tuple[str, ...]) -> str:
+    """An enterprise's purposes as ``cag_admit`` takes them: normalised, space-separated."""
+    return " ".join(p.strip().lower() for p in purposes if p.strip())
 
 
 def _consent_fields(c: Consent) -> dict[str, str]:
@@ -511,6 +518,7 @@ class PolicyStore:
         token: str | None,
         enterprise_id: str,
         purpose: str | None,
+        allowed_purposes: tuple[str, ...],
         now_ms: int,
         quiet_fail: bool,
         daily_limit: int,
@@ -520,7 +528,12 @@ class PolicyStore:
         txn: str,
         dry_run: bool = False,
     ) -> asyncio.Future[CalleeResult]:
-        """``cag_admit`` on the callee's slot: consent, DNC, quiet flag, daily caps; counts when all pass."""
+        """``cag_admit`` on the callee's slot: consent, DNC, quiet flag, daily caps; counts when all pass.
+
+        ``purpose`` is the declared purpose, normalised; ``allowed_purposes`` the
+        enterprise's purposes, against which the script judges the call's
+        effective purpose (declared, else the consent's).
+        """
         keys = (
             txn_key(f"c:{callee}", txn),
             consent_key(callee, token or ""),
@@ -539,6 +552,7 @@ class PolicyStore:
             day_ttl + DAY_TTL_SLACK,
             1 if dry_run else 0,
             TXN_TTL,
+            _purposes_arg(allowed_purposes),
         )
         return self._batcher.submit(("FCALL", "cag_admit", 5, *keys, *args), _parse_callee(keys))
 

@@ -20,7 +20,7 @@ check_dnc) exactly: same order, same reason codes. tests/integration/
 test_store_parity.py runs one table of cases through both.
 --]]
 
-local LIB_VERSION = 1
+local LIB_VERSION = 2
 
 local function is_set(v)
   return v ~= false and v ~= nil and v ~= ''
@@ -36,12 +36,27 @@ end
 -- is implied by the key (the token index that names another callee lives on
 -- another slot: the engine turns consent_unknown into consent_other_callee).
 -- purpose: the declared purpose, already normalised (strip + lower) by the
--- engine; c.np is the consent's normalised purpose.
-local function consent_reason(c, token, enterprise, purpose, now_ms)
+-- engine; c.np is the consent's normalised purpose. allowed: the enterprise's
+-- purposes, normalised and space-separated. The effective purpose (declared,
+-- else the consent's) is never marketing and must be one of allowed (R1/R6).
+local function consent_reason(c, token, enterprise, purpose, allowed, now_ms)
   if not is_set(token) then return 'consent_missing' end
   if c == nil then return 'consent_unknown' end
   if c.ent ~= enterprise then return 'consent_other_enterprise' end
-  if is_set(purpose) and purpose ~= (c.np or '') then return 'purpose_not_allowed' end
+  local consented = c.np or ''
+  if is_set(purpose) and purpose ~= consented then return 'purpose_not_allowed' end
+  local effective = consented
+  if is_set(purpose) then effective = purpose end
+  if effective == 'marketing' then return 'purpose_marketing' end
+  -- allowed is nil only when a gateway older than this library calls it (rolling
+  -- upgrade): it still gets the marketing refusal, not a refusal of every call.
+  if allowed ~= nil then
+    local ok = false
+    for p in string.gmatch(allowed, '%S+') do
+      if p == effective then ok = true break end
+    end
+    if not ok then return 'purpose_not_allowed' end
+  end
   local revoked = num(c.rv)
   if revoked ~= nil and revoked <= now_ms then return 'consent_revoked' end
   local granted = num(c.gr)
@@ -81,7 +96,7 @@ KEYS: 1 txn, 2 consent hash, 3 dnc hash, 4 day counter (callee, enterprise),
 ARGV: 1 token, 2 enterprise id, 3 declared purpose, 4 now (epoch ms),
       5 quiet hours fail (0/1), 6 callee_daily limit (0 none),
       7 callee_total_daily limit (0 none), 8 day key ttl (s), 9 dry run (0/1),
-      10 txn ttl (s)
+      10 txn ttl (s), 11 the enterprise's purposes (normalised, space-separated)
 Returns {consent_reason, dnc_reason, used, evidence_ref, consent_purpose,
          day_count, total_count, counted (0/1), replay (0/1), refunded (0/1)}
 Counts are the values BEFORE this call. A replay whose transaction was
@@ -103,7 +118,7 @@ local function cag_admit(keys, args)
   local now_ms = tonumber(args[4])
   local c = nil
   if is_set(token) then c = hash_table(redis.call('HGETALL', keys[2])) end
-  local creason = consent_reason(c, token, enterprise, purpose, now_ms)
+  local creason = consent_reason(c, token, enterprise, purpose, args[11], now_ms)
   local cpurpose = ''
   local used = 0
   local evidence = ''

@@ -12,6 +12,11 @@ A call is decided in two halves so the hot path makes one Redis round trip:
 3. ``finish`` applies SPEC order — first failure decides — and builds the
    ``Decision`` with the configured SIP status.
 
+A call that declares no purpose has the consent's purpose as its effective
+purpose (R1): only the store knows it, so the consent check judges it (never
+marketing, one of the enterprise's purposes) and ``finish`` reports a failure
+of it under the purpose check.
+
 Nothing here does I/O or reads a clock: ``now`` is always an argument.
 """
 
@@ -24,7 +29,7 @@ from datetime import datetime
 from policy.decision import Check, Decision, ResponseMap
 from policy.model import CallAttempt, Consent, DncEntry, Enterprise, FrequencyCap, QuietHours, Trunk
 from policy.numbers import normalize_number, number_timezone
-from policy.rules._util import failed, skipped
+from policy.rules._util import failed, passed, skipped
 from policy.rules.caller_id import caller_of, check_caller_id
 from policy.rules.caps import CAP_NAMES, PER_SECOND_RETRY, CapLimits, callee_day, check_cap
 from policy.rules.consent import check_consent, check_dnc
@@ -231,6 +236,28 @@ _FAIL_OPEN_SKIPS: tuple[Check, ...] = tuple(
 )
 
 
+_PURPOSE_REASONS = frozenset({"purpose_marketing", "purpose_not_allowed"})
+
+
+def _effective_purpose(check: Check, store: StoreVerdict) -> Check:
+    """The purpose check of a call that declared none, judged on the consent's purpose.
+
+    The store's consent check judges the effective purpose (the consent's, here):
+    a failure for it is the purpose check's failure, reported there so the SPEC
+    order (purpose before consent) shows in ``explain`` and decides first.
+    """
+    if check.name != "purpose" or check.outcome != "pass":
+        return check
+    granted = store.consent_purpose
+    if store.consent.reason in _PURPOSE_REASONS:
+        return failed(
+            "purpose", store.consent.reason, f"no declared purpose; {store.consent.detail}"
+        )
+    if store.consent.outcome == "pass" and granted:
+        return passed("purpose", f"no declared purpose; consent's purpose {granted}")
+    return check
+
+
 def finish(
     call: CallAttempt,
     local: LocalVerdict,
@@ -256,7 +283,10 @@ def finish(
             seen = {c.name for c in caps}
             caps = (*caps, *(skipped(n, "not evaluated") for n in CAP_NAMES if n not in seen))
         remote = (store.consent, store.dnc, *caps)
-    ordered = (*local.checks, remote[0], remote[1], local.quiet, *remote[2:])
+    checks = local.checks
+    if store is not None and normalize_purpose(call.purpose) is None:
+        checks = tuple(_effective_purpose(c, store) for c in checks)
+    ordered = (*checks, remote[0], remote[1], local.quiet, *remote[2:])
 
     context: dict[str, str | None] = {
         "trunk_id": local.trunk.trunk_id if local.trunk is not None else None,
@@ -309,6 +339,7 @@ def reference_store_verdict(
         callee=callee,
         enterprise_id=enterprise_id,
         declared_purpose=call.purpose,
+        allowed_purposes=local.enterprise.purposes if local.enterprise is not None else (),
         used=used,
         now=now,
         token_callee=token_callee,

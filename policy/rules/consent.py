@@ -8,6 +8,7 @@ against and what ``explain`` uses.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from policy.decision import Check
@@ -26,6 +27,7 @@ def check_consent(
     callee: str,
     enterprise_id: str,
     declared_purpose: str | None,
+    allowed_purposes: Collection[str],
     used: int,
     now: datetime,
     token_callee: str | None = None,
@@ -35,7 +37,14 @@ def check_consent(
     ``consent`` is the record for (callee, token) or None; ``token_callee`` is the
     callee the token was granted for, from the global token index, so a token
     replayed against another number is named as such. ``used`` is the number of
-    calls already admitted under the consent.
+    calls already admitted under the consent. ``allowed_purposes`` are the
+    purposes the carrier granted the calling enterprise (``Enterprise.purposes``).
+
+    The call's *effective purpose* is the declared ``X-Call-Purpose`` when
+    present, else the consent's purpose. ``check_purpose`` can only judge a
+    declared purpose; a call that declares none is judged here, once the
+    consent says what the call is for, so a consent recorded for marketing
+    cannot be used by leaving the header out (R1).
 
     Reason codes, checked in this order:
       ``consent_missing``           no token presented (R1)
@@ -43,6 +52,8 @@ def check_consent(
       ``consent_other_callee``      the token was granted for another callee
       ``consent_other_enterprise``  the token was granted to another enterprise
       ``purpose_not_allowed``       declared purpose differs from the consent's (R1, SPEC §3)
+      ``purpose_marketing``         the effective purpose is marketing (R1: never allowed)
+      ``purpose_not_allowed``       the effective purpose is not among ``allowed_purposes`` (R6)
       ``consent_revoked``           revoked at or before ``now`` (R11: effective on the next INVITE)
       ``consent_expired``           ``now`` ≥ expires_at (expiring at the call instant is expired)
       ``consent_exhausted``         ``used`` ≥ max_calls
@@ -60,11 +71,27 @@ def check_consent(
             CONSENT, "consent_other_enterprise", f"token was granted to {consent.enterprise_id}"
         )
     declared = normalize_purpose(declared_purpose)
-    if declared is not None and declared != normalize_purpose(consent.purpose):
+    granted = normalize_purpose(consent.purpose)
+    if declared is not None and declared != granted:
         return failed(
             CONSENT,
             "purpose_not_allowed",
             f"declared purpose {declared!r} != consent purpose {consent.purpose!r}",
+        )
+    effective = declared if declared is not None else granted
+    source = "declared" if declared is not None else "consent's"
+    if effective == "marketing":
+        return failed(
+            CONSENT,
+            "purpose_marketing",
+            f"{source} purpose is marketing: commercial-marketing outbound is not allowed",
+        )
+    allowed = {p for p in map(normalize_purpose, allowed_purposes) if p is not None}
+    if effective not in allowed:
+        return failed(
+            CONSENT,
+            "purpose_not_allowed",
+            f"{source} purpose {effective!r} not among {' '.join(sorted(allowed)) or 'none'}",
         )
     now = aware(now)
     if consent.revoked_at is not None and consent.revoked_at <= now:

@@ -24,8 +24,11 @@ def check_purpose(declared: str | None, enterprise: Enterprise) -> Check:
       ``purpose_marketing``    declared purpose is marketing: never allowed (R1, 81号 一(二))
       ``purpose_not_allowed``  not one of the purposes the carrier granted this enterprise (R6)
 
-    No declared purpose passes here: the consent's purpose then governs, and the
-    "declared purpose must match the consent's" half is in ``check_consent``.
+    No declared purpose passes here: the consent's purpose is then the call's
+    effective purpose, and it is judged by ``check_consent`` (never marketing,
+    one of the enterprise's purposes), as is the "declared purpose must match
+    the consent's" half. ``finish`` reports such a failure under this check,
+    so the SPEC order (purpose before consent) holds either way.
     """
     p = normalize_purpose(declared)
     if p is None:

@@ -112,6 +112,7 @@ async def test_late_script_after_client_timeout_counts_once(
         token=TOKEN,
         enterprise_id="ent-a",
         purpose=None,
+        allowed_purposes=("callback", "consultation"),
         now_ms=int(NOON.timestamp() * 1000),
         quiet_fail=False,
         daily_limit=3,

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from policy.decision import Check
-from policy.model import Consent, DncEntry
+from policy.model import DEFAULT_PURPOSES, Consent, DncEntry, Enterprise
 from policy.rules.consent import check_consent, check_dnc
 from policy.rules.purpose import normalize_purpose
-from policy.store import PolicyStore, consent_key
+from policy.store import PolicyStore, consent_key, day_key, dnc_key, total_day_key, txn_key
 from tests.integration.conftest import CALLEE, NOON, OTHER_CALLEE, EngineFactory, call
 
 pytestmark = pytest.mark.integration
@@ -36,6 +36,8 @@ class Case:
     purpose: str | None = None  # declared
     used: int = 0
     dnc: str | None = None  # scope
+    purposes: tuple[str, ...] = DEFAULT_PURPOSES  # ent-a's granted purposes
+    expect: str | None = None  # when set, the consent reason both must give ("" = pass)
 
 
 CASES = [
@@ -85,6 +87,92 @@ CASES = [
     ),
     Case("dnc commercial, consent revoked", consent={"revoked_at": NOON - H}, dnc="commercial"),
     Case("dnc commercial, no token", token=None, dnc="commercial"),
+    # The effective purpose (declared, else the consent's): never marketing, one of
+    # the enterprise's purposes (R1/R6). The first case is the hole this closes.
+    Case(
+        "marketing consent, no declared purpose",
+        consent={"purpose": "marketing"},
+        expect="purpose_marketing",
+    ),
+    Case(
+        "marketing consent in capitals",
+        consent={"purpose": " MARKETING"},
+        expect="purpose_marketing",
+    ),
+    Case(
+        "marketing consent, declared callback",
+        consent={"purpose": "marketing"},
+        purpose="callback",
+        expect="purpose_not_allowed",
+    ),
+    Case(
+        "marketing consent, declared marketing",
+        consent={"purpose": "marketing"},
+        purpose="marketing",
+        expect="purpose_marketing",
+    ),
+    Case(
+        "marketing consent, enterprise lists marketing",
+        consent={"purpose": "marketing"},
+        purpose=None,
+        purposes=("callback", "marketing"),
+        expect="purpose_marketing",
+    ),
+    Case(
+        "marketing consent beats revocation and expiry",
+        consent={
+            "purpose": "marketing",
+            "granted_at": NOON - 3 * H,
+            "expires_at": NOON - H,
+            "revoked_at": NOON - 2 * H,
+        },
+        expect="purpose_marketing",
+    ),
+    Case(
+        "marketing consent of another enterprise",
+        consent={"purpose": "marketing", "enterprise_id": "ent-b"},
+        expect="consent_other_enterprise",
+    ),
+    Case(
+        "marketing consent, no token",
+        consent={"purpose": "marketing"},
+        token=None,
+        expect="consent_missing",
+    ),
+    Case(
+        "marketing consent, dnc commercial",
+        consent={"purpose": "marketing"},
+        dnc="commercial",
+        expect="purpose_marketing",
+    ),
+    Case(
+        "consent purpose not granted to the enterprise",
+        consent={"purpose": "survey"},
+        expect="purpose_not_allowed",
+    ),
+    Case(
+        "consultation consent, enterprise grants callback only",
+        consent={"purpose": "consultation"},
+        purposes=("callback",),
+        expect="purpose_not_allowed",
+    ),
+    Case(
+        "consultation consent, enterprise grant in capitals",
+        consent={"purpose": "consultation"},
+        purposes=(" Consultation ",),
+        expect="",
+    ),
+    Case(
+        "consultation consent, no declared purpose", consent={"purpose": "consultation"}, expect=""
+    ),
+    Case(
+        "declared purpose not granted, same as consent's",
+        consent={"purpose": "survey"},
+        purpose="survey",
+        expect="purpose_not_allowed",
+    ),
+    Case("enterprise grants nothing", purposes=(), expect="purpose_not_allowed"),
+    Case("empty consent purpose", consent={"purpose": ""}, expect="purpose_not_allowed"),
 ]
 
 
@@ -112,6 +200,7 @@ def _reference(case: Case) -> tuple[Check, Check]:
         callee=case.callee,
         enterprise_id="ent-a",
         declared_purpose=case.purpose,
+        allowed_purposes=case.purposes,
         used=case.used,
         now=NOON,
         token_callee=token_callee,
@@ -133,6 +222,8 @@ async def test_lua_matches_python(
             await store.client.hset(consent_key(stored.callee, T), "used", case.used)
     if case.dnc:
         await store.dnc_add(DncEntry(number=case.callee, scope=case.dnc))  # type: ignore[arg-type]
+    if case.purposes != DEFAULT_PURPOSES:
+        await _grant_purposes(store, case.purposes)
     e = await make_engine()
     digits = "13900139000" if case.callee == OTHER_CALLEE else "13800138000"
     x = await e.explain(call(consent_token=case.token, callee=digits, purpose=case.purpose), NOON)
@@ -143,3 +234,74 @@ async def test_lua_matches_python(
         ref_consent.reason,
     )
     assert (lua["dnc"].outcome, lua["dnc"].reason) == (ref_dnc.outcome, ref_dnc.reason)
+    if case.expect is not None:
+        assert (lua["consent"].reason or "") == case.expect
+
+
+async def _grant_purposes(store: PolicyStore, purposes: tuple[str, ...]) -> None:
+    ent = Enterprise(enterprise_id="ent-a", name="A", purposes=purposes)
+    await store.put_records("enterprises", [ent])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "purposes", "reason"),
+    [
+        ({"purpose": "marketing"}, DEFAULT_PURPOSES, "purpose_marketing"),
+        ({"purpose": "survey"}, DEFAULT_PURPOSES, "purpose_not_allowed"),
+        ({"purpose": "consultation"}, ("callback",), "purpose_not_allowed"),
+    ],
+)
+async def test_purpose_rejection_counts_nothing(
+    overrides: dict[str, Any],
+    purposes: tuple[str, ...],
+    reason: str,
+    store: PolicyStore,
+    make_engine: EngineFactory,
+) -> None:
+    """A consent whose purpose the call may not have is refused by the script itself.
+
+    SPEC §5: a rejected call consumes no quota, so the script must not count it
+    (no refund needed): neither the daily counters nor the consent's ``used``.
+    """
+    await store.grant_consent(_consent(overrides))
+    if purposes != DEFAULT_PURPOSES:
+        await _grant_purposes(store, purposes)
+    e = await make_engine()
+    c = call(consent_token=T)
+    d = await e.admit(c)
+    assert (d.admit, d.reason, d.sip_code) == (False, reason, 608)
+    assert [x.name for x in d.checks][-1] == "purpose"
+    assert e.stats["refunds"] == 0, "the script itself must not have counted"
+    day = NOON.strftime("%Y%m%d")
+    assert await store.client.get(day_key(CALLEE, "ent-a", day)) is None
+    assert await store.client.get(total_day_key(CALLEE, day)) is None
+    assert await store.consent_used(T) == 0
+    # A retransmission replays the stored decision, still counting nothing.
+    again = await e.admit(c)
+    assert again.reason == reason
+    assert await store.consent_used(T) == 0
+
+
+@pytest.mark.parametrize(
+    ("purpose", "reason"), [("marketing", "purpose_marketing"), ("callback", "")]
+)
+async def test_script_called_without_purposes_still_refuses_marketing(
+    purpose: str, reason: str, store: PolicyStore
+) -> None:
+    """A gateway older than the library passes no ARGV 11 (rolling upgrade): marketing is still
+    refused, and other calls are not refused for want of the enterprise's purposes."""
+    await store.ensure_functions()
+    await store.grant_consent(_consent({"purpose": purpose}))
+    day = NOON.strftime("%Y%m%d")
+    keys = (
+        txn_key(f"c:{CALLEE}", f"old-{purpose}"),
+        consent_key(CALLEE, T),
+        dnc_key(CALLEE),
+        day_key(CALLEE, "ent-a", day),
+        total_day_key(CALLEE, day),
+    )
+    now_ms = int(NOON.timestamp() * 1000)
+    args = (T, "ent-a", "", now_ms, 0, 3, 0, 3600, 1, 64)  # ARGV 1-10, dry run
+    r = await store.client.fcall("cag_admit", len(keys), *keys, *args)
+    got = r[0].decode() if isinstance(r[0], bytes) else str(r[0])
+    assert got == reason

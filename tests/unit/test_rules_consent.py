@@ -20,6 +20,7 @@ def _check(c: Consent | None, **kw: Any) -> tuple[str, str | None]:
         "callee": CALLEE,
         "enterprise_id": "ent-a",
         "declared_purpose": None,
+        "allowed_purposes": ("callback", "consultation"),
         "used": 0,
         "now": T0,
     }
@@ -59,6 +60,62 @@ def test_declared_purpose_must_match_consent() -> None:
         "fail",
         "purpose_not_allowed",
     )
+
+
+# --- the effective purpose: declared, else the consent's (R1 no marketing, R6 grants) -------
+
+
+def test_consent_for_marketing_without_declared_purpose_is_refused() -> None:
+    """The R1 hole: leaving X-Call-Purpose out must not let a marketing consent through."""
+    assert _check(consent(purpose="marketing")) == ("fail", "purpose_marketing")
+    assert _check(consent(purpose=" Marketing ")) == ("fail", "purpose_marketing")
+
+
+def test_marketing_refused_even_when_the_enterprise_lists_it() -> None:
+    everything = ("callback", "consultation", "marketing")
+    assert _check(consent(purpose="marketing"), allowed_purposes=everything) == (
+        "fail",
+        "purpose_marketing",
+    )
+    assert _check(
+        consent(purpose="marketing"), declared_purpose="marketing", allowed_purposes=everything
+    ) == ("fail", "purpose_marketing")
+
+
+def test_declared_marketing_against_other_consent_is_a_mismatch() -> None:
+    # The local purpose check has already said purpose_marketing for this call.
+    assert _check(consent(), declared_purpose="marketing") == ("fail", "purpose_not_allowed")
+
+
+def test_consent_purpose_outside_the_enterprise_grant() -> None:
+    assert _check(consent(purpose="survey")) == ("fail", "purpose_not_allowed")
+    assert _check(consent(purpose="consultation"), allowed_purposes=("callback",)) == (
+        "fail",
+        "purpose_not_allowed",
+    )
+    assert _check(consent(), allowed_purposes=()) == ("fail", "purpose_not_allowed")
+
+
+def test_consent_purpose_inside_the_grant_passes() -> None:
+    assert _check(consent(purpose="consultation")) == ("pass", None)
+    assert _check(consent(purpose="CallBack"), allowed_purposes=(" Callback ",)) == ("pass", None)
+    assert _check(consent(purpose="consultation"), declared_purpose="Consultation") == (
+        "pass",
+        None,
+    )
+
+
+def test_empty_consent_purpose_is_not_allowed() -> None:
+    assert _check(consent(purpose="")) == ("fail", "purpose_not_allowed")
+
+
+def test_purpose_checked_after_enterprise_before_revocation() -> None:
+    other = consent(purpose="marketing", enterprise_id="ent-b")
+    assert _check(other) == ("fail", "consent_other_enterprise")
+    assert _check(consent(purpose="marketing"), token=None) == ("fail", "consent_missing")
+    late = consent(purpose="marketing", revoked_at=T0, expires_at=T0, max_calls=1)
+    assert _check(late, used=1) == ("fail", "purpose_marketing")
+    assert _check(consent(purpose="survey", revoked_at=T0)) == ("fail", "purpose_not_allowed")
 
 
 def test_revoked_now_or_before() -> None:

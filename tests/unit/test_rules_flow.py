@@ -143,6 +143,71 @@ def test_store_consent_family(store_kw: dict[str, Any], reason: str) -> None:
     assert (d.admit, d.reason, d.sip_code, d.retry_after) == (False, reason, 608, None)
 
 
+# --- effective purpose: no X-Call-Purpose means the consent's purpose governs (R1) ------------
+
+
+@pytest.mark.parametrize(
+    ("consent_purpose", "reason"),
+    [("marketing", "purpose_marketing"), ("survey", "purpose_not_allowed")],
+)
+def test_consent_purpose_decides_without_declared_purpose(
+    consent_purpose: str, reason: str
+) -> None:
+    d = decide(call(), consent=consent(purpose=consent_purpose))
+    assert (d.admit, d.reason, d.sip_code) == (False, reason, 608)
+    assert d.checks[-1].name == "purpose"  # reported under the purpose check (SPEC order)
+    assert d.checks[-1].reason == reason
+
+
+def test_consent_purpose_must_be_one_of_the_enterprise_purposes() -> None:
+    # ent-b grants only "callback": a consultation consent is refused for it ...
+    c = call(source_ip="198.51.100.10", from_user="01058007777")
+    d = decide(c, consent=consent(enterprise_id="ent-b", purpose="consultation"))
+    assert (d.reason, d.sip_code) == ("purpose_not_allowed", 608)
+    # ... and admitted for ent-a, which grants the default purposes.
+    assert decide(call(), consent=consent(purpose="consultation")).admit
+
+
+def test_effective_purpose_is_shown_when_admitted() -> None:
+    d = decide(call())
+    purpose = next(x for x in d.checks if x.name == "purpose")
+    assert purpose.outcome == "pass" and "callback" in purpose.detail
+
+
+def test_purpose_from_consent_beats_dnc_quiet_hours_and_caps() -> None:
+    d = decide(
+        call(),
+        NIGHT,
+        consent=consent(purpose="marketing"),
+        dnc=DncEntry(number=CALLEE, scope="all"),
+        counts={"callee_daily_cap": 99},
+    )
+    assert d.reason == "purpose_marketing"
+
+
+def test_marketing_consent_with_declared_other_purpose_is_a_mismatch() -> None:
+    d = decide(call(purpose="callback"), consent=consent(purpose="marketing"))
+    assert d.reason == "purpose_not_allowed"
+
+
+def test_explain_marketing_consent_fails_purpose_and_consent() -> None:
+    c = call()
+    local = evaluate_local(c, REF, NOON, CFG, all_checks=True)
+    store = reference_store_verdict(local, c, NOON, consent=consent(purpose="marketing"))
+    d = finish(c, local, store, CFG, all_checks=True)
+    by_name = {x.name: x for x in d.checks}
+    assert d.reason == "purpose_marketing"
+    assert (by_name["purpose"].outcome, by_name["purpose"].reason) == ("fail", "purpose_marketing")
+    assert by_name["consent"].reason == "purpose_marketing"
+
+
+def test_fail_open_cannot_know_the_consent_purpose() -> None:
+    local = evaluate_local(call(), REF, NOON, CFG)
+    d = finish(call(), local, None, CFG)
+    purpose = next(x for x in d.checks if x.name == "purpose")
+    assert d.admit and purpose.outcome == "pass"
+
+
 def test_dnc_commercial_allows_consented_callback() -> None:
     assert decide(call(), dnc=DncEntry(number=CALLEE, scope="commercial")).admit
     d = decide(
