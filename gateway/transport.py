@@ -37,7 +37,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.sink(data, (addr[0], addr[1]), "udp", None, self.private)
+        # IPv4 addresses already are (host, port); IPv6 ones carry flow info and scope too.
+        self.sink(data, addr if len(addr) == 2 else (addr[0], addr[1]), "udp", None, self.private)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a dead next hop lands here; the core's

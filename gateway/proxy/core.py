@@ -58,6 +58,8 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, NOTIFY, REFER"
 ROUTE_MAP_MAX = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
 ROUTE_MAP_TTL = 64.0
 _PRIVACY_HIDE = frozenset({"id", "user", "header"})
+# What RouteToken.mint writes (base64url and "."): such a token needs no URI parse to be cut out.
+_TOKEN_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 _CALL_HEADERS = frozenset(
     {"from", "p-asserted-identity", "privacy", "x-consent-token", "x-call-purpose", "identity"}
 )
@@ -368,11 +370,12 @@ class ProxyCore:
         ip = source[0]
         known = self.source_known(ip)
         from_hop = ip in self.hops.hosts
-        vias = msg.vias()
-        if not vias:
+        # Only the top Via matters to a proxy (RFC 3261 §16.6); the rest are parsed
+        # only when one of them could be ours (loop detection).
+        top = msg.top_via()
+        if top is None:
             self.stats["dropped_malformed"] += 1
             return []
-        top = vias[0]
         if not known and not from_hop:
             return self._unknown_source(msg, top, source, transport, conn_id)
         method = msg.method
@@ -388,7 +391,7 @@ class ProxyCore:
         if method == "INVITE":
             if not known:
                 return self._unknown_source(msg, top, source, transport, conn_id)
-            return self._initial_invite(msg, vias, source, transport, conn_id, now)
+            return self._initial_invite(msg, top, source, transport, conn_id, now)
         if method == "CANCEL":
             return self._cancel(msg, top, source, transport, conn_id, now)
         extra = [("Allow", ALLOW)]
@@ -442,13 +445,12 @@ class ProxyCore:
     def _initial_invite(
         self,
         req: Request,
-        vias: list[Via],
+        top: Via,
         source: Addr,
         transport: str,
         conn_id: int | None,
         now: float,
     ) -> list[Action]:
-        top = vias[0]
         key = self._key(req.call_id, top)
         txn = self._servers.get(key)
         if txn is not None:
@@ -463,7 +465,8 @@ class ProxyCore:
             if mf_n <= 0:
                 return [self._reply(req, top, source, transport, conn_id, 483, extra=[_reason(483, "too_many_hops")])]
         ours = self._ours
-        for v in vias:
+        looped = any(h[1] == "via" and MAGIC in h[2] for h in req.headers)  # else no Via of ours
+        for v in req.vias() if looped else ():
             b = v.branch
             if b is not None and b.startswith(MAGIC) and (v.host, v.port or 5060) in ours:
                 return [self._reply(req, top, source, transport, conn_id, 482, extra=[_reason(482, "loop_detected")])]
@@ -616,7 +619,7 @@ class ProxyCore:
             req.replace("Record-Route", rr)  # ours is the first Record-Route line
         req.prepend("Via", via)
         data = req.to_bytes()
-        req.pop_first_via()
+        req.drop_first_via()
         ct = ClientTxn(branch, txn, idx, hop.addr, hop.transport, data, via)
         if hop.transport == "udp":
             ct.a_at = now + T1
@@ -704,7 +707,7 @@ class ProxyCore:
         if ct is not None:
             return self._client_response(ct, resp, now)
         if br.startswith(STATELESS_PREFIX):
-            return self._stateless_response(resp, resp.vias(), br)
+            return self._stateless_response(resp, br)
         if br.startswith(PROBE_PREFIX):
             probe = self._probes.pop(br, None)
             if probe is not None:
@@ -716,7 +719,7 @@ class ProxyCore:
         return []
 
     def _relay_up(self, txn: ServerTxn, resp: Response) -> Send:
-        resp.pop_first_via()
+        resp.drop_first_via()
         self.stats["forwarded_responses"] += 1
         return self._upstream(txn, resp.to_bytes())
 
@@ -785,7 +788,7 @@ class ProxyCore:
                 self.stats["tx_500"] += 1
                 status = 500
             else:
-                resp.pop_first_via()
+                resp.drop_first_via()
                 data = resp.to_bytes()
                 self.stats["forwarded_responses"] += 1
             self._complete(txn, data, now, out)
@@ -974,15 +977,10 @@ class ProxyCore:
         route = _first_route(req)
         verified = None
         if route:
-            try:
-                uri = parse_uri(header_uri(route))
-            except SipError:
-                uri = None
-            if uri is not None and (uri.host.lower(), uri.port or 5060) in self._listen_keys:
-                token = uri.params.get("cag")
-                if token:
-                    tags = (req.to_tag, req.from_tag) if from_hop else (req.from_tag,)
-                    verified = self.tokens.verify(token, req.call_id, tags)
+            token = self._our_token(route)
+            if token:
+                tags = (req.to_tag, req.from_tag) if from_hop else (req.from_tag,)
+                verified = self.tokens.verify(token, req.call_id, tags)
         if verified is None:
             self.stats["in_dialog_rejected"] += 1
             if is_ack:
@@ -1051,17 +1049,39 @@ class ProxyCore:
                 out.append(Outcome(info.record_id, req.call_id, None, None, self.clock()))
         return out
 
-    def _stateless_response(self, resp: Response, vias: list[Via], br: str) -> list[Action]:
+    def _our_token(self, route: str) -> str | None:
+        """The ``cag`` token of a Route value addressed to us, else None.
+
+        A Route we wrote comes back exactly as we wrote it, so it is matched
+        against our own Record-Route prefixes first (no URI parse); any other
+        spelling takes the full parse.
+        """
+        if route[-1:] == ">":
+            for prefix in self._rr.values():
+                if route.startswith(prefix):
+                    token = route[len(prefix) : -1]
+                    if _TOKEN_SAFE.issuperset(token):
+                        return token or None
+                    break
+        try:
+            uri = parse_uri(header_uri(route))
+        except SipError:
+            return None
+        if (uri.host.lower(), uri.port or 5060) not in self._listen_keys:
+            return None
+        return uri.params.get("cag") or None
+
+    def _stateless_response(self, resp: Response, br: str) -> list[Action]:
         """Responses to in-dialog requests: pop our Via, back to whoever sent the request."""
-        if len(vias) < 2 or self._stateless_branch(resp.call_id, vias[1]) != br:
+        nxt = resp.via_at(1)  # the requester's Via: only it is parsed
+        if nxt is None or self._stateless_branch(resp.call_id, nxt) != br:
             self.stats["dropped_unmatched_response"] += 1
             return []
-        resp.pop_first_via()
+        resp.drop_first_via()
         entry = self._routes.get(br)
         if entry is not None:
             dest, transport, conn_id, _ = entry
         else:
-            nxt = vias[1]
             dest = nxt.response_address()
             transport = nxt.transport.lower()
             conn_id = None

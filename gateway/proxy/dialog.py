@@ -8,6 +8,12 @@ has no token that verifies, so it gets 481 (SPEC §6 "Dialogs").
 
 Requests from the callee carry the caller's tag in To rather than From, so
 ``verify`` tries the tags the caller gives, in order, and says which matched.
+
+Most in-dialog requests reach the worker that minted their token (the
+trunk's source address hashes to the same SO_REUSEPORT socket), so the
+tokens minted here are remembered, bounded, with what they were minted for:
+checking one is then a dict lookup and two string compares instead of two
+base64 decodes and an HMAC per tag. Any other token is verified in full.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 
 _SEP = b"\x1f"
 _MAC_BYTES = 12
+MINTED_MAX = 65536  # tokens remembered per worker (a few hundred bytes each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,26 +44,47 @@ def _unb64(text: str) -> bytes:
 
 
 class RouteToken:
-    __slots__ = ("_secret",)
+    __slots__ = ("_hmac", "_minted", "_minted_max", "_secret")
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, minted_max: int = MINTED_MAX) -> None:
         if not secret:
             raise ValueError("rr_secret must not be empty")
         self._secret = secret
+        # The keyed state, computed once: copying it skips the key schedule of every MAC.
+        self._hmac = hmac.new(secret, digestmod="sha256")
+        # token -> (call_id, tag it was bound to, record_id, hop, trunk_id); insertion order =
+        # age. Plain strings and ints only, so the garbage collector stops tracking the tuples.
+        self._minted: dict[str, tuple[str, str, str, int, str]] = {}
+        self._minted_max = minted_max
 
     def _mac(self, call_id: str, tag: str, payload: bytes) -> bytes:
-        msg = b"".join((call_id.encode(), _SEP, tag.encode(), _SEP, payload))
-        return hmac.digest(self._secret, msg, "sha256")[:_MAC_BYTES]
+        h = self._hmac.copy()
+        h.update(b"".join((call_id.encode(), _SEP, tag.encode(), _SEP, payload)))
+        return h.digest()[:_MAC_BYTES]
 
     def mint(self, call_id: str, from_tag: str, record_id: str, hop: int, trunk_id: str) -> str:
         """A token-safe string (base64url and '.'), usable unquoted as a URI parameter value."""
         payload = _SEP.join((record_id.encode(), str(hop).encode(), trunk_id.encode()))
-        return f"{_b64(payload)}.{_b64(self._mac(call_id, from_tag, payload))}"
+        token = f"{_b64(payload)}.{_b64(self._mac(call_id, from_tag, payload))}"
+        if len(payload.split(_SEP)) == 3:  # else verify refuses it: never remember it as good
+            minted = self._minted
+            if len(minted) >= self._minted_max:
+                del minted[next(iter(minted))]
+            minted[token] = (call_id, from_tag, record_id, hop, trunk_id)
+        return token
 
     def verify(
         self, token: str, call_id: str, tags: tuple[str | None, ...]
     ) -> tuple[DialogInfo, int] | None:
         """``(info, index of the tag that verified)``, or None for a forged / foreign / broken token."""
+        known = self._minted.get(token)
+        if known is not None and known[0] == call_id:
+            # Same answer the MAC would give: it verifies exactly for the tag it was minted with.
+            bound = known[1]
+            for i, tag in enumerate(tags):
+                if tag == bound:
+                    return DialogInfo(known[2], known[3], known[4]), i
+            return None
         body, dot, mac_text = token.partition(".")
         if not dot:
             return None

@@ -195,10 +195,18 @@ def check_name(name: str) -> None:
 
 
 def split_list(value: str) -> list[str]:
-    """Split a list header on top-level commas (not inside "..." or <...>)."""
+    """Split a list header on top-level commas (not inside "..." or <...>).
+
+    Most values carry no quotes, so those are split with ``str`` methods
+    (C loops); only a value with a quoted string takes the per-character scan.
+    """
     if "," not in value:
         v = value.strip()
         return [v] if v else []
+    if '"' not in value:
+        if "<" not in value:
+            return [p for p in map(str.strip, value.split(",")) if p]
+        return _split_angles(value)
     out: list[str] = []
     start = 0
     quoted = False
@@ -230,10 +238,48 @@ def split_list(value: str) -> list[str]:
     return out
 
 
+def _next_top_comma(value: str, i: int) -> int:
+    """Index of the next comma at or after ``i`` outside <...>, or -1; ``value`` has no quotes.
+
+    Same reading as the character scan: a ``<`` opens an angle that the next
+    ``>`` closes, and nothing in between counts.
+    """
+    while True:
+        c = value.find(",", i)
+        if c < 0:
+            return -1
+        lt = value.find("<", i, c)
+        if lt < 0:
+            return c
+        gt = value.find(">", lt + 1)
+        if gt < 0:
+            return -1
+        i = gt + 1
+
+
+def _split_angles(value: str) -> list[str]:
+    out: list[str] = []
+    start = 0
+    while True:
+        c = _next_top_comma(value, start)
+        if c < 0:
+            break
+        part = value[start:c].strip()
+        if part:
+            out.append(part)
+        start = c + 1
+    part = value[start:].strip()
+    if part:
+        out.append(part)
+    return out
+
+
 def first_element_end(value: str) -> int:
     """Index of the first top-level comma of a list value, or -1 (one element)."""
     if "," not in value:
         return -1
+    if '"' not in value:
+        return value.find(",") if "<" not in value else _next_top_comma(value, 0)
     quoted = False
     angle = False
     i = 0

@@ -23,6 +23,19 @@ from .uri import header_params
 from .via import Via, parse_via
 
 CRLF_B = b"\r\n"
+_UNSET = "\0"  # "not computed yet" for the cached tags (a real tag never holds a NUL)
+_KEYS: dict[str, str] = {}  # name as callers spell it -> lookup key (the code uses a few dozen)
+_KEYS_MAX = 1024
+
+
+def _key(name: str) -> str:
+    """``header_key`` memoised: every accessor call would otherwise strip and lower its name."""
+    k = _KEYS.get(name)
+    if k is None:
+        k = header_key(name)
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[name] = k
+    return k
 
 
 def _encode(text: str) -> bytes:
@@ -38,6 +51,9 @@ class Message:
     """What requests and responses share. Built by ``parse``; not meant to be built by hand.
 
     ``headers`` holds ``(name, key, value, raw, eol)`` tuples (see ``headers.Header``).
+    Edit it through the methods only: they keep the caches below in step
+    (first value per key, parsed top Via / all Vias, tags, CSeq), which is
+    what lets a proxy ask the same questions of a message many times cheaply.
     """
 
     __slots__ = (
@@ -45,8 +61,13 @@ class Message:
         "_body0",
         "_cl",
         "_crlf",
+        "_cseq",
         "_edited",
+        "_ftag",
+        "_index",
         "_start",
+        "_top",
+        "_ttag",
         "_vias",
         "body",
         "headers",
@@ -60,6 +81,8 @@ class Message:
         crlf: bool = True,
         cl: bool = True,
         blank: tuple[str, str] = (CRLF, CRLF),
+        index: dict[str, str] | None = None,
+        cseq: tuple[int, str] | None = None,
     ) -> None:
         # Terminators of the start line and the empty line: bare-LF input keeps its LFs.
         self._blank = blank
@@ -71,20 +94,29 @@ class Message:
         self._cl = cl  # a Content-Length line may be present (False: known absent)
         self._edited = False
         self._vias: list[Via] | None = None
+        self._top: Via | None = None
+        # First value per key (the parser builds it in one C-level pass); None: build on use.
+        self._index = index
+        self._cseq = cseq
+        self._ftag: str | None = _UNSET
+        self._ttag: str | None = _UNSET
 
     # ------------------------------------------------------------ lookup
 
+    def _first_values(self) -> dict[str, str]:
+        idx = self._index
+        if idx is None:
+            idx = {h[1]: h[2] for h in reversed(self.headers)}  # earlier lines win
+            self._index = idx
+        return idx
+
     def get(self, name: str) -> str | None:
         """First value (whole line, unsplit), name case-insensitive, compact forms equivalent."""
-        key = header_key(name)
-        for h in self.headers:
-            if h[1] == key:
-                return h[2]
-        return None
+        return (self._index or self._first_values()).get(_key(name))
 
     def get_all(self, name: str) -> list[str]:
         """Every value in order; list headers are split on top-level commas, others never."""
-        key = header_key(name)
+        key = _key(name)
         if key in LIST_HEADERS:
             out: list[str] = []
             for h in self.headers:
@@ -94,17 +126,41 @@ class Message:
         return [h[2] for h in self.headers if h[1] == key]
 
     def has(self, name: str) -> bool:
-        key = header_key(name)
-        return any(h[1] == key for h in self.headers)
+        return _key(name) in (self._index or self._first_values())
 
     # ------------------------------------------------------------ edits
 
-    def _touch(self, key: str = "via", removed: bool = False) -> None:
+    def _touch(self, key: str = "via", removed: bool = False, first: str | None = None) -> None:
+        """After an edit of ``key``'s lines: drop what was cached about that header.
+
+        ``first``: the edit's caller knows the new first value (prepend,
+        replace), so the first-value index is set without a scan.
+        """
         self._edited = True
+        idx = self._index
+        if idx is not None:
+            if first is not None:
+                idx[key] = first
+            elif removed:
+                idx.pop(key, None)
+            else:
+                for h in self.headers:
+                    if h[1] == key:
+                        idx[key] = h[2]
+                        break
+                else:
+                    idx.pop(key, None)
         if key == "via":
             self._vias = None
+            self._top = None
         elif key == "content-length":
             self._cl = not removed
+        elif key == "from":
+            self._ftag = _UNSET
+        elif key == "to":
+            self._ttag = _UNSET
+        elif key == "cseq":
+            self._cseq = None
 
     @staticmethod
     def _new(name: str, value: str) -> Header:
@@ -115,7 +171,7 @@ class Message:
 
     def remove(self, name: str) -> int:
         """Remove every line of that header; returns how many lines went."""
-        key = header_key(name)
+        key = _key(name)
         before = len(self.headers)
         self.headers = [h for h in self.headers if h[1] != key]
         n = before - len(self.headers)
@@ -127,12 +183,13 @@ class Message:
         """Insert at the top of the header block (so a new Via / Record-Route comes first)."""
         h = self._new(name, value)
         self.headers.insert(0, h)
-        self._touch(h[1])
+        self._touch(h[1], first=h[2])
 
     def append(self, name: str, value: str) -> None:
         h = self._new(name, value)
         self.headers.append(h)
-        self._touch(h[1])
+        idx = self._index
+        self._touch(h[1], first=h[2] if idx is None else idx.get(h[1], h[2]))
 
     def replace(self, name: str, value: str) -> None:
         """Replace the first line of that header in place (or append it)."""
@@ -142,10 +199,10 @@ class Message:
         for i, old in enumerate(headers):
             if old[1] == key:
                 headers[i] = h
-                self._touch(key)
+                self._touch(key, first=h[2])
                 return
         headers.append(h)
-        self._touch(key)
+        self._touch(key, first=h[2])
 
     def _pop_first(self, key: str) -> str | None:
         """Remove the first element of a list header, rewriting only the line it was on."""
@@ -181,16 +238,69 @@ class Message:
             self._vias = vs
         return list(vs)
 
+    def top_via(self) -> Via | None:
+        """The first Via value, parsed alone (the others stay unparsed); None when there is none.
+
+        Most of what a proxy does needs only this one: the transaction key,
+        where responses go. A broken first value raises ``SipError`` as
+        ``vias()`` would.
+        """
+        top = self._top
+        if top is None:
+            vs = self._vias
+            if vs is not None:
+                top = vs[0] if vs else None
+            else:
+                first = (self._index or self._first_values()).get("via")
+                if first is None:
+                    return None
+                cut = first_element_end(first)
+                text = (first if cut < 0 else first[:cut]).strip()
+                if not text:
+                    vs = self.vias()  # an empty first element: let the full split decide
+                    top = vs[0] if vs else None
+                else:
+                    top = parse_via(text)
+            self._top = top
+        return top
+
+    def via_at(self, n: int) -> Via | None:
+        """The ``n``-th Via value (0 = top), parsing only that one; None when there are fewer."""
+        vs = self._vias
+        if vs is not None:
+            return vs[n] if n < len(vs) else None
+        if n == 0:
+            return self.top_via()
+        for h in self.headers:
+            if h[1] == "via":
+                values = split_list(h[2])
+                if n < len(values):
+                    return parse_via(values[n])
+                n -= len(values)
+        return None
+
     def pop_first_via(self) -> Via:
         """Remove our Via only, even when the peer joined all Vias on one line (SIPp does)."""
         cached = self._vias
+        top = self._top
         value = self._pop_first("via")
         if value is None:
             raise SipError("no Via")
         if cached and cached[0].raw == value:
             self._vias = cached[1:]  # the rest is still valid: no need to parse it again
             return cached[0]
+        if top is not None and top.raw == value:
+            return top
         return parse_via(value)
+
+    def drop_first_via(self) -> None:
+        """``pop_first_via`` for a caller that does not want the value: nothing is parsed."""
+        cached = self._vias
+        value = self._pop_first("via")
+        if value is None:
+            raise SipError("no Via")
+        if cached and cached[0].raw == value:
+            self._vias = cached[1:]
 
     def routes(self) -> list[str]:
         return self.get_all("route")
@@ -209,20 +319,29 @@ class Message:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        v = self.get("cseq")
-        if v is None:
-            raise SipError("missing CSeq")
-        return parse_cseq(v)
+        c = self._cseq
+        if c is None:
+            v = self.get("cseq")
+            if v is None:
+                raise SipError("missing CSeq")
+            c = self._cseq = parse_cseq(v)
+        return c
 
     @property
     def from_tag(self) -> str | None:
-        v = self.get("from")
-        return None if v is None else header_params(v).get("tag")
+        t = self._ftag
+        if t is _UNSET:
+            v = self.get("from")
+            t = self._ftag = None if v is None else _tag_of(v)
+        return t
 
     @property
     def to_tag(self) -> str | None:
-        v = self.get("to")
-        return None if v is None else header_params(v).get("tag")
+        t = self._ttag
+        if t is _UNSET:
+            v = self.get("to")
+            t = self._ttag = None if v is None else _tag_of(v)
+        return t
 
     # ------------------------------------------------------------ output
 
@@ -265,6 +384,26 @@ class Message:
         return b"".join([_encode(t) for t in out]) + body
 
 
+def _tag_of(value: str) -> str | None:
+    """The tag parameter of a From / To value (``header_params(value).get("tag")``).
+
+    The common shape, ``[name] <uri>;tag=x`` with no quotes, is read with two
+    ``find`` calls; anything else takes the full parameter parse.
+    """
+    if '"' not in value:
+        gt = value.find(">")
+        if 0 <= value.find("<") < gt:
+            rest = value[gt + 1 :]
+            semi = rest.find(";")
+            if semi < 0:
+                return None
+            params = rest[semi + 1 :]
+            if ";" not in params:
+                name, eq, tag = params.partition("=")
+                return tag.strip() if eq and name.strip().lower() == "tag" else None
+    return header_params(value).get("tag")
+
+
 def parse_cseq(value: str) -> tuple[int, str]:
     """``number method`` with number in 0..2**31-1 (RFC 3261 §8.1.1.5)."""
     parts = value.split()
@@ -293,8 +432,10 @@ class Request(Message):
         crlf: bool = True,
         cl: bool = True,
         blank: tuple[str, str] = (CRLF, CRLF),
+        index: dict[str, str] | None = None,
+        cseq: tuple[int, str] | None = None,
     ) -> None:
-        super().__init__(start, headers, body, crlf, cl, blank)
+        super().__init__(start, headers, body, crlf, cl, blank, index, cseq)
         self.method = method
         self.uri = uri
         self.version = version
@@ -325,8 +466,10 @@ class Response(Message):
         crlf: bool = True,
         cl: bool = True,
         blank: tuple[str, str] = (CRLF, CRLF),
+        index: dict[str, str] | None = None,
+        cseq: tuple[int, str] | None = None,
     ) -> None:
-        super().__init__(start, headers, body, crlf, cl, blank)
+        super().__init__(start, headers, body, crlf, cl, blank, index, cseq)
         self.status = status
         self.reason_phrase = reason_phrase
         self.version = version

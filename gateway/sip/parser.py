@@ -22,6 +22,8 @@ MAX_VIAS = 64  # Via values; a deeper stack is a 400
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
+_SINGLE = ("from", "to", "call-id", "cseq", "content-length")  # at most one line each
+_NON_EMPTY = ("from", "to", "call-id", "cseq")
 _PRETTY = {
     "via": "Via",
     "from": "From",
@@ -116,7 +118,9 @@ def _parse(
         # Fast path (CRLF only): whole-list operations instead of a loop per line.
         # A folded line or an odd name shows up as whitespace in the names and
         # sends us to the slow path.
-        names, seps, rest = zip(*[s.partition(":") for s in lines[1:]], strict=False)
+        # map() over method descriptors: C-level loops, no bytecode per line.
+        hlines = lines[1:]
+        names, seps, rest = zip(*map(str.partition, hlines, repeat(":")), strict=False)
         joined = ":".join(names)
         if (
             "" not in seps
@@ -129,18 +133,21 @@ def _parse(
             keys = joined.lower().split(":")
             if min(map(len, keys)) == 1:
                 keys = [COMPACT.get(k, k) for k in keys]
-            values = [v.strip(" \t") for v in rest]
-            headers = list(zip(names, keys, values, lines[1:], repeat(CRLF)))
+            values = list(map(str.strip, rest, repeat(" \t")))
+            headers = list(zip(names, keys, values, hlines, repeat(CRLF)))
     if headers is None:
         headers = _headers_slow(lines, eols)
         keys = [h[1] for h in headers]
         values = [h[2] for h in headers]
 
     blank = (CRLF, CRLF) if eols is None else (eols[0], eols[-1])
-    cseq = _validate(keys, values, max_vias)
+    # First value per key for Message.get (built reversed, so the earliest line wins);
+    # also what _validate reads instead of searching the lists.
+    index = dict(zip(reversed(keys), reversed(values)))  # noqa: B905 (same lengths by construction)
+    cseq = _validate(keys, values, index, max_vias)
     content_length = None
-    if "content-length" in keys:
-        v = values[keys.index("content-length")]
+    v = index.get("content-length")
+    if v is not None:
         if not v.isascii() or not v.isdigit() or len(v) > 10:
             raise SipError("bad Content-Length")
         content_length = int(v)
@@ -175,6 +182,8 @@ def _parse(
             eols is None,
             content_length is not None,
             blank,
+            index,
+            cseq,
         )
     parts = start.split(" ")
     if len(parts) != 3:
@@ -194,7 +203,17 @@ def _parse(
     if cseq[1] != method:
         raise SipError("CSeq method does not match")
     return Request(
-        method, uri, version, start, headers, body, eols is None, content_length is not None, blank
+        method,
+        uri,
+        version,
+        start,
+        headers,
+        body,
+        eols is None,
+        content_length is not None,
+        blank,
+        index,
+        cseq,
     )
 
 
@@ -229,22 +248,28 @@ def _headers_slow(lines: list[str], eols: list[str] | None) -> list[Header]:
     return headers
 
 
-def _validate(keys: list[str], values: list[str], max_vias: int) -> tuple[int, str]:
-    """Mandatory and single-instance headers, CSeq, Max-Forwards, Via depth. Returns the CSeq."""
+def _validate(
+    keys: list[str], values: list[str], index: dict[str, str], max_vias: int
+) -> tuple[int, str]:
+    """Mandatory and single-instance headers, CSeq, Max-Forwards, Via depth. Returns the CSeq.
+
+    ``index`` holds the first value per key. When it has as many entries as
+    there are lines, no header repeats (the usual case), so the duplicate
+    checks and the per-line Via / Max-Forwards walks are skipped.
+    """
     for key in _MANDATORY:
-        n = keys.count(key)
-        if n != 1:
-            if n == 0:
-                raise SipError(f"missing {_PRETTY[key]}")
-            if key != "via":
+        if key not in index:
+            raise SipError(f"missing {_PRETTY[key]}")
+    unique = len(index) == len(keys)
+    if not unique:
+        for key in _SINGLE:
+            if keys.count(key) > 1:
                 raise SipError(f"duplicate {_PRETTY[key]}")
-    if keys.count("content-length") > 1:
-        raise SipError("duplicate Content-Length")
-    for key in ("from", "to", "call-id", "cseq"):
-        if not values[keys.index(key)]:
+    for key in _NON_EMPTY:
+        if not index[key]:
             raise SipError(f"empty {_PRETTY[key]}")
-    if keys.count("via") == 1:
-        v = values[keys.index("via")]
+    if unique or keys.count("via") == 1:
+        v = index["via"]
         via_count = len(split_list(v)) if "," in v else 1 if v else 0
         if not via_count:
             raise SipError("empty Via")
@@ -257,13 +282,12 @@ def _validate(keys: list[str], values: list[str], max_vias: int) -> tuple[int, s
                 via_count += len(split_list(v)) if "," in v else 1
     if via_count > max_vias:
         raise SipError("too many Via values")
-    n = keys.count("max-forwards")
-    if n == 1:
-        v = values[keys.index("max-forwards")]
-        if not v.isascii() or not v.isdigit() or len(v) > 10:
+    if unique:
+        mf = index.get("max-forwards")
+        if mf is not None and (not mf.isascii() or not mf.isdigit() or len(mf) > 10):
             raise SipError("bad Max-Forwards")
-    elif n:
+    else:
         for k, v in zip(keys, values, strict=False):
             if k == "max-forwards" and (not v.isascii() or not v.isdigit() or len(v) > 10):
                 raise SipError("bad Max-Forwards")
-    return parse_cseq(values[keys.index("cseq")])
+    return parse_cseq(index["cseq"])

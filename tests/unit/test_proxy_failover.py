@@ -229,3 +229,22 @@ def test_many_calls_leave_no_state_behind() -> None:
     assert core.in_flight() == 0 and not core._clients
     core.tick(T0 + 200)  # stale Timer C entries (keys only) drain by their due time
     assert not core._heap
+
+
+@pytest.mark.parametrize(
+    ("call_id", "tags"),
+    [("cid", ("ftag",)), ("cid", ("other", "ftag")), ("cid", (None, "ftag")), ("cid", ("other",)),
+     ("cid2", ("ftag",)), ("cid", ())],
+)
+def test_token_minted_here_verifies_as_a_fresh_worker_would(call_id: str, tags: tuple[str | None, ...]) -> None:
+    """The remembered-token shortcut gives the same answer as the full HMAC check of another worker."""
+    minter, other = RouteToken(b"k"), RouteToken(b"k")
+    tok = minter.mint("cid", "ftag", "gw-0-1-abc", 2, "trunk-9")
+    assert minter.verify(tok, call_id, tags) == other.verify(tok, call_id, tags)
+
+
+def test_remembered_tokens_are_bounded() -> None:
+    t = RouteToken(b"k", minted_max=2)
+    toks = [t.mint(f"c{i}", "f", f"r{i}", 0, "t") for i in range(3)]
+    assert t.verify(toks[0], "c0", ("f",)) is not None  # forgotten, still verified in full
+    assert len(t._minted) == 2

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.sip import COMPACT, SipError, split_list
-from gateway.sip.headers import canonical_name, header_key, split_params
+from gateway.sip.headers import canonical_name, first_element_end, header_key, split_params
 
 
 def test_compact_table_is_complete() -> None:
@@ -47,3 +51,36 @@ def test_sip_error_carries_the_answer() -> None:
     assert SipError("x").status == 400
     with pytest.raises(SipError):
         raise e
+
+
+def _scan_cuts(value: str) -> list[int]:
+    """The reference reading: top-level comma positions, one character at a time (quotes, <...>)."""
+    cuts: list[int] = []
+    quoted, angle, i = False, False, 0
+    while i < len(value):
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            cuts.append(i)
+        i += 1
+    return cuts
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab ,<>"\\;\t', max_size=30))
+def test_split_list_fast_paths_match_the_character_scan(value: str) -> None:
+    cuts = _scan_cuts(value)
+    bounds = [-1, *cuts, len(value)]
+    parts = [value[a + 1 : b].strip() for a, b in pairwise(bounds)]
+    assert split_list(value) == [p for p in parts if p]
+    assert first_element_end(value) == (cuts[0] if cuts else -1)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.sip import Request, SipError, parse
+from gateway.sip import Request, SipError, header_params, parse
+from gateway.sip.message import _tag_of
 
 from ._sip_corpus import COMPACT_INVITE, REPEATED, SIPP_180, SIPP_INVITE, crlf, invite_with
 
@@ -150,3 +153,47 @@ def test_lazy_accessors_raise_sip_error_only() -> None:
     with pytest.raises(SipError):
         m.vias()
     assert m.from_tag is None and m.to_tag is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='at g=<>";; \\T', max_size=25))
+def test_tag_shortcut_reads_what_header_params_reads(value: str) -> None:
+    try:
+        expected: object = header_params(value).get("tag")
+    except SipError:
+        expected = SipError
+    try:
+        got: object = _tag_of(value)
+    except SipError:
+        got = SipError
+    assert got == expected
+
+
+def test_cached_lookups_follow_edits() -> None:
+    r = parse(SIPP_INVITE)
+    assert isinstance(r, Request)
+    assert r.from_tag and r.to_tag is None and r.cseq[1] == "INVITE"
+    top = r.top_via()
+    assert top is not None and top.raw == r.vias()[0].raw
+    r.replace("From", "<sip:a@b>;tag=new")
+    r.replace("To", "<sip:c@d>;tag=t2")
+    r.replace("CSeq", "7 INVITE")
+    assert (r.from_tag, r.to_tag, r.cseq) == ("new", "t2", (7, "INVITE"))
+    r.prepend("Via", OUR_VIA)
+    assert r.get("Via") == OUR_VIA and r.top_via().raw == OUR_VIA  # type: ignore[union-attr]
+    r.drop_first_via()
+    assert r.top_via().raw == top.raw  # type: ignore[union-attr]
+    r.remove("Max-Forwards")
+    assert r.get("Max-Forwards") is None and not r.has("max-forwards")
+    r.append("Max-Forwards", "5")
+    assert r.get("max-forwards") == "5"
+    r.prepend("Route", "<sip:x@y;lr>, <sip:z@w;lr>")
+    assert r.pop_first_route() == "<sip:x@y;lr>" and r.get("Route") == "<sip:z@w;lr>"
+
+
+@pytest.mark.parametrize("data", [SIPP_180, SIPP_INVITE, REPEATED])
+def test_via_at_parses_one_value_as_vias_would(data: bytes) -> None:
+    expected = [v.raw for v in parse(data).vias()]
+    m = parse(data)
+    assert [m.via_at(i).raw for i in range(len(expected))] == expected  # type: ignore[union-attr]
+    assert m.via_at(len(expected)) is None
