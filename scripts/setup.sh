@@ -7,6 +7,7 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)  # bench: latency from a loopback capture
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}" >&2
   SUDO=""
@@ -25,5 +26,5 @@ done
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import gateway, policy, uvloop, redis, hiredis' \
+.venv/bin/python -c 'import gateway, policy, uvloop, redis, hiredis, dpkt' \
   || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }

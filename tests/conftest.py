@@ -9,23 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.peers import free_port
 from gateway.embedded_redis import EmbeddedRedis
 
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A loopback port free for both UDP and TCP at the time of asking."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        try:
-            with socket.socket(socket.AF_INET, other) as s2:
-                s2.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
+__all__ = ["free_port"]  # re-exported: tests import it from here
 
 
 @pytest.fixture(scope="session")
