@@ -75,3 +75,11 @@ def test_every_setting_has_a_description() -> None:
 def test_readme_configuration_table_matches_the_model() -> None:
     readme = (ROOT / "README.md").read_text()
     assert config_table() in readme, "regenerate the README table with `cag config-doc`"
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    flags = {opt for action in serve._actions for opt in action.option_strings}
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in flags, name
