@@ -121,6 +121,9 @@ async def make_engine(store: PolicyStore) -> AsyncIterator[EngineFactory]:
     async def make(
         *, clock: Callable[[], float] | None = None, on: PolicyStore | None = None, **cfg: Any
     ) -> AdmissionEngine:
+        # Tests of the budget pass budget_ms; the rest check decisions, which a
+        # busy CI machine must not turn into fail-closed timeouts.
+        cfg.setdefault("budget_ms", 2000)
         e = AdmissionEngine(on or store, EngineConfig(**cfg), clock=clock or fixed_clock())
         await e.start()
         engines.append(e)
