@@ -74,12 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from policy.cli import register as register_policy
 
     register_policy(sub)
-    try:
-        from gateway.audit.cli import register as register_audit
-    except ImportError:  # TEMP until the audit package lands in this commit series
-        register_audit = None
-    if register_audit is not None:
-        register_audit(sub)
+    from gateway.audit.cli import register as register_audit
+
+    register_audit(sub)
     doc = sub.add_parser("config-doc", help="print the configuration table (Markdown)")
     doc.set_defaults(func=_config_doc)
     return parser

@@ -1,0 +1,67 @@
+"""The archiver as a child of ``cag serve`` (one per node), restarted when it dies.
+
+Operators may instead (or as well) run ``cag audit archive`` as services of
+their own: archivers share the stream through one consumer group, so any
+number of them cooperate. The child's name is stable per node, so a
+restarted child first finishes what its predecessor had read but not yet
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("cag.supervisor")
+
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+class ArchiverChild:
+    def __init__(self, redis_url: str, archive_dir: Path, name: str, *, retention_days: int = 30,
+                 log_level: str = "info") -> None:
+        self.args = [
+            sys.executable, "-m", "gateway.cli", "audit", "archive",
+            "--redis-url", redis_url, "--archive-dir", str(archive_dir), "--name", name,
+            "--retention-days", str(retention_days), "--log-level", log_level,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._due = 0.0
+
+    def start(self) -> None:
+        # stdout/stderr inherited: its JSON log lines join the gateway's
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.info("audit archiver started (pid %d)", self.proc.pid)
+
+    def poll(self) -> None:
+        """Call from the supervisor loop: restart a dead archiver after a back-off."""
+        if self.proc is None:
+            if self._due and time.monotonic() >= self._due:
+                self._due = 0.0
+                self.start()
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        delay = BACKOFF_S[min(self.restarts, len(BACKOFF_S) - 1)]
+        self.restarts += 1
+        log.error("audit archiver exited with %d; restarting in %.1fs", code, delay)
+        self.proc = None
+        self._due = time.monotonic() + delay
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
