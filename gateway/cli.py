@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from gateway.config import Settings, load_settings
@@ -24,7 +25,9 @@ def _serve_parser(sub: Any) -> None:
         origin = typing.get_origin(field.annotation)
         args = typing.get_args(field.annotation)
         if field.annotation is bool:
-            p.add_argument(flag, dest=name, action="store_const", const=True, help=field.description)
+            # --shadow / --no-shadow: default None so an unset flag leaves env/TOML alone
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=field.description)
         elif origin is list or (args and typing.get_origin(args[0]) is list):
             p.add_argument(flag, dest=name, action="append", help=f"{field.description} (repeatable)")
         elif origin is typing.Literal:
@@ -50,6 +53,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_doc(args: argparse.Namespace) -> int:
+    if args.update:
+        path = Path(args.update)
+        text = path.read_text()
+        lines = text.split("\n")
+        start = lines.index("| key / flag | env | default | meaning |")
+        end = start
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines[start:end] = config_table().split("\n")
+        path.write_text("\n".join(lines))
+        return 0
     print(config_table())
     return 0
 
@@ -78,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_audit(sub)
     doc = sub.add_parser("config-doc", help="print the configuration table (Markdown)")
+    doc.add_argument("--update", metavar="FILE", help="replace the table in FILE (README.md) in place")
     doc.set_defaults(func=_config_doc)
     return parser
 

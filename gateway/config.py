@@ -113,6 +113,18 @@ class Settings(BaseSettings):
         None, description="host written into Record-Route/Via when listening on a wildcard address"
     )
     node: str | None = Field(None, description="node name in record ids and logs; none = host name")
+    audit: bool = Field(True, description="record every decision and outcome in the audit trail (R8)")
+    audit_spool_mb: int = Field(
+        256, ge=1, description="per-worker local spool (MiB) used while Redis is unreachable or the stream is full"
+    )
+    audit_max_stream: int = Field(
+        1_000_000, ge=1000, description="audit stream entries held in Redis before workers spool instead"
+    )
+    audit_archiver: Literal["auto", "on", "off"] = Field(
+        "auto", description="run an archiver child: auto = only with the embedded Redis"
+    )
+    audit_dir: Path | None = Field(None, description="archive directory for the archiver child; none = state_dir/audit")
+    audit_retention_days: int = Field(30, ge=30, description="days of archived audit partitions kept (R8: at least 30)")
     log_level: str = Field("info", description="debug, info, warning, error")
 
     @field_validator("listen")

@@ -276,9 +276,22 @@ def run(settings: Settings) -> int:
         settings.listen, settings.next_hop, settings.workers, settings.metrics,
     )
 
+    archiver = None
+    if settings.audit and (settings.audit_archiver == "on" or (settings.audit_archiver == "auto" and embedded)):
+        from gateway.audit.service import ArchiverChild
+
+        archive_dir = Path(settings.audit_dir) if settings.audit_dir else state_dir / "audit"
+        archiver = ArchiverChild(
+            url, archive_dir, f"{node}-archiver",
+            retention_days=settings.audit_retention_days, log_level=settings.log_level,
+        )
+        archiver.start()
+
     restarts: dict[int, int] = {}
     due: list[tuple[float, int]] = []
     while not stopping:
+        if archiver is not None:
+            archiver.poll()
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -318,6 +331,8 @@ def run(settings: Settings) -> int:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     metrics_server.shutdown()
+    if archiver is not None:  # after the workers: it archives what their drain flushed
+        archiver.stop()
     if embedded:
         embedded.stop()
     log.info("stopped")

@@ -18,8 +18,10 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from gateway.audit import AuditSink
 from gateway.config import Settings, parse_listen
 from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
 from gateway.transport import Addr, TcpConnection, TcpConnector, UdpEndpoint
@@ -84,6 +86,8 @@ class Worker:
         self.pending_events: Counter[str] = Counter()
         self._last_core: Counter[str] = Counter()
         self._last_engine: Counter[str] = Counter()
+        self.audit: AuditSink | None = None
+        self._last_audit: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self.engine: Any = None
         self.core: ProxyCore | None = None
@@ -106,6 +110,15 @@ class Worker:
         self.engine = AdmissionEngine(store, engine_config_from_settings(s))
         self.engine.latency_observer = self._observe
         await self.engine.start()
+        if s.audit:
+            # Started before any INVITE is read: a decision always has a sink to go to.
+            self.audit = AuditSink(
+                self.spec.redis_url,
+                Path(s.state_dir) / "audit-spool" / f"worker-{self.spec.index}",
+                max_stream=s.audit_max_stream,
+                spool_max_bytes=s.audit_spool_mb * 1024 * 1024,
+            )
+            await self.audit.start()
 
         listen = advertised(s)
         # The private socket: on the listen host, an ephemeral port of this worker's own.
@@ -181,7 +194,8 @@ class Worker:
             elif isinstance(action, Release):
                 self.engine.release(action.trunk_id, action.call_id)
             elif isinstance(action, Outcome):
-                pass  # the audit trail (issue 4) records outcomes
+                if self.audit is not None:
+                    self.audit.outcome(action)
             elif isinstance(action, Send):
                 send(action)
 
@@ -202,7 +216,8 @@ class Worker:
     async def _decide(self, a: Admit) -> None:
         t0 = time.perf_counter()
         decision = await self.engine.admit(a.call)
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
+        latency = time.perf_counter() - t0
+        metrics.DECISION_SECONDS.observe(latency)
         key = (decision.decision, decision.reason)
         counter = self._decision_counters.get(key)
         if counter is None:
@@ -215,6 +230,8 @@ class Worker:
             )
         if self.core is not None:
             self._dispatch(self.core.decided(a.key, decision, self.loop.time()))
+        if self.audit is not None:  # after the answer left: a list append, flushed off this path
+            self.audit.decision(a.record_id, a.call, decision, latency, self.spec.node, self.spec.index)
 
     def _observe(self, what: str, seconds: float) -> None:
         if what == "redis":
@@ -245,6 +262,8 @@ class Worker:
             metrics.REFDATA_LOADED.set(1 if engine.ready else 0)
             metrics.REDIS_OK.set(1 if engine.redis_ok else 0)
             metrics.REFDATA_VERSION.set(getattr(engine.ref, "version", 0))
+        if self.audit is not None:
+            _flush_counter(self.audit.stats, self._last_audit)
         for name, n in self.pending_events.items():
             metrics.EVENTS.labels(name).inc(n)
         self.pending_events.clear()
@@ -257,6 +276,8 @@ class Worker:
         deadline = self.loop.time() + DRAIN_S
         while self.core is not None and self.core.undecided() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.audit is not None:  # every decided call's record persisted (stream or spool)
+            await self.audit.close(timeout=3.0)
         if self.engine is not None:
             await self.engine.stop()
 

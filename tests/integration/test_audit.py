@@ -277,22 +277,8 @@ def test_truncated_segment_is_reported_and_skipped(redis_url: str, tmp_path: Pat
 
 
 # ---------------------------------------------------------------- end to end
-@pytest.fixture
-def audited_cag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A ``cag`` that runs the gateway with the audit wired (tests/integration/audited_gateway.py)."""
-    import sys
-
-    import bench.peers as peers
-
-    script = tmp_path / "cag-audited"
-    script.write_text(f"#!/bin/sh\ncd {peers.ROOT}\nexec {sys.executable} -m tests.integration.audited_gateway \"$@\"\n")
-    script.chmod(0o755)
-    monkeypatch.setattr(peers, "CAG", str(script))
-    return str(script)
-
-
 def test_sipp_calls_through_the_gateway_become_exactly_their_records(
-    redis_url: str, tmp_path: Path, audited_cag: str
+    redis_url: str, tmp_path: Path
 ) -> None:
     from tests.integration.harness import GatewayProc, SippUas, run_uac, standard_policy
 
@@ -332,7 +318,7 @@ def test_sipp_calls_through_the_gateway_become_exactly_their_records(
     assert keys == sorted(keys)
 
 
-def test_sigterm_under_load_loses_no_record(redis_url: str, tmp_path: Path, audited_cag: str) -> None:
+def test_sigterm_under_load_loses_no_record(redis_url: str, tmp_path: Path) -> None:
     from bench.peers import free_port, uac_args, write_inf
     from tests.integration.harness import GatewayProc, SippUas, standard_policy
 
