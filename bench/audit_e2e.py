@@ -45,11 +45,13 @@ def _step(tmp: Path, gw: GatewayProc, rows: list[list[str]], rate: int, seconds:
                       timeout=seconds + 30)
         time.sleep(0.5)
     finally:
-        cap.stop()
+        cstats = cap.stop()
     answered, unanswered = pcap.latencies(path)
     path.unlink(missing_ok=True)
+    # "unanswered" = an INVITE in the capture without its final response there: with
+    # capture_dropped > 0 that is tcpdump's loss, not the gateway's (SIPp counts failures).
     return {"successful": res.successful, "failed": res.failed, "unanswered": unanswered,
-            "latency_ms": [a.latency_ms for a in answered]}
+            "capture_dropped": cstats.get("dropped_by_kernel", 0), "latency_ms": [a.latency_ms for a in answered]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=500, help="calls/s offered in every step (default 500)")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each step (default 10)")
     ap.add_argument("--rounds", type=int, default=2, help="on/off pairs (default 2)")
+    ap.add_argument("--no-archiver", action="store_true",
+                    help="no archiver child on this box (production runs it elsewhere): the stream just grows")
     ap.add_argument("--out", type=Path, default=None, help="JSON report path")
     args = ap.parse_args(argv)
     why = capture.available()
@@ -69,14 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         uas = SippUas(tmp)
         gws: dict[str, GatewayProc] = {}
         samples: dict[str, list[float]] = {"on": [], "off": []}
-        counts: dict[str, dict[str, int]] = {m: {"successful": 0, "failed": 0, "unanswered": 0} for m in samples}
+        counts: dict[str, dict[str, int]] = {
+            m: {"successful": 0, "failed": 0, "unanswered": 0, "capture_dropped": 0} for m in samples
+        }
         try:
             rs.start()
             rows = standard_policy(rs.url, callees=2000)
             uas.start()
             env = {"CAG_UNCONSENTED_THRESHOLD": "1000000000", "CAG_CALLEE_DAILY_CAP": "0"}
+            archiver = ("off",) if args.no_archiver else ("on", "--audit-dir", str(tmp / "archive"))
             gws["on"] = GatewayProc(rs.url, tmp / "gw-on", [uas.hop], env=env,
-                                    extra=("--audit", "--audit-archiver", "on", "--audit-dir", str(tmp / "archive")))
+                                    extra=("--audit", "--audit-archiver", *archiver))
             gws["off"] = GatewayProc(rs.url, tmp / "gw-off", [uas.hop], env=env, extra=("--no-audit",))
             for gw in gws.values():
                 gw.state_dir.mkdir(parents=True)
@@ -98,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                 gw.stop()
             uas.stop()
             rs.stop()
-        archived = sum(1 for _ in (tmp / "archive").rglob("*.jsonl.gz"))
+        archived = sum(1 for _ in (tmp / "archive").rglob("*.jsonl.gz")) if not args.no_archiver else 0
     report: dict[str, Any] = {
         "rate": args.rate, "seconds_per_step": args.seconds, "rounds": args.rounds,
+        "archiver_on_this_box": not args.no_archiver,
         "latency_ms": {m: stats.percentiles(v) for m, v in samples.items()},
         "calls": counts, "audit_stream_left": in_stream, "archive_segments": archived,
     }

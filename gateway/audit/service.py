@@ -27,16 +27,19 @@ class ArchiverChild:
                  log_level: str = "info") -> None:
         self.args = [
             sys.executable, "-m", "gateway.cli", "audit", "archive",
-            "--redis-url", redis_url, "--archive-dir", str(archive_dir), "--name", name,
+            "--archive-dir", str(archive_dir), "--name", name,
             "--retention-days", str(retention_days), "--log-level", log_level,
         ]
+        self.redis_url = redis_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._due = 0.0
 
     def start(self) -> None:
         # stdout/stderr inherited: its JSON log lines join the gateway's
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, start_new_session=True)
+        # The URL goes by environment, not argv: a password in it must not show in `ps`.
+        env = dict(os.environ, CAG_REDIS_URL=self.redis_url)
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         log.info("audit archiver started (pid %d)", self.proc.pid)
 
     def poll(self) -> None:
