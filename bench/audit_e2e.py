@@ -1,11 +1,12 @@
 """The audit trail's cost on the INVITE path, end to end: same run, audit on vs off.
 
-    python -m bench.audit_e2e [--rate 500] [--seconds 10] [--rounds 2]
+    python -m bench.audit_e2e [--rate 500] [--seconds 10] [--rounds 4] [--no-archiver]
 
 Starts one private ``redis-server``, one SIPp callee and two gateways side by
 side — ``cag serve`` (audit on, with its archiver child) and ``cag serve
 --no-audit`` — then alternates SIPp caller steps at one rate through each
-(on, off, on, off, …) so both see the same machine state. INVITE → final
+(on, off, off, on, …, after a warm-up step each) so both see the same machine
+state. INVITE → final
 response latency comes from a tcpdump capture of each gateway's listen port
 (µs timestamps; needs root, as the sweep). Prints p50/p90/p99/p99.9 per
 mode, the records the audited gateway wrote, and writes a JSON report under
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=500, help="calls/s offered in every step (default 500)")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each step (default 10)")
-    ap.add_argument("--rounds", type=int, default=2, help="on/off pairs (default 2)")
+    ap.add_argument("--rounds", type=int, default=4, help="on/off pairs, order alternating (default 4)")
     ap.add_argument("--no-archiver", action="store_true",
                     help="no archiver child on this box (production runs it elsewhere): the stream just grows")
     ap.add_argument("--out", type=Path, default=None, help="JSON report path")
@@ -88,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             for gw in gws.values():
                 gw.state_dir.mkdir(parents=True)
                 gw.start()
+            for mode in ("on", "off"):  # warm-up (caches, connections, first touches of keys): not counted
+                _step(tmp, gws[mode], rows, args.rate, 2.0, f"warm-{mode}")
             for r in range(args.rounds):
-                for mode in ("on", "off"):
+                for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):  # neither always goes first
                     out = _step(tmp, gws[mode], rows, args.rate, args.seconds, f"{mode}-{r}")
                     samples[mode] += out.pop("latency_ms")
                     for k, v in out.items():

@@ -86,3 +86,20 @@ def test_replay_of_a_generated_capture(tmp_path: Path) -> None:
     assert rep["decisions"] == wire  # the gateway's own counters agree with what came back
     _ordered(rep["latency_ms"])
     assert rep["replay_s"] < rep["capture_span_s"]  # --speed 4
+
+
+def test_audit_e2e_compares_the_same_run_with_and_without_audit(tmp_path: Path) -> None:
+    from bench import capture
+
+    if capture.available():
+        pytest.skip(f"no capture: {capture.available()}")
+    out = tmp_path / "audit.json"
+    r = subprocess.run([sys.executable, "-m", "bench.audit_e2e", "--rate", "50", "--seconds", "1", "--rounds", "1",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    report = json.loads(out.read_text())
+    for mode in ("on", "off"):
+        _ordered(report["latency_ms"][mode])
+        assert report["calls"][mode]["successful"] >= 45
+    assert report["archive_segments"] > 0, "the audited gateway's archiver wrote segments"
+    assert "p99 difference" in r.stdout
