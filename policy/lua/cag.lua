@@ -20,7 +20,7 @@ check_dnc) exactly: same order, same reason codes. tests/integration/
 test_store_parity.py runs one table of cases through both.
 --]]
 
-local LIB_VERSION = 2
+local LIB_VERSION = 3
 
 local function is_set(v)
   return v ~= false and v ~= nil and v ~= ''
@@ -89,6 +89,18 @@ local function store_txn(key, result, counted, ttl)
   redis.call('EXPIRE', key, ttl)
 end
 
+-- The stored result of a transaction already decided (a retransmission, or a
+-- retry after a budget timeout), flagged as a replay at result[at] and, when
+-- it was refunded, at result[at + 1]; nil when this is the first call.
+local function replayed(key, at)
+  local stored = redis.call('HMGET', key, 'r', 'f')
+  if not stored[1] then return nil end
+  local res = cmsgpack.unpack(stored[1])
+  res[at] = 1
+  if stored[2] then res[at + 1] = 1 end
+  return res
+end
+
 --[[ cag_admit: consent, DNC, quiet hours (flag computed by the caller) and the
 per-callee daily caps, counted atomically when everything passes.
 KEYS: 1 txn, 2 consent hash, 3 dnc hash, 4 day counter (callee, enterprise),
@@ -106,13 +118,8 @@ slot passed (fail-closed after the budget ran out), and the engine repeats it.
 local function cag_admit(keys, args)
   local dry = args[9] == '1'
   if not dry then
-    local stored = redis.call('HMGET', keys[1], 'r', 'f')
-    if stored[1] then
-      local res = cmsgpack.unpack(stored[1])
-      res[9] = 1
-      if stored[2] then res[10] = 1 end
-      return res
-    end
+    local res = replayed(keys[1], 9)
+    if res then return res end
   end
   local token, enterprise, purpose = args[1], args[2], args[3]
   local now_ms = tonumber(args[4])
@@ -158,13 +165,8 @@ Returns {rate_count, concurrent_count, counted (0/1), replay (0/1), refunded (0/
 local function cag_rate(keys, args)
   local dry = args[6] == '1'
   if not dry then
-    local stored = redis.call('HMGET', keys[1], 'r', 'f')
-    if stored[1] then
-      local res = cmsgpack.unpack(stored[1])
-      res[4] = 1
-      if stored[2] then res[5] = 1 end
-      return res
-    end
+    local res = replayed(keys[1], 4)
+    if res then return res end
   end
   local limit, maxc, now_ms = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
   local rate = 0
