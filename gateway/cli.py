@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from gateway.supervisor import run
 
-    return run(settings)
+    return run(settings, reload=lambda: load_settings(args.config, **overrides))
 
 
 def _config_doc(args: argparse.Namespace) -> int:

@@ -44,6 +44,22 @@ def split_host_port(rest: str, original: str) -> tuple[str, int]:
     return host, port
 
 
+# Settings a running gateway takes on SIGHUP (the parent re-reads the TOML file,
+# workers apply these from their next decision / next call on; calls in progress
+# are not touched). Every other key (listen, workers, redis_url, state_dir,
+# metrics, rr_secret, node, audit_*…) binds sockets, processes or identities
+# at start: a change is logged and needs a restart.
+RELOADABLE = frozenset(
+    {
+        "fail_mode", "budget_ms", "shadow", "log_level", "next_hop", "hop_timeout",
+        "probe_interval", "region", "default_tz", "quiet_hours", "callee_daily_cap",
+        "callee_total_daily_cap", "caller_per_second", "consent_reject_code",
+        "time_reject_code", "unknown_source", "unconsented_threshold", "unconsented_window",
+        "stir_shaken", "max_transactions", "max_pending", "overload_queue_kb", "drain_timeout",
+    }
+)
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the ``--config`` TOML file (path passed in by the CLI)."""
 
@@ -108,6 +124,15 @@ class Settings(BaseSettings):
     unconsented_threshold: int = Field(100, ge=1, description="unconsented attempts per window that suspend an enterprise")
     unconsented_window: int = Field(3600, ge=1, description="window (s) for the automatic restriction")
     max_transactions: int = Field(100_000, ge=10, description="INVITE transactions per worker before 503 overload")
+    max_pending: int = Field(
+        2000, ge=1, description="decisions in flight per worker before new INVITEs get 503 overload"
+    )
+    overload_queue_kb: int = Field(
+        512, ge=0, description="UDP receive queue (KiB, kernel accounting) above which a worker sheds new INVITEs; 0 = off"
+    )
+    drain_timeout: float = Field(
+        5.0, gt=0, description="seconds SIGTERM waits for in-flight transactions before a worker exits"
+    )
     stir_shaken: Literal["off", "require"] = Field("off", description="require an RFC 8224 Identity header")
     advertise_host: str | None = Field(
         None, description="host written into Record-Route/Via when listening on a wildcard address"

@@ -20,16 +20,17 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from gateway.config import Settings, parse_listen, split_host_port
+from gateway.config import RELOADABLE, Settings, parse_listen, split_host_port
 from gateway.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger("cag.supervisor")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # beyond the workers' drain_timeout (+ their 3 s audit flush) before SIGKILL
 
 
 def setup_logging(level: str) -> None:
@@ -192,7 +193,44 @@ def start_metrics_server(address: str, health: _Health) -> ThreadingHTTPServer:
     return server
 
 
-def run(settings: Settings) -> int:
+def reload_settings(
+    current: Settings, load: Callable[[], Settings], state_dir: Path, pids: list[int]
+) -> Settings:
+    """SIGHUP: re-read the configuration, hand the reloadable part to the workers.
+
+    A file that does not validate changes nothing (logged). Keys outside
+    ``RELOADABLE`` keep their running value and are named in a warning. The
+    workers read ``state_dir/settings-reload.json`` on their own SIGHUP; a
+    worker forked later starts from the returned settings.
+    """
+    from gateway.worker import RELOAD_FILE
+
+    try:
+        fresh = load()
+    except Exception as e:  # pydantic ValidationError, TOML errors, missing file
+        log.error("SIGHUP: configuration not reloaded, the running one is kept: %s", e)
+        return current
+    changed = {k for k in Settings.model_fields if getattr(fresh, k) != getattr(current, k)}
+    fixed = sorted(changed - RELOADABLE)
+    if fixed:
+        log.warning("SIGHUP: %s changed but only take effect on restart", ", ".join(fixed))
+    applied = sorted(changed & RELOADABLE)
+    new = current.model_copy(update={k: getattr(fresh, k) for k in applied})
+    path = state_dir / RELOAD_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: v for k, v in new.model_dump(mode="json").items() if k in RELOADABLE}))
+    os.replace(tmp, path)
+    logging.getLogger().setLevel(new.log_level.upper())
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
+    log.info("SIGHUP: reloaded %s", ", ".join(applied) if applied else "(nothing changed)")
+    return new
+
+
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
     setup_logging(settings.log_level)
     state_dir = Path(settings.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -243,19 +281,26 @@ def run(settings: Settings) -> int:
         return 1
 
     stopping = False
+    hup = False
 
     def _stop(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def _hup(signum: int, frame: object) -> None:
+        nonlocal hup
+        hup = True
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _hup)
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # child
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             for i, socks in enumerate(sockets):
                 if i != index:
                     for _, s in socks:
@@ -290,6 +335,12 @@ def run(settings: Settings) -> int:
     restarts: dict[int, int] = {}
     due: list[tuple[float, int]] = []
     while not stopping:
+        if hup:
+            hup = False
+            if reload is not None:
+                settings = reload_settings(settings, reload, state_dir, list(workers))
+            else:
+                log.warning("SIGHUP ignored: no configuration source to reload")
         if archiver is not None:
             archiver.poll()
         try:
@@ -317,7 +368,7 @@ def run(settings: Settings) -> int:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + settings.drain_timeout + 3.0 + STOP_TIMEOUT_S
     while workers and time.monotonic() < deadline:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)

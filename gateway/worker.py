@@ -10,11 +10,14 @@ where the dead one left off.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import json
 import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import AuditSink
-from gateway.config import Settings, parse_listen
+from gateway.config import RELOADABLE, Settings, parse_listen
 from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
 from gateway.transport import Addr, TcpConnection, TcpConnector, UdpEndpoint
 
@@ -34,8 +37,9 @@ metrics: Any = None
 
 TICK_S = 0.02
 STATS_S = 1.0
-DRAIN_S = 5.0
 RCVBUF = 4 * 1024 * 1024
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6; [0] = bytes queued to read
+RELOAD_FILE = "settings-reload.json"  # written by the parent on SIGHUP, read by every worker
 # Garbage collector: a worker holds ~8 tracked objects per call for the 32 s a
 # transaction lingers, so with CPython's default thresholds a full collection
 # runs every few seconds and walks all of them (~100 ms at 500 calls/s on the
@@ -67,6 +71,21 @@ def set_rcvbuf(sock: socket.socket, size: int = RCVBUF) -> None:
             continue
 
 
+def rx_queued(sock: socket.socket) -> int:
+    """Bytes (kernel accounting, ~2.3 KiB per 900-byte datagram) waiting in ``sock``'s receive queue.
+
+    The one overload signal a UDP server can read cheaply: a saturated worker
+    does not lag its own event loop (uvloop reads a batch of datagrams per
+    iteration and timers keep firing), the backlog grows in the kernel
+    instead, and every datagram in it waits. -1 when the kernel cannot say.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
+    except OSError:
+        return -1
+    return int(struct.unpack_from("I", raw, 0)[0])
+
+
 def advertised(settings: Settings) -> Addr:
     """The address written into Record-Route: the first listen address (a wildcard → loopback)."""
     _, host, port = parse_listen(settings.listen[0])
@@ -93,6 +112,11 @@ class Worker:
         self.core: ProxyCore | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.deciding: set[asyncio.Task[None]] = set()  # strong refs to decisions in flight
+        # Overload and drain: new INVITEs answered 503 overload at once, without a decision.
+        self.draining = False
+        self.overloaded = False  # a listen socket's receive queue is above overload_queue_kb
+        self._udp_socks = [sock for transport, sock in spec.sockets if transport == "udp"]
+        self._queue_hist = [0, 0]  # bytes queued at the two previous ticks
         # Labelled decision counters by (decision, reason): labels() takes a lock and
         # builds a key per call, the cached child is one inc.
         self._decision_counters: dict[tuple[str, str], Any] = {}
@@ -188,6 +212,9 @@ class Worker:
                 send(action)
             elif isinstance(action, Admit):
                 metrics.INVITES.inc()
+                if self.draining or self.overloaded or len(self.deciding) >= self.spec.settings.max_pending:
+                    self._shed(action)
+                    continue
                 task = self.loop.create_task(self._decide(action))
                 self.deciding.add(task)
                 task.add_done_callback(self.deciding.discard)
@@ -233,12 +260,55 @@ class Worker:
         if self.audit is not None:  # after the answer left: a list append, flushed off this path
             self.audit.decision(a.record_id, a.call, decision, latency, self.spec.node, self.spec.index)
 
+    def _shed(self, a: Admit) -> None:
+        """503 overload + Retry-After at once: no Redis call, no forwarding (shedding early).
+
+        An answered INVITE costs a parse and a response; an admitted call costs
+        ~10x more (decision, forwarding, six more messages), so shedding lets
+        a saturated worker catch up instead of letting every call wait. The
+        attempt is still audited (R8) and counted (``shed_<why>``).
+        """
+        from policy.decision import reject
+
+        why = "draining" if self.draining else ("queue" if self.overloaded else "pending")
+        self.pending_events["shed_" + why] += 1
+        decision = reject("overload", retry_after=1)
+        key = (decision.decision, decision.reason)
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
+        counter.inc()
+        if self.core is not None:
+            self._dispatch(self.core.decided(a.key, decision, self.loop.time()))
+        if self.audit is not None:
+            self.audit.decision(a.record_id, a.call, decision, 0.0, self.spec.node, self.spec.index)
+
     def _observe(self, what: str, seconds: float) -> None:
         if what == "redis":
             metrics.REDIS_SECONDS.observe(seconds)
 
     # ---- timers ---------------------------------------------------------
     def _tick(self) -> None:
+        limit = self.spec.settings.overload_queue_kb * 1024
+        if limit > 0 and self._udp_socks:
+            q = max(rx_queued(sock) for sock in self._udp_socks)
+            if self.overloaded:
+                over = q > limit // 2  # hysteresis: shed until the backlog is well down
+            else:
+                # Above the limit on three ticks in a row (40 ms) and not draining fast: a
+                # backlog the worker is not working off. The tail of a burst of junk (parsed
+                # and dropped quickly) shrinks by more than 40 % meanwhile and is no
+                # reason to refuse calls.
+                h0, h1 = self._queue_hist
+                over = min(q, h0, h1) > limit and q > 0.6 * h0
+            self._queue_hist = [self._queue_hist[1], q]
+            if over != self.overloaded:
+                self.overloaded = over
+                if over:
+                    self._event("overload_entered")
+                    log.warning("receive queue above %d KiB: shedding new INVITEs (503 overload)", limit // 1024)
+                else:
+                    log.warning("receive queue drained: accepting new INVITEs again")
         if self.core is not None:
             try:
                 actions = self.core.tick(self.loop.time())
@@ -269,11 +339,56 @@ class Worker:
         self.pending_events.clear()
         self.loop.call_later(STATS_S, self._flush_stats)
 
+    def reload(self) -> None:
+        """SIGHUP: take the reloadable settings the parent wrote (``RELOAD_FILE``).
+
+        Engine knobs apply from the next decision, next hops from the next
+        call (dialogs keep their hop), the log level at once. Transactions in
+        flight are not touched, so no call is dropped.
+        """
+        path = Path(self.spec.settings.state_dir) / RELOAD_FILE
+        try:
+            data = json.loads(path.read_text())
+            changes = {k: v for k, v in data.items() if k in RELOADABLE}
+            new = Settings.model_validate({**self.spec.settings.model_dump(), **changes})
+        except (OSError, ValueError) as e:
+            log.error("reload: cannot read %s: %s", path, e)
+            return
+        self.apply(new)
+
+    def apply(self, new: Settings) -> None:
+        """Put reloadable settings into effect (see ``gateway.config.RELOADABLE``)."""
+        from policy.cli import engine_config_from_settings
+
+        old = self.spec.settings
+        self.spec.settings = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        if self.engine is not None:
+            self.engine.reconfigure(engine_config_from_settings(new))
+        if self.core is not None:
+            self.core.cfg = dataclasses.replace(
+                self.core.cfg,
+                hop_timeout=new.hop_timeout,
+                probe_interval=new.probe_interval,
+                unknown_source_code=403 if new.unknown_source == "403" else 0,
+                max_transactions=new.max_transactions,
+            )
+            if new.next_hop != old.next_hop:
+                self.core.set_next_hops(tuple(NextHop.parse(h) for h in new.next_hop))
+        self._event("reloads")
+        log.info("worker %d reloaded settings", self.spec.index)
+
     async def drain(self) -> None:
-        """SIGTERM: stop taking connections, let in-flight transactions finish (bounded)."""
+        """SIGTERM: stop taking connections, let in-flight transactions finish (bounded).
+
+        New INVITEs arriving meanwhile get 503 overload + Retry-After (the trunk
+        retries another node); in-dialog requests and responses keep flowing
+        until the deadline, so calls being set up complete.
+        """
+        self.draining = True
         for server in self.servers:
             server.close()
-        deadline = self.loop.time() + DRAIN_S
+        deadline = self.loop.time() + self.spec.settings.drain_timeout
         while self.core is not None and self.core.undecided() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.audit is not None:  # every decided call's record persisted (stream or spool)
@@ -297,6 +412,7 @@ async def _main(spec: WorkerSpec) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await worker.start()
+    loop.add_signal_handler(signal.SIGHUP, worker.reload)
     log.info("worker %d (pid %d) serving", spec.index, os.getpid())
     await stop.wait()
     await worker.drain()

@@ -17,6 +17,12 @@ Failure handling, in the order it is applied:
   stops calling Redis (the fail mode applies at once, no budget is spent) and
   PINGs every ``breaker_probe_s``; the first answer closes it, so decisions
   resume well within SPEC's 5 s of Redis answering again;
+* loop stalls are not Redis failures: a budget timer that fires late (the
+  worker's event loop was busy — a GC pause, a burst) gets one short grace
+  (``stall_grace``) for an answer already in the socket buffer, and a timeout
+  after a stall does not count towards the breaker. Before this, three
+  timeouts caused by a 100 ms stall opened the breaker and turned a healthy
+  Redis into 0.5 s of 503s;
 * quota: a rejected call consumes none. A slot script that counted for a
   call the overall decision rejected is refunded (``cag_refund``, once per
   transaction), including a script that answered after the budget ran out.
@@ -85,7 +91,9 @@ class EngineConfig:
     unconsented_window_s: int = 3600  # ... within this window
     refresh_interval_s: float = 0.5  # reference-version poll (back-stop for pub/sub)
     breaker_failures: int = 3  # consecutive store failures that open the circuit breaker
-    breaker_probe_s: float = 0.5  # PING interval while the breaker is open
+    breaker_probe_s: float = 0.25  # PING interval while the breaker is open
+    stall_late_s: float = 0.02  # a budget timer this late means the loop stalled, not Redis
+    late_answer_s: float = 0.2  # a timed-out call answered within this after its budget: not a failure
     concurrency_timeout_s: int = 14400  # a concurrent-call entry without BYE expires after this
 
 
@@ -97,13 +105,38 @@ class _Slot:
     fut: asyncio.Future[Any]
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class BudgetExceeded(TimeoutError):
+    """The store part missed its budget; ``stalled``: the event loop, not Redis, was late."""
+
+    def __init__(self, stalled: bool) -> None:
+        super().__init__("decision budget exceeded" + (" (event loop stalled)" if stalled else ""))
+        self.stalled = stalled
 
 
-async def _wait(slots: list[_Slot], timeout: float) -> dict[str, Any]:
-    """Wait for every slot's answer; raise the first ``StoreError``, or ``TimeoutError``.
+def _expire(
+    waiter: asyncio.Future[None], deadline: float, late_s: float, grace: float, stalled: bool
+) -> None:
+    """The budget timer. Fired late by more than ``late_s``: the loop was stalled.
+
+    After a stall the timer runs in the same loop iteration that first sees
+    the Redis reply's socket as readable, before the reader task can parse it
+    (one or two iterations later): one grace of ``grace`` s lets an answer
+    that Redis gave on time arrive instead of a spurious fail-mode decision.
+    """
+    if waiter.done():
+        return
+    loop = waiter.get_loop()
+    now = loop.time()
+    if not stalled and now - deadline > late_s:
+        loop.call_at(now + grace, _expire, waiter, now + grace, late_s, grace, True)
+        return
+    waiter.set_exception(BudgetExceeded(stalled))
+
+
+async def _wait(
+    slots: list[_Slot], timeout: float, late_s: float = 0.02, grace: float = 0.01
+) -> dict[str, Any]:
+    """Wait for every slot's answer; raise the first ``StoreError``, or ``BudgetExceeded``.
 
     Waits on one private future, so a budget timeout fails only that
     future, never the slot futures: their late answers still arrive and can
@@ -127,11 +160,12 @@ async def _wait(slots: list[_Slot], timeout: float) -> dict[str, Any]:
 
     for s in slots:
         s.fut.add_done_callback(done)
-    handle = loop.call_at(loop.time() + timeout, _expire, waiter)
+    deadline = loop.time() + timeout
+    handle = loop.call_at(deadline, _expire, waiter, deadline, late_s, grace, False)
     try:
         await waiter
     finally:
-        handle.cancel()
+        handle.cancel()  # a re-armed grace timer is left to find the waiter done (a no-op)
     return {s.kind: s.fut.result() for s in slots}
 
 
@@ -207,6 +241,21 @@ class AdmissionEngine:
     @property
     def redis_ok(self) -> bool:
         return self._refresh_ok and not self._breaker_open
+
+    def reconfigure(self, cfg: EngineConfig) -> None:
+        """SIGHUP: new knobs from the next decision on (fail mode, budget, shadow, rules...).
+
+        Every decision reads ``self.cfg`` once at its start, so a decision in
+        flight finishes under the settings it began with.
+        """
+        if cfg != self.cfg:
+            log.info(
+                "engine reconfigured: fail_mode=%s budget_ms=%s shadow=%s",
+                cfg.fail_mode,
+                cfg.budget_ms,
+                cfg.shadow,
+            )
+        self.cfg = cfg
 
     def source_known(self, ip: str) -> bool:
         return bool(self.ref.source_known(ip))
@@ -293,13 +342,22 @@ class AdmissionEngine:
             return self._fail(call, local, "breaker open")
         t0 = time.perf_counter()
         slots = self._submit(call, local, now, dry_run=False, all_checks=False)
+        cfg = self.cfg
+        budget = cfg.budget_ms / 1000
         try:
-            results = await _wait(slots, self.cfg.budget_ms / 1000)
+            results = await _wait(slots, budget, cfg.stall_late_s, min(budget / 2, 0.025))
         except (TimeoutError, StoreError) as e:
             timeout = isinstance(e, TimeoutError)
+            stalled = isinstance(e, BudgetExceeded) and e.stalled
             self.stats["store_timeouts" if timeout else "store_errors"] += 1
-            self._failure()
-            d = self._fail(call, local, "decision budget exceeded" if timeout else str(e))
+            if stalled:
+                # The loop, not Redis, was late: no step towards the breaker.
+                self.stats["loop_stall_timeouts"] += 1
+            elif timeout:
+                self._judge_late(slots)
+            else:
+                self._failure()
+            d = self._fail(call, local, str(e))
             # Scripts that counted (or still will) for a call we reject are refunded.
             for s in slots:
                 if not s.fut.done():
@@ -503,6 +561,29 @@ class AdmissionEngine:
             consent_token=call.consent_token,
         )
 
+    def _judge_late(self, slots: list[_Slot]) -> None:
+        """A budget timeout is a step towards the breaker only if Redis has still not answered
+        ``late_answer_s`` later.
+
+        A CPU-saturated worker reads Redis's replies late although Redis
+        answered at once: its decisions miss the budget (fail mode), but
+        opening the breaker on that would turn every call for the next probe
+        interval into a 503 while Redis is fine. A stopped or sleeping Redis
+        does not answer within ``late_answer_s``, so it still opens the
+        breaker, ``late_answer_s`` later than on the first errors.
+        """
+
+        def judge() -> None:
+            if all(s.fut.done() and not s.fut.cancelled() and s.fut.exception() is None for s in slots):
+                self.stats["late_answers"] += 1
+            else:
+                self._failure()
+
+        try:
+            asyncio.get_running_loop().call_later(self.cfg.late_answer_s, judge)
+        except RuntimeError:  # loop closing
+            pass
+
     def _failure(self) -> None:
         self._failures += 1
         if self._failures >= self.cfg.breaker_failures and not self._breaker_open:
@@ -520,7 +601,8 @@ class AdmissionEngine:
             await asyncio.sleep(self.cfg.breaker_probe_s)
             try:
                 await asyncio.wait_for(self.store.ping(), max(self.cfg.breaker_probe_s, 0.5))
-            except (StoreError, TimeoutError, OSError):
+            except (StoreError, TimeoutError, OSError) as e:
+                self._log_limited("probe", "redis probe failed: %r", e)
                 continue
             self._failures = 0
             self._breaker_open = False

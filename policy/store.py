@@ -416,6 +416,12 @@ class PolicyStore:
         await self.client.aclose()
 
     async def ping(self) -> bool:
+        """PING (every primary on Cluster): the circuit breaker's recovery probe.
+
+        After a Cluster master failover redis-py re-reads the slot map itself
+        on the connection error, so the probe reaches the promoted replica
+        (``tests/integration/test_cluster_failover.py``).
+        """
         try:
             if self.cluster:
                 await self.client.ping(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]

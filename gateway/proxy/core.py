@@ -276,6 +276,10 @@ class ProxyCore:
     def hop_status(self) -> list[tuple[NextHop, bool]]:
         return self.hops.status()
 
+    def set_next_hops(self, hops: tuple[NextHop, ...]) -> None:
+        """Reload (SIGHUP): new calls go to ``hops``; established dialogs keep their hop."""
+        self.hops = self.hops.replaced(hops)
+
     def undecided(self) -> int:
         """Transactions still owed a final answer (pending decision or forwarded, no final yet).
 

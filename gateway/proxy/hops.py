@@ -59,22 +59,25 @@ class NextHop:
 class HopSet:
     """The configured hops with their health; indices are stable (they go into Record-Route tokens)."""
 
-    __slots__ = ("addrs", "hops", "hosts", "up")
+    __slots__ = ("addrs", "hops", "hosts", "retired", "up")
 
     def __init__(self, hops: tuple[NextHop, ...]) -> None:
         self.hops = hops
         self.up = [True] * len(hops)
+        self.retired: frozenset[int] = frozenset()  # removed by a reload: dialogs only, no new calls
         self.hosts = frozenset(h.host for h in hops)
         self.addrs = {h.addr: i for i, h in enumerate(hops)}
 
     def pick(self, rng: random.Random, tried: set[int] | None = None) -> int | None:
         """Weighted random among up hops not yet tried; on a first attempt with none up, among all."""
-        hops, up = self.hops, self.up
-        cands = [i for i in range(len(hops)) if up[i] and (not tried or i not in tried)]
+        hops, up, retired = self.hops, self.up, self.retired
+        cands = [
+            i for i in range(len(hops)) if up[i] and i not in retired and (not tried or i not in tried)
+        ]
         if not cands:
             if tried:
                 return None  # failover goes only to hops believed up
-            cands = list(range(len(hops)))
+            cands = [i for i in range(len(hops)) if i not in retired]
             if not cands:
                 return None
         if len(cands) == 1:
@@ -88,6 +91,33 @@ class HopSet:
             if r < 0:
                 return i
         return cands[-1]
+
+    def replaced(self, hops: tuple[NextHop, ...]) -> HopSet:
+        """The set after a reload (SIGHUP) to ``hops``, every existing index kept.
+
+        Record-Route tokens of established dialogs carry a hop index, so a
+        hop keeps its index for as long as the worker lives: a hop still
+        configured keeps it (new weight), a new one is appended, one no longer
+        configured is retired (never picked for a new call, still the target
+        of its dialogs' BYEs and re-INVITEs). Health carries over.
+        """
+        merged = list(self.hops)
+        up = list(self.up)
+        live: set[int] = set()
+        for h in hops:
+            for i, old in enumerate(merged):
+                if (old.host, old.port, old.transport) == (h.host, h.port, h.transport):
+                    merged[i] = h
+                    live.add(i)
+                    break
+            else:
+                merged.append(h)
+                up.append(True)
+                live.add(len(merged) - 1)
+        new = HopSet(tuple(merged))
+        new.up = up
+        new.retired = frozenset(range(len(merged))) - live
+        return new
 
     def mark(self, index: int, up: bool) -> bool:
         """Set a hop's health; True when it changed (worth a log line)."""

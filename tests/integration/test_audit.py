@@ -358,7 +358,8 @@ def test_sigterm_under_load_loses_no_record(redis_url: str, tmp_path: Path) -> N
     ids = [r["call_id"] for r in records if r["decision"] == "admit"]
     assert len(ids) == len(set(ids))
     # the rest are 503 store_unavailable: INVITEs decided while a worker was stopping its engine
-    assert {r["reason"] for r in records if r["decision"] != "admit"} <= {"store_unavailable"}
+    # (or 503 overload: INVITEs arriving while a worker drains are shed, issue 7)
+    assert {r["reason"] for r in records if r["decision"] != "admit"} <= {"store_unavailable", "overload"}
     assert len(forwarded) > 100
     assert forwarded <= set(ids), "every forwarded INVITE has its record"
     assert not list((tmp_path / "gw" / "audit-spool").rglob("spool-*.bin"))
