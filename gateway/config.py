@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     consent_reject_code: Literal[603, 608] = Field(608, description="status for consent/DNC/purpose rejections")
     time_reject_code: Literal[480, 603] = Field(603, description="status for quiet-hours and cap rejections")
     unknown_source: Literal["drop", "403"] = Field("drop", description="requests from unknown addresses")
+    pike_density: int = Field(
+        0, ge=0, description="requests per pike_interval from one address before it is blocked (Kamailio pike); 0 = off"
+    )
+    pike_interval: float = Field(2.0, gt=0, description="pike sampling window, seconds")
+    pike_block: float = Field(60.0, gt=0, description="seconds a flooding address stays blocked after its last request")
+    tcp_max_connections: int = Field(10_000, ge=1, description="accepted TCP connections per worker; more are closed at once")
+    tcp_max_per_ip: int = Field(200, ge=1, description="accepted TCP connections per worker from one source address")
+    tcp_message_timeout: float = Field(
+        10.0, gt=0, description="seconds a TCP peer has to finish a message it started (slow-loris guard)"
+    )
+    tcp_idle_timeout: float = Field(300.0, gt=0, description="seconds without any bytes before a TCP connection is closed")
     hop_timeout: float = Field(1.0, gt=0, description="seconds without a response before failing over a next hop")
     probe_interval: float = Field(2.0, gt=0, description="seconds between OPTIONS probes of each next hop")
     rr_secret: str | None = Field(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from gateway.sip import Ping, SipError, StreamFramer
@@ -22,6 +24,40 @@ Addr = tuple[str, int]
 Sink = Callable[[bytes, Addr, str, "int | None", bool], None]
 
 _conn_ids = itertools.count(1)
+
+
+@dataclass
+class TcpLimits:
+    """Limits on accepted TCP connections, shared by one worker's listening servers.
+
+    A connection over ``max_total`` or ``max_per_ip`` is closed as soon as it is
+    accepted (before a byte is read), so a peer that opens thousands of sockets
+    costs a file descriptor for a moment, not a framer buffer each. Limits are
+    per worker: the kernel spreads connections over workers (SO_REUSEPORT), so a
+    node admits about workers times these numbers.
+    """
+
+    max_total: int = 10_000
+    max_per_ip: int = 200
+    message_timeout: float = 10.0  # a message started must be complete within this
+    idle_timeout: float = 300.0  # no bytes at all for this long: closed
+    total: int = 0
+    per_ip: Counter[str] = field(default_factory=Counter)
+
+    def admit(self, ip: str) -> bool:
+        if self.total >= self.max_total or self.per_ip[ip] >= self.max_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        n = self.per_ip[ip] - 1
+        if n > 0:
+            self.per_ip[ip] = n
+        else:
+            del self.per_ip[ip]
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
@@ -61,6 +97,7 @@ class TcpConnection(asyncio.Protocol):
         *,
         max_message: int = 65535,
         idle_timeout: float = 300.0,
+        limits: TcpLimits | None = None,
     ) -> None:
         self.sink = sink
         self.registry = registry
@@ -69,8 +106,11 @@ class TcpConnection(asyncio.Protocol):
         self.conn_id = next(_conn_ids)
         self.transport: asyncio.Transport | None = None
         self.peer: Addr = ("", 0)
-        self.idle_timeout = idle_timeout
+        self.limits = limits
+        self.idle_timeout = limits.idle_timeout if limits is not None else idle_timeout
         self._idle: asyncio.TimerHandle | None = None
+        self._partial: asyncio.TimerHandle | None = None  # armed while a message is incomplete
+        self._counted = False
         self.pending: list[bytes] = []  # written before connection_made (outbound)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,6 +118,12 @@ class TcpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
+        if self.limits is not None:
+            if not self.limits.admit(self.peer[0]):
+                self.on_event("tcp_rejected_limit")
+                self.transport.abort()
+                return
+            self._counted = True
         self.registry[self.conn_id] = self
         for chunk in self.pending:
             self.transport.write(chunk)
@@ -103,12 +149,34 @@ class TcpConnection(asyncio.Protocol):
             self.on_event("tcp_bad_framing")
             self.close()
             return
+        self._arm_partial(bool(items))
         for item in items:
             if isinstance(item, Ping):
                 if self.transport is not None:
                     self.transport.write(b"\r\n")  # RFC 5626 pong
                 continue
             self.sink(item, self.peer, "tcp", self.conn_id, False)
+
+    def _arm_partial(self, progress: bool) -> None:
+        # Slow-loris guard: bytes of a message that is not complete within
+        # message_timeout close the connection, however slowly they trickle in
+        # (the idle timer alone would be reset by every byte).
+        if self.limits is None:
+            return
+        if not self.framer._buf:
+            if self._partial is not None:
+                self._partial.cancel()
+                self._partial = None
+        elif self._partial is None or progress:
+            # A message completed: the clock restarts for the one now in the buffer.
+            if self._partial is not None:
+                self._partial.cancel()
+            loop = asyncio.get_running_loop()
+            self._partial = loop.call_later(self.limits.message_timeout, self._on_partial)
+
+    def _on_partial(self) -> None:
+        self.on_event("tcp_message_timeout")
+        self.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is None:
@@ -123,6 +191,11 @@ class TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle is not None:
             self._idle.cancel()
+        if self._partial is not None:
+            self._partial.cancel()
+        if self._counted and self.limits is not None:
+            self._counted = False
+            self.limits.release(self.peer[0])
         self.registry.pop(self.conn_id, None)
 
 

@@ -27,7 +27,8 @@ from typing import Any
 from gateway.audit import AuditSink
 from gateway.config import RELOADABLE, Settings, parse_listen
 from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
-from gateway.transport import Addr, TcpConnection, TcpConnector, UdpEndpoint
+from gateway.proxy.pike import PikeConfig
+from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpEndpoint
 
 log = logging.getLogger("cag.worker")
 
@@ -101,6 +102,12 @@ class Worker:
         self.udp_listen: list[UdpEndpoint] = []
         self.private: UdpEndpoint | None = None
         self.tcp_conns: dict[int, TcpConnection] = {}
+        self.tcp_limits = TcpLimits(
+            max_total=spec.settings.tcp_max_connections,
+            max_per_ip=spec.settings.tcp_max_per_ip,
+            message_timeout=spec.settings.tcp_message_timeout,
+            idle_timeout=spec.settings.tcp_idle_timeout,
+        )
         self.connector = TcpConnector(self._receive, self.tcp_conns, self._event)
         self.pending_events: Counter[str] = Counter()
         self._last_core: Counter[str] = Counter()
@@ -167,6 +174,7 @@ class Worker:
             probe_interval=s.probe_interval,
             unknown_source_code=403 if s.unknown_source == "403" else 0,
             max_transactions=s.max_transactions,
+            pike=PikeConfig(density=s.pike_density, interval=s.pike_interval, block=s.pike_block),
             node=self.spec.node,
             worker=self.spec.index,
         )
@@ -180,7 +188,8 @@ class Worker:
                 self.udp_listen.append(ep)
             else:
                 server = await self.loop.create_server(
-                    lambda: TcpConnection(self._receive, self.tcp_conns, self._event), sock=sock
+                    lambda: TcpConnection(self._receive, self.tcp_conns, self._event, limits=self.tcp_limits),
+                    sock=sock,
                 )
                 self.servers.append(server)
         self.loop.call_later(TICK_S, self._tick)

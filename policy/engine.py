@@ -307,7 +307,7 @@ class AdmissionEngine:
         try:
             d = await self._admit(call)
         except Exception:
-            log.exception("admission failed for call %s", call.call_id)
+            log.exception("admission failed for call %r", call.call_id)
             self.stats["internal_errors"] += 1
             d = reject(
                 "store_unavailable",

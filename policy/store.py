@@ -72,6 +72,7 @@ from policy.model import (
     Record,
     Trunk,
 )
+from policy.redact import redact_url
 
 _hiredis: Any
 try:
@@ -397,7 +398,7 @@ class PolicyStore:
             info = await client.info("cluster")
         except (RedisError, OSError) as e:
             await client.aclose()
-            raise StoreError(f"cannot reach redis at {url}: {e}") from e
+            raise StoreError(f"cannot reach redis at {redact_url(url)}: {e}") from e
         if int(info.get("cluster_enabled", 0)) == 1:
             await client.aclose()
             ccl = _Cluster.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=1.0)
@@ -407,7 +408,7 @@ class PolicyStore:
                 await ccl.initialize()
             except (RedisError, OSError) as e:
                 await ccl.aclose()
-                raise StoreError(f"cannot reach redis cluster at {url}: {e}") from e
+                raise StoreError(f"cannot reach redis cluster at {redact_url(url)}: {e}") from e
             return cls(ccl, cluster=True)
         return cls(client, cluster=False)
 

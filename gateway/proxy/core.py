@@ -46,6 +46,7 @@ from policy.model import CallAttempt
 from .actions import Action, Addr, Admit, Outcome, Release, Send
 from .dialog import RouteToken
 from .hops import HopSet, NextHop
+from .pike import Pike, PikeConfig
 from .transaction import INF, T1, T2, T4, TIMER_D, TIMER_H, ClientTxn, CState, ServerTxn, SState
 
 log = logging.getLogger("cag.proxy")
@@ -64,6 +65,8 @@ _CALL_HEADERS = frozenset(
     {"from", "p-asserted-identity", "privacy", "x-consent-token", "x-call-purpose", "identity"}
 )
 
+_PIKE_OFF = PikeConfig()
+
 
 @dataclass(frozen=True)
 class CoreConfig:
@@ -75,6 +78,7 @@ class CoreConfig:
     probe_interval: float = 2.0  # OPTIONS to every hop; a down hop comes back when it answers (0: off)
     unknown_source_code: int = 0  # 0 drop silently (counted), or 403
     max_transactions: int = 100_000  # at or above: new INVITEs get 503 overload
+    pike: PikeConfig = _PIKE_OFF  # per-source request-rate limit (gateway/proxy/pike.py); off by default
     timer_c: float = 180.0  # an INVITE client transaction gives up this long after a provisional
     node: str = "gw"
     worker: int = 0
@@ -153,6 +157,7 @@ class ProxyCore:
         self.clock = clock  # wall clock, only for CallAttempt.received_at and Outcome times
         self.stats: Counter[str] = Counter()
         self.hops = HopSet(cfg.next_hops)
+        self.pike = Pike(cfg.pike)
         self.tokens = RouteToken(cfg.rr_secret)
         self._servers: dict[str, ServerTxn] = {}
         self._clients: dict[str, ClientTxn] = {}
@@ -187,6 +192,8 @@ class ProxyCore:
     ) -> list[Action]:
         """One datagram or framed TCP message. Never raises: a bug drops the message, counted."""
         try:
+            if not private and self._screen(data, source[0], now):
+                return []
             return self._receive(data, source, transport, conn_id, now)
         except SipError:
             # A header the parser reads lazily (tags, CSeq...) turned out broken.
@@ -196,6 +203,30 @@ class ProxyCore:
             self.stats["internal_error"] += 1
             log.exception("proxy core failed on a message from %s; dropped", source)
             return []
+
+    def _screen(self, data: bytes, ip: str, now: float) -> bool:
+        """Drop floods before parsing: pike first, then unknown sources (silent-drop mode).
+
+        Costs a dict lookup or two per packet. Next hops are never screened (their
+        responses and in-dialog requests must pass); responses go on to the full
+        path, which routes them by Via. With ``unknown_source_code`` set the full
+        path runs so it can answer 403.
+        """
+        if ip in self.hops.hosts:
+            return False
+        pike = self.pike
+        if pike.cfg.density:
+            blocks = pike.blocks
+            if pike.hit(ip, now):
+                self.stats["dropped_pike"] += 1
+                if pike.blocks != blocks:
+                    self.stats["pike_blocked"] += 1
+                    log.warning("pike: %r sent over %d requests in %.1f s; blocked", ip, pike.cfg.density, pike.cfg.interval)
+                return True
+        if not self.cfg.unknown_source_code and not data.startswith(b"SIP/2.0") and not self.source_known(ip):
+            self.stats["dropped_unknown_source"] += 1
+            return True
+        return False
 
     def decided(self, key: str, decision: Decision, now: float) -> list[Action]:
         """The policy answer for an ``Admit``: reject, drop or forward. Never raises."""
@@ -1123,7 +1154,10 @@ def _raw_response(data: bytes, status: int, tag: str) -> bytes | None:
         n = name.strip().lower()
         n = _COMPACT.get(n, n)
         if n in _CANON:
-            found.setdefault(n, []).append(value.strip())
+            v = value.strip()
+            if b"\r" in v or b"\n" in v or b"\0" in v:
+                return None  # never echo a bare CR/LF/NUL: it could split our response (injection)
+            found.setdefault(n, []).append(v)
     if len(found) != 5:
         return None
     to = found[b"to"][0]

@@ -138,3 +138,49 @@ def invite_with(
     out = [line for line in lines if line is not None]
     out[-1:-1] = list(extra)
     return crlf(*out, body=body)
+
+
+INJECT = "Call-ID: c1\rX-Injected: 1"
+# Hostile requests: each must be answered 400-class or dropped, never crash a worker
+# (tests/unit/test_fuzz_core.py through the proxy core, test_sip_parser via parse).
+HOSTILE = {
+    "no_via": invite_with(("via", None)),
+    "no_from": invite_with(("from", None)),
+    "no_to": invite_with(("to", None)),
+    "no_call_id": invite_with(("call-id", None)),
+    "no_cseq": invite_with(("cseq", None)),
+    "bad_content_length": invite_with(("content-length", "Content-Length: abc")),
+    "negative_content_length": invite_with(("content-length", "Content-Length: -5")),
+    "short_body": invite_with(("content-length", "Content-Length: 500")),
+    "huge_content_length": invite_with(("content-length", "Content-Length: 99999999999999999999")),
+    "bare_cr_in_call_id": invite_with(("call-id", INJECT)),
+    "nul_in_call_id": invite_with(("call-id", "Call-ID: c1\0X-Injected: 1")),
+    "crlf_in_from_tag": invite_with(("from", "From: <sip:1058001234@10.0.0.1>;tag=a%0d%0aX-Injected: 1")),
+    "invalid_utf8": crlf(
+        "INVITE sip:13800138000@10.0.0.2 SIP/2.0",
+        "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-u",
+        "From: <sip:1058001234@10.0.0.1>;tag=\xff\xfe",
+        "To: <sip:13800138000@10.0.0.2>",
+        "Call-ID: \xc3\x28",
+        "CSeq: 1 INVITE",
+        "Max-Forwards: 70",
+        "Content-Length: 0",
+    ),
+    "huge_via_stack": invite_with(
+        ("via", "\r\n".join(f"Via: SIP/2.0/UDP 10.0.{i // 256}.{i % 256}:5060;branch=z9hG4bK{i}" for i in range(500)))
+    ),
+    "one_line_via_stack": invite_with(
+        ("via", "Via: " + ", ".join(f"SIP/2.0/UDP 10.0.0.{i % 256};branch=z9hG4bK{i}" for i in range(2000)))
+    ),
+    "many_headers": invite_with(extra=tuple(f"X-H{i}: v" for i in range(1000))),
+    "long_header": invite_with(extra=("X-Long: " + "a" * 100_000,)),
+    "bad_request_line": b"INVITE\r\n\r\n",
+    "bad_version": invite_with(("start", "INVITE sip:13800138000@10.0.0.2:5060 SIP/3.0")),
+    "bad_cseq": invite_with(("cseq", "CSeq: x INVITE")),
+    "cseq_method_mismatch": invite_with(("cseq", "CSeq: 1 BYE")),
+    "max_forwards_garbage": invite_with(("max-forwards", "Max-Forwards: -1")),
+    "only_crlf": b"\r\n\r\n\r\n",
+    "nul_bytes": b"\0" * 1000,
+    "http_get": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "response_garbage": b"SIP/2.0 999999999999 \xff\r\nVia: ;;;\r\n\r\n",
+}

@@ -84,3 +84,13 @@ def test_framer_any_split_of_valid_stream(data: st.DataObject) -> None:
         got.extend(f.feed(stream[prev:c]))
         prev = c
     assert got == [ALL_VALID[0], ALL_VALID[1], Ping(), ALL_VALID[4]]
+
+
+def test_hostile_corpus_parses_or_raises_sip_error() -> None:
+    from ._sip_corpus import HOSTILE
+
+    for name, data in HOSTILE.items():
+        try:
+            parse(data)
+        except SipError as e:
+            assert 400 <= e.status < 600, name
