@@ -8,6 +8,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)  # bench: latency from a loopback capture
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # deploy/ checks: promtool, a real Prometheus in the tests
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}" >&2
   SUDO=""

@@ -1,0 +1,148 @@
+"""deploy/ against the real tools: promtool, a real Prometheus scraping a real gateway, systemd-analyze.
+
+The dashboard and the alert rules may only name metrics the gateway really
+exports: every expression is evaluated by Prometheus (a syntax error fails)
+and its metric names are compared with a live scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.peers import ROOT, free_port
+from tests.integration.harness import SIPP_DIR, GatewayProc, SippUas, run_uac, standard_policy
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = ROOT / "deploy"
+PROM_DIR = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "cag.json"
+METRIC = re.compile(r"\b(cag_[a-z0-9_]+|up)\b")
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (scripts/setup.sh installs Debian's prometheus)")
+    return path
+
+
+def test_promtool_accepts_the_shipped_config_and_rules() -> None:
+    promtool = _need("promtool")
+    for args in (["check", "config", str(PROM_DIR / "prometheus.yml")],
+                 ["check", "rules", str(PROM_DIR / "alerts.yml")]):
+        r = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_systemd_unit_verifies() -> None:
+    tool = _need("systemd-analyze")
+    unit = (DEPLOY / "systemd" / "cag.service").read_text()
+    assert "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit
+    # The unit names /opt/cag/.venv/bin/cag, absent here: verify a copy with an existing binary.
+    work = Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip())
+    (work / "cag.service").write_text(unit.replace("/opt/cag/.venv/bin/cag", "/bin/true"))
+    r = subprocess.run([tool, "verify", str(work / "cag.service")], capture_output=True, text=True, timeout=60)
+    shutil.rmtree(work)
+    if r.returncode != 0 and "not booted" in (r.stdout + r.stderr):
+        pytest.skip("systemd-analyze cannot run in this container")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _expressions() -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        out += [(f"panel {panel['title']!r}", t["expr"]) for t in panel["targets"]]
+    for group in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]:
+        out += [(f"alert {rule['alert']}", rule["expr"]) for rule in group["rules"]]
+    return out
+
+
+def _query(port: int, expr: str) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read())
+    return body
+
+
+def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path: Path, redis_url: str) -> None:
+    prometheus = _need("prometheus")
+    rows = standard_policy(redis_url, callees=20)
+    uas = SippUas(tmp_path).start()
+    gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], workers=2)
+    prom: subprocess.Popen[bytes] | None = None
+    try:
+        gw.start()
+        ok = run_uac(tmp_path, gw.port, rows, calls=60, rate=100)
+        assert ok.successful == 60, ok.stdout
+        xml = tmp_path / "uac_608.xml"
+        xml.write_text((SIPP_DIR / "uac_reject.xml").read_text().replace("__CODE__", "608"))
+        bad = run_uac(tmp_path, gw.port, [["95500", "+8613800000001", "no-such-token"]], calls=40, rate=100,
+                      scenario=str(xml))
+        assert bad.successful == 40, bad.stdout
+        time.sleep(1.5)  # the workers copy their counters into the metrics once a second
+
+        # Counters across the two workers match the calls made, per reason.
+        assert gw.metric("cag_decisions_total", decision="admit", reason="admitted") == 60
+        assert gw.metric("cag_decisions_total", decision="reject", reason="consent_unknown") == 40
+        assert gw.metric("cag_invites_total") == 100
+        exported = {name for (name, _labels) in gw.metrics()}
+
+        port = free_port(__import__("socket").SOCK_STREAM)
+        cfg = tmp_path / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(PROM_DIR / "alerts.yml")],
+            "scrape_configs": [{"job_name": "cag",
+                                "static_configs": [{"targets": [f"127.0.0.1:{gw.metrics_port}"]}]}],
+        }))
+        prom = subprocess.Popen(
+            [prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"), start_new_session=True,
+        )
+        ratio_expr = 'sum(cag_decisions_total{decision="reject"}) / sum(cag_decisions_total)'
+        deadline = time.monotonic() + 30
+        ratio = None
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                res = _query(port, ratio_expr)
+            except OSError:
+                continue
+            if res.get("status") == "success" and res["data"]["result"]:
+                ratio = float(res["data"]["result"][0]["value"][1])
+                break
+        assert ratio is not None, (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert ratio == pytest.approx(0.4)
+
+        # Every dashboard panel and alert expression: parsed and evaluated by Prometheus,
+        # and naming only metrics the gateway exports.
+        for where, expr in _expressions():
+            res = _query(port, expr)
+            assert res.get("status") == "success", f"{where}: {expr}: {res}"
+            for name in METRIC.findall(expr):
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                assert name == "up" or name in exported or base + "_bucket" in exported, \
+                    f"{where} names {name}, which the gateway does not export"
+    finally:
+        if prom is not None:
+            prom.terminate()
+            prom.wait(10)
+        gw.stop()
+        uas.stop()
