@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     audit_dir: Path | None = Field(None, description="archive directory for the archiver child; none = state_dir/audit")
     audit_retention_days: int = Field(30, ge=30, description="days of archived audit partitions kept (R8: at least 30)")
     log_level: str = Field("info", description="debug, info, warning, error")
+    log_reject_per_s: int = Field(
+        100, ge=0, description="rejection log lines per second per worker; beyond, counted and summarised; 0 = all"
+    )
+    log_keep_digits: int = Field(
+        -1, ge=-1, description="digits of caller/callee kept in log lines (the rest masked); -1 = whole numbers"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,26 +33,10 @@ STOP_TIMEOUT_S = 5.0  # beyond the workers' drain_timeout (+ their 3 s audit flu
 
 
 def setup_logging(level: str) -> None:
-    """JSON lines on stderr: NOC tooling parses them, humans can still read them."""
+    """JSON lines on stderr (gateway.logs); the parent writes directly, it forks the workers."""
+    from gateway import logs
 
-    class _Json(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            out = {
-                "ts": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "pid": record.process,
-                "msg": record.getMessage(),
-            }
-            if record.exc_info:
-                out["exc"] = self.formatException(record.exc_info)
-            return json.dumps(out, ensure_ascii=True)
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Json())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logs.setup(level, threaded=False)
 
 
 def setup_multiproc_dir(state_dir: Path) -> Path:
@@ -310,6 +293,9 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
             try:
                 code = run_worker(spec)
             finally:
+                from gateway import logs
+
+                logs.shutdown()  # the listener thread writes what is queued
                 logging.shutdown()
                 os._exit(code)
         workers[pid] = index

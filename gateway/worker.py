@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway.audit import AuditSink
 from gateway.config import RELOADABLE, Settings, parse_listen
+from gateway.logs import RejectLog
 from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
 from gateway.proxy.pike import PikeConfig
 from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpEndpoint
@@ -113,6 +114,7 @@ class Worker:
         self._last_core: Counter[str] = Counter()
         self._last_engine: Counter[str] = Counter()
         self.audit: AuditSink | None = None
+        self.reject_log = RejectLog(log, spec.settings.log_reject_per_s, spec.settings.log_keep_digits)
         self._last_audit: Counter[str] = Counter()
         self.stopping = asyncio.Event()
         self.engine: Any = None
@@ -259,13 +261,10 @@ class Worker:
         if counter is None:
             counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
         counter.inc()
-        if not decision.admit and decision.sip_code:
-            log.info(
-                "reject reason=%s code=%s trunk=%s record=%s",
-                decision.reason, decision.sip_code, decision.trunk_id, a.record_id,
-            )
         if self.core is not None:
             self._dispatch(self.core.decided(a.key, decision, self.loop.time()))
+        if not decision.admit and decision.sip_code:  # after the answer left; written by the log thread
+            self.reject_log.reject(decision, a.record_id, time.time())
         if self.audit is not None:  # after the answer left: a list append, flushed off this path
             self.audit.decision(a.record_id, a.call, decision, latency, self.spec.node, self.spec.index)
 
@@ -435,7 +434,9 @@ def run_worker(spec: WorkerSpec) -> int:
     from gateway import metrics as worker_metrics
 
     metrics = worker_metrics
+    from gateway import logs
 
+    logs.setup(spec.settings.log_level, threaded=True)  # the parent's listener thread did not fork with us
     try:
         uvloop.run(_main(spec))
     except Exception:

@@ -84,7 +84,7 @@ def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path
     prometheus = _need("prometheus")
     rows = standard_policy(redis_url, callees=20)
     uas = SippUas(tmp_path).start()
-    gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], workers=2)
+    gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], workers=2, extra=("--log-keep-digits", "4"))
     prom: subprocess.Popen[bytes] | None = None
     try:
         gw.start()
@@ -146,3 +146,8 @@ def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path
             prom.wait(10)
         gw.stop()
         uas.stop()
+    # One JSON line per rejection, the callee masked to its last 4 digits.
+    lines = [json.loads(x) for x in gw.log_path.read_text().splitlines() if x.startswith("{")]
+    rejects = [x for x in lines if x["msg"] == "reject"]
+    assert len(rejects) == 40 and {x["reason"] for x in rejects} == {"consent_unknown"}
+    assert all(x["callee"] == "+*********0001" and x["sip_code"] == 608 for x in rejects), rejects[0]
