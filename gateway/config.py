@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     audit_dir: Path | None = Field(None, description="archive directory for the archiver child; none = state_dir/audit")
     audit_retention_days: int = Field(30, ge=30, description="days of archived audit partitions kept (R8: at least 30)")
     log_level: str = Field("info", description="debug, info, warning, error")
+    metrics_max_enterprises: int = Field(
+        200, ge=0, description="enterprise ids given their own metrics label per worker; the rest count as 'other'"
+    )
     log_reject_per_s: int = Field(
         100, ge=0, description="rejection log lines per second per worker; beyond, counted and summarised; 0 = all"
     )

@@ -50,6 +50,36 @@ REFDATA_LOADED = Gauge(
 )
 REDIS_OK = Gauge("cag_redis_up", "1 when the worker's Redis calls succeed", multiprocess_mode="livemin")
 WORKERS = Gauge("cag_workers", "Worker processes alive", multiprocess_mode="liveall")
+REFDATA_AGE = Gauge(
+    "cag_refdata_age_seconds",
+    "Seconds since a worker last confirmed its reference data current (oldest worker)",
+    multiprocess_mode="livemax",
+)
+MESSAGES = Counter(
+    "cag_messages_total", "SIP messages received / sent by transport", ["direction", "transport"]
+)
+DROPPED = Counter(
+    "cag_messages_dropped_total",
+    "Messages dropped or refused before the proxy logic, by reason (malformed, unknown_source, pike, overload...)",
+    ["reason"],
+)
+ENTERPRISE_DECISIONS = Counter(
+    "cag_enterprise_decisions_total",
+    "Decisions per enterprise (the first metrics_max_enterprises ids seen per worker; the rest as 'other')",
+    ["enterprise", "decision"],
+)
+AUDIT_BUFFER = Gauge(
+    "cag_audit_buffer_entries", "Audit entries waiting in worker memory for the next flush", multiprocess_mode="livesum"
+)
+AUDIT_SPOOL = Gauge(
+    "cag_audit_spool_bytes", "Bytes in the workers' local audit spool (Redis away or stream full)",
+    multiprocess_mode="livesum",
+)
+AUDIT_STREAM = Gauge(
+    "cag_audit_stream_entries",
+    "Entries in the Redis audit stream not yet archived, as last seen by a worker (archiver lag)",
+    multiprocess_mode="livemax",
+)
 
 
 ReadyCheck = Callable[[], tuple[bool, dict[str, object]]]

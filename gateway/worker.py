@@ -114,6 +114,11 @@ class Worker:
         self._last_core: Counter[str] = Counter()
         self._last_engine: Counter[str] = Counter()
         self.audit: AuditSink | None = None
+        # Plain counters on the message path; copied into Prometheus once a second.
+        self._rx: Counter[str] = Counter()
+        self._tx: Counter[str] = Counter()
+        self._ent: Counter[tuple[str, str]] = Counter()
+        self._ent_labelled: set[str] = set()
         self.reject_log = RejectLog(log, spec.settings.log_reject_per_s, spec.settings.log_keep_digits)
         self._last_audit: Counter[str] = Counter()
         self.stopping = asyncio.Event()
@@ -197,6 +202,12 @@ class Worker:
         self.loop.call_later(TICK_S, self._tick)
         self.loop.call_later(STATS_S, self._flush_stats)
         metrics.WORKERS.set(1)
+        # Series a dashboard plots from the start (0 until something happens).
+        for reason in ("malformed", "unknown_source", "pike", "overload"):
+            metrics.DROPPED.labels(reason)
+        for direction in ("in", "out"):
+            for transport in ("udp", "tcp"):
+                metrics.MESSAGES.labels(direction, transport)
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -206,6 +217,7 @@ class Worker:
         core = self.core
         if core is None:
             return
+        self._rx[transport] += 1
         try:
             actions = core.receive(data, source, transport, conn_id, self.loop.time(), private)
         except Exception:  # the core promises not to raise; never let a bug kill the worker
@@ -238,6 +250,7 @@ class Worker:
                 send(action)
 
     def _send(self, a: Send) -> None:
+        self._tx[a.transport] += 1
         if a.transport == "udp":
             ep = self.private if a.private or not self.udp_listen else self.udp_listen[0]
             if ep is not None and ep.transport is not None:
@@ -261,6 +274,15 @@ class Worker:
         if counter is None:
             counter = self._decision_counters[key] = metrics.DECISIONS.labels(*key)
         counter.inc()
+        ent = decision.enterprise_id
+        if ent:
+            if ent not in self._ent_labelled:
+                # Bounded label set: the first N enterprise ids this worker sees, then "other".
+                if len(self._ent_labelled) < self.spec.settings.metrics_max_enterprises:
+                    self._ent_labelled.add(ent)
+                else:
+                    ent = "other"
+            self._ent[(ent, decision.decision)] += 1
         if self.core is not None:
             self._dispatch(self.core.decided(a.key, decision, self.loop.time()))
         if not decision.admit and decision.sip_code:  # after the answer left; written by the log thread
@@ -340,10 +362,24 @@ class Worker:
             metrics.REFDATA_LOADED.set(1 if engine.ready else 0)
             metrics.REDIS_OK.set(1 if engine.redis_ok else 0)
             metrics.REFDATA_VERSION.set(getattr(engine.ref, "version", 0))
+            if engine.ref_confirmed_at:
+                metrics.REFDATA_AGE.set(max(time.time() - engine.ref_confirmed_at, 0.0))
         if self.audit is not None:
             _flush_counter(self.audit.stats, self._last_audit)
+            metrics.AUDIT_BUFFER.set(len(self.audit._buf))
+            metrics.AUDIT_SPOOL.set(self.audit.spool_bytes)
+            metrics.AUDIT_STREAM.set(self.audit._stream_len)
+        for direction, counts in (("in", self._rx), ("out", self._tx)):
+            for transport, n in counts.items():
+                metrics.MESSAGES.labels(direction, transport).inc(n)
+            counts.clear()
+        for (ent, decided), n in self._ent.items():
+            metrics.ENTERPRISE_DECISIONS.labels(ent, decided).inc(n)
+        self._ent.clear()
         for name, n in self.pending_events.items():
             metrics.EVENTS.labels(name).inc(n)
+            if name.startswith("shed_"):
+                metrics.DROPPED.labels("overload").inc(n)
         self.pending_events.clear()
         self.loop.call_later(STATS_S, self._flush_stats)
 
@@ -410,6 +446,10 @@ def _flush_counter(current: Counter[str], last: Counter[str]) -> None:
         delta = value - last.get(name, 0)
         if delta > 0:
             metrics.EVENTS.labels(name).inc(delta)
+            if name.startswith("dropped_"):
+                metrics.DROPPED.labels(name[8:]).inc(delta)
+            elif name == "malformed_answered":
+                metrics.DROPPED.labels("malformed").inc(delta)
             last[name] = value
 
 

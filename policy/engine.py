@@ -189,6 +189,9 @@ class AdmissionEngine:
         self.latency_observer: Callable[[str, float], None] | None = None
         self._loaded = False
         self._refresh_ok = False
+        # When the reference data in memory was last known current (loaded, or its
+        # version checked against Redis): the age metric a NOC watches while Redis is away.
+        self.ref_confirmed_at = 0.0
         self._failures = 0
         self._breaker_open = False
         self._probe_task: asyncio.Task[None] | None = None
@@ -271,6 +274,7 @@ class AdmissionEngine:
             self.ref = RefData.build(trunks, enterprises, filings, version=version)
             self._loaded = True
             self._refresh_ok = True
+            self.ref_confirmed_at = time.time()
             log.info("reference data version %d: %r", version, self.ref)
 
     async def _refresh_loop(self) -> None:
@@ -288,6 +292,7 @@ class AdmissionEngine:
                 if version != self.ref.version or not self._loaded:
                     await asyncio.wait_for(self._reload(), 5.0)
                 self._refresh_ok = True
+                self.ref_confirmed_at = time.time()
             except (StoreError, TimeoutError, OSError) as e:
                 self._refresh_ok = False
                 self._log_limited(

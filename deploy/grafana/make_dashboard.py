@@ -43,6 +43,21 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("Audit trail", "ops", [
         ("{{event}}", 'sum by (event) (rate(cag_proxy_events_total{event=~"audit_.*"}[1m]))'),
     ]),
+    ("Decisions/s by enterprise (top 10)", "reqps", [
+        ("{{enterprise}} {{decision}}",
+         'topk(10, sum by (enterprise, decision) (rate(cag_enterprise_decisions_total[5m])))'),
+    ]),
+    ("SIP messages/s by transport", "pps", [
+        ("{{direction}} {{transport}}", 'sum by (direction, transport) (rate(cag_messages_total[1m]))'),
+    ]),
+    ("Refused / dropped messages/s", "pps",
+     [("{{reason}}", 'sum by (reason) (rate(cag_messages_dropped_total[1m]))')]),
+    ("Audit lag: stream, buffer, spool", "short", [
+        ("stream entries (archiver lag)", 'max(cag_audit_stream_entries)'),
+        ("buffered entries", 'sum(cag_audit_buffer_entries)'),
+        ("spool bytes", 'sum(cag_audit_spool_bytes)'),
+    ]),
+    ("Reference data age (s)", "s", [("oldest worker", 'max(cag_refdata_age_seconds)')]),
     ("Workers and reference data", "short", [
         ("workers", 'sum(cag_workers)'),
         ("refdata loaded (min)", 'min(cag_refdata_loaded)'),

@@ -101,6 +101,11 @@ def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path
         assert gw.metric("cag_decisions_total", decision="admit", reason="admitted") == 60
         assert gw.metric("cag_decisions_total", decision="reject", reason="consent_unknown") == 40
         assert gw.metric("cag_invites_total") == 100
+        assert gw.metric("cag_enterprise_decisions_total", enterprise="E1", decision="admit") == 60
+        assert gw.metric("cag_enterprise_decisions_total", decision="reject") == 40
+        assert gw.metric("cag_messages_total", direction="in", transport="udp") >= 100 * 4
+        assert gw.metric("cag_messages_total", direction="out", transport="udp") >= 100 * 4
+        assert gw.metric("cag_refdata_age_seconds") < 30
         exported = {name for (name, _labels) in gw.metrics()}
 
         port = free_port(__import__("socket").SOCK_STREAM)
