@@ -41,6 +41,7 @@ def _need(tool: str) -> str:
 def test_promtool_accepts_the_shipped_config_and_rules() -> None:
     promtool = _need("promtool")
     for args in (["check", "config", str(PROM_DIR / "prometheus.yml")],
+                 ["check", "config", str(PROM_DIR / "compose.yml")],
                  ["check", "rules", str(PROM_DIR / "alerts.yml")]):
         r = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -156,3 +157,14 @@ def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path
     rejects = [x for x in lines if x["msg"] == "reject"]
     assert len(rejects) == 40 and {x["reason"] for x in rejects} == {"consent_unknown"}
     assert all(x["callee"] == "+*********0001" and x["sip_code"] == 608 for x in rejects), rejects[0]
+
+
+def test_compose_file_mounts_files_that_exist() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert set(compose["services"]) == {"redis", "gateway", "prometheus", "grafana"}
+    for svc in compose["services"].values():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":", 1)[0]
+            if src.startswith("."):
+                assert (DEPLOY / src).exists(), vol
+    assert (ROOT / compose["services"]["gateway"]["build"]["dockerfile"]).exists()
