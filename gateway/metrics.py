@@ -50,6 +50,9 @@ REFDATA_LOADED = Gauge(
 )
 REDIS_OK = Gauge("cag_redis_up", "1 when the worker's Redis calls succeed", multiprocess_mode="livemin")
 WORKERS = Gauge("cag_workers", "Worker processes alive", multiprocess_mode="liveall")
+HOP_RTT = Gauge(
+    "cag_next_hop_rtt_seconds", "Last OPTIONS round trip to each next hop", ["hop"], multiprocess_mode="livemax"
+)
 REFDATA_AGE = Gauge(
     "cag_refdata_age_seconds",
     "Seconds since a worker last confirmed its reference data current (oldest worker)",

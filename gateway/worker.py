@@ -355,8 +355,11 @@ class Worker:
         if core is not None:
             _flush_counter(core.stats, self._last_core)
             metrics.IN_FLIGHT.set(core.in_flight())
-            for hop, up in core.hop_status():
-                metrics.HOP_UP.labels(f"{hop.transport}:{hop.host}:{hop.port}").set(1 if up else 0)
+            for i, (hop, up) in enumerate(core.hop_status()):
+                name = f"{hop.transport}:{hop.host}:{hop.port}"
+                metrics.HOP_UP.labels(name).set(1 if up else 0)
+                if i in core.hop_rtt:
+                    metrics.HOP_RTT.labels(name).set(core.hop_rtt[i])
         if engine is not None:
             _flush_counter(engine.stats, self._last_engine)
             metrics.REFDATA_LOADED.set(1 if engine.ready else 0)

@@ -37,6 +37,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                       'shadow_would_reject|auto_suspended"}[1m]))'),
     ]),
     ("Next hops up", "short", [("{{hop}}", 'max by (hop) (cag_next_hop_up)')]),
+    ("Next hop OPTIONS round trip", "s", [("{{hop}}", 'max by (hop) (cag_next_hop_rtt_seconds)')]),
     ("Transactions in flight", "short", [("in flight", 'sum(cag_transactions_in_flight)')]),
     ("Dropped messages/s by reason", "pps",
      [("{{event}}", 'sum by (event) (rate(cag_proxy_events_total{event=~"dropped_.*|shed_.*"}[1m]))')]),

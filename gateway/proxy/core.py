@@ -166,6 +166,7 @@ class ProxyCore:
         self._counter = 0
         self._routes: dict[str, tuple[Addr, str, int | None, float]] = {}
         self._probes: dict[str, tuple[int, float]] = {}
+        self.hop_rtt: dict[int, float] = {}  # hop index -> last OPTIONS round trip (s)
         self._next_probe = -INF
         self._probe_seq = 0
         self._stateless_key = hashlib.blake2b(cfg.rr_secret, digest_size=32).digest()
@@ -747,6 +748,7 @@ class ProxyCore:
             probe = self._probes.pop(br, None)
             if probe is not None:
                 self.stats["probe_answered"] += 1
+                self.hop_rtt[probe[0]] = max(now - probe[1], 0.0)
                 if self.hops.mark(probe[0], True):
                     log.warning("next hop %s is up", self.hops.hops[probe[0]])
             return []

@@ -130,6 +130,7 @@ def test_probes_mark_hops_down_and_up() -> None:
     probes = sends(core.tick(T0 + 2.0))
     status = dict((h.addr, up) for h, up in core.hop_status())
     assert status == {HOP1: True, HOP2: False}
+    assert core.hop_rtt == {0: pytest.approx(0.1)}  # the OPTIONS round trip: the hop latency metric
     # HOP2 comes back when it answers a probe.
     p2 = next(p for p in probes if p.dest == HOP2)
     core.receive(respond(p2.data, 200), HOP2, "udp", None, T0 + 2.1, True)
