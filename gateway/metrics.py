@@ -43,7 +43,7 @@ HOP_UP = Gauge(
     "cag_next_hop_up", "1 when the next hop answers, 0 when marked down", ["hop"], multiprocess_mode="livemax"
 )
 REFDATA_VERSION = Gauge(
-    "cag_refdata_version", "Reference data version held by the workers", multiprocess_mode="livemin"
+    "cag_refdata_version", "Reference data version held by each worker (pid label)", multiprocess_mode="liveall"
 )
 REFDATA_LOADED = Gauge(
     "cag_refdata_loaded", "1 when a worker holds reference data", multiprocess_mode="livemin"
@@ -55,8 +55,8 @@ HOP_RTT = Gauge(
 )
 REFDATA_AGE = Gauge(
     "cag_refdata_age_seconds",
-    "Seconds since a worker last confirmed its reference data current (oldest worker)",
-    multiprocess_mode="livemax",
+    "Seconds since a worker last confirmed its reference data current (one series per worker pid)",
+    multiprocess_mode="liveall",
 )
 MESSAGES = Counter(
     "cag_messages_total", "SIP messages received / sent by transport", ["direction", "transport"]
