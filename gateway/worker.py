@@ -235,7 +235,11 @@ class Worker:
                 send(action)
             elif isinstance(action, Admit):
                 metrics.INVITES.inc()
-                if self.draining or self.overloaded or len(self.deciding) >= self.spec.settings.max_pending:
+                if (
+                    self.draining
+                    or (self.overloaded and self._still_overloaded())
+                    or len(self.deciding) >= self.spec.settings.max_pending
+                ):
                     self._shed(action)
                     continue
                 task = self.loop.create_task(self._decide(action))
@@ -289,6 +293,23 @@ class Worker:
             self.reject_log.reject(decision, a.record_id, time.time())
         if self.audit is not None:  # after the answer left: a list append, flushed off this path
             self.audit.decision(a.record_id, a.call, decision, latency, self.spec.node, self.spec.index)
+
+    def _still_overloaded(self) -> bool:
+        """Re-read the queue before refusing a call: the flag is set per tick (20 ms).
+
+        A burst (junk, or a worker descheduled for a moment) can set it and
+        be worked off within the same tick; the INVITEs that were queued
+        behind it are read once it is gone and must not be refused for it.
+        One getsockopt per INVITE, and only while the flag is up.
+        """
+        limit = self.spec.settings.overload_queue_kb * 1024
+        q = max((rx_queued(sock) for sock in self._udp_socks), default=-1)
+        if q < 0 or q > limit // 2:
+            return True
+        self.overloaded = False
+        self._queue_hist = [0, 0]
+        log.warning("receive queue drained: accepting new INVITEs again")
+        return False
 
     def _shed(self, a: Admit) -> None:
         """503 overload + Retry-After at once: no Redis call, no forwarding (shedding early).
