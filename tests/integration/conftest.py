@@ -265,3 +265,24 @@ def tmp_redis(tmp: Path) -> Any:
     from gateway.embedded_redis import EmbeddedRedis
 
     return EmbeddedRedis(tmp)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Any]:
+    """A private redis-server a test may stop and restart (fault tests)."""
+    from gateway.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis-own")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def uas(tmp_path: Path) -> Iterator[Any]:
+    """A SIPp callee without message traces (load tests); modules with their own ``uas`` override it."""
+    from bench.peers import SippUas
+
+    peer = SippUas(tmp_path, trace_messages=False).start()
+    yield peer
+    peer.stop()

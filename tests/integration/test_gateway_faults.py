@@ -21,14 +21,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis-own")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def uas(tmp_path: Path) -> Iterator[SippUas]:
     peer = SippUas(tmp_path).start()
     yield peer

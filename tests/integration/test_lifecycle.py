@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ from tests.integration.harness import GatewayProc, SippResult, SippUas, run_uac,
 from tests.integration.test_gateway_sipp import _invite, _status
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "redis-own")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _finals(sock: socket.socket, wait: float) -> list[bytes]:

@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,6 @@ import pytest
 from tests.integration.harness import GatewayProc, SippResult, SippUas, run_uac, standard_policy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def uas(tmp_path: Path) -> Iterator[SippUas]:
-    peer = SippUas(tmp_path, trace_messages=False).start()
-    yield peer
-    peer.stop()
 
 
 def _unanswered(r: SippResult) -> int:
