@@ -3,19 +3,28 @@
 Prints per rate step the successful / failed calls and the CPU each process
 spent per call, read from ``/proc/PID/stat`` (system-wide figures are
 unreliable in these VMs, BENCHMARKS.md). Gateway CPU is the parent plus its
-worker children. Run: ``python -m bench.quick_rate [--rates 500,1000] [--seconds 10]``.
+worker children; the CPU seconds of each worker are printed too, because the
+``SO_REUSEPORT`` sockets hash each caller's source address and port to one
+worker: ``--callers N`` (default 2) runs N SIPp callers from their own ports
+at rate/N each, so a step can load both workers (two ports may still hash to
+the same worker: the per-worker figures show it). ``--profile DIR`` records
+every worker with py-spy during the first step (``DIR/worker-PID.txt``, raw
+collapsed stacks; needs py-spy and ptrace rights).
+Run: ``python -m bench.quick_rate [--rates 500,1000] [--seconds 10] [--callers 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.embedded_redis import EmbeddedRedis
-from tests.integration.harness import GatewayProc, SippUas, run_uac, standard_policy
+from tests.integration.harness import GatewayProc, SippResult, SippUas, run_uac, standard_policy
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -39,12 +48,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rates", default="500,1000,2000,3000", help="comma-separated calls/s")
     ap.add_argument("--seconds", type=int, default=10, help="length of each step")
+    ap.add_argument("--callers", type=int, default=2, help="SIPp callers per step, each from its own port")
+    ap.add_argument("--profile", type=Path, help="py-spy record the workers during the first step into DIR")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="cag-rate-") as d:
         tmp = Path(d)
         redis = EmbeddedRedis(tmp / "redis-state")
-        uas = SippUas(tmp)
+        uas = SippUas(tmp, trace_messages=False)  # no trace file write per message on the shared cores
         gw: GatewayProc | None = None
         try:
             redis.start()
@@ -55,18 +66,30 @@ def main() -> None:
             gw.state_dir.mkdir()
             gw.start()
             assert gw.proc is not None
-            print(f"{'rate':>6} {'ok':>7} {'failed':>7} {'gw µs/call':>11} {'redis µs/call':>14}")
-            for rate in rates:
+            print(f"{'rate':>6} {'ok':>7} {'failed':>7} {'gw µs/call':>11} {'redis µs/call':>14}  worker CPU s")
+            k = max(1, args.callers)
+            for step, rate in enumerate(rates):
                 pids = gateway_pids(gw.proc.pid)
-                gw0 = sum(cpu_seconds(p) for p in pids)
+                cpu0 = {p: cpu_seconds(p) for p in pids}
                 r0 = cpu_seconds(redis.proc.pid)
-                res = run_uac(tmp, gw.port, rows, calls=rate * args.seconds, rate=rate, limit=5000)
-                gw_cpu = sum(cpu_seconds(p) for p in pids) - gw0
+                spies = _profile(args.profile, pids[1:], args.seconds) if args.profile and step == 0 else []
+
+                def one(i: int, rate: int = rate) -> SippResult:
+                    return run_uac(tmp, gw.port, rows, calls=rate * args.seconds // k, rate=rate / k, limit=5000)
+
+                with ThreadPoolExecutor(k) as pool:
+                    results = list(pool.map(one, range(k)))
+                cpu = {p: cpu_seconds(p) - cpu0[p] for p in pids}
+                for spy in spies:
+                    spy.wait(timeout=60)
                 r_cpu = cpu_seconds(redis.proc.pid) - r0
-                n = max(res.successful, 1)
+                ok = sum(r.successful for r in results)
+                failed = sum(r.failed for r in results)
+                n = max(ok, 1)
+                workers = " ".join(f"{cpu[p]:.1f}" for p in pids[1:])
                 print(
-                    f"{rate:>6} {res.successful:>7} {res.failed:>7} "
-                    f"{gw_cpu / n * 1e6:>11.0f} {r_cpu / n * 1e6:>14.0f}",
+                    f"{rate:>6} {ok:>7} {failed:>7} "
+                    f"{sum(cpu.values()) / n * 1e6:>11.0f} {r_cpu / n * 1e6:>14.0f}  {workers}",
                     flush=True,
                 )
         finally:
@@ -74,6 +97,20 @@ def main() -> None:
                 gw.stop()
             uas.stop()
             redis.stop()
+
+
+def _profile(out: Path, pids: list[int], seconds: int) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each worker for the step (raw collapsed stacks, one file per worker)."""
+    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [spy, "record", "--pid", str(p), "--duration", str(seconds), "--rate", "200", "--format", "raw",
+             "--nonblocking", "--output", str(out / f"worker-{p}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for p in pids
+    ]
 
 
 if __name__ == "__main__":

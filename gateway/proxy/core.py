@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from gateway.sip import (
+    QuickResponse,
     Request,
     Response,
     SipError,
@@ -37,6 +38,7 @@ from gateway.sip import (
     header_uri,
     parse,
     parse_uri,
+    quick_response,
     split_list,
     user_of,
 )
@@ -66,6 +68,10 @@ _CALL_HEADERS = frozenset(
 )
 
 _PIKE_OFF = PikeConfig()
+
+# A response relayed on a quick view (gateway/sip/quick.py) or fully parsed: the
+# relay paths read and edit both the same way.
+AnyResponse = Response | QuickResponse
 
 
 @dataclass(frozen=True)
@@ -243,7 +249,7 @@ class ProxyCore:
         if txn is None or txn.state != SState.PENDING:
             # Expired or cancelled meanwhile: an admission took a concurrency slot.
             if decision.admit and decision.trunk_id:
-                call_id = txn.call.call_id if txn is not None else key.split("|", 1)[0]
+                call_id = txn.call_id if txn is not None else key.split("|", 1)[0]
                 return [Release(decision.trunk_id, call_id)]
             return []
         out: list[Action] = []
@@ -252,6 +258,7 @@ class ProxyCore:
             if code == 0:
                 self.stats["dropped_policy"] += 1
                 txn.state = SState.DROPPED
+                txn.slim()
                 txn.end_at = now + TIMER_H
                 self._arm(txn)
                 return out
@@ -259,14 +266,14 @@ class ProxyCore:
             if decision.retry_after:
                 extra.append(("Retry-After", str(max(1, int(-(-decision.retry_after // 1))))))
             data = build_response(
-                txn.req, code, REASON_PHRASES.get(code), to_tag=txn.to_tag, extra=extra
+                txn.request(), code, REASON_PHRASES.get(code), to_tag=txn.to_tag, extra=extra
             )
             self.stats[f"tx_{code}"] += 1
             self._complete(txn, data, now, out)
             return out
         txn.trunk_id = decision.trunk_id or ""
         txn.state = SState.FORWARDED
-        trying = build_response(txn.req, 100, "Trying")
+        trying = build_response(txn.request(), 100, "Trying")
         self.stats["tx_100"] += 1
         txn.last = trying
         out.append(self._upstream(txn, trying))
@@ -283,8 +290,12 @@ class ProxyCore:
             while heap and heap[0][0] <= now:
                 due, _, is_client, key = heapq.heappop(heap)
                 obj = clients.get(key) if is_client else servers.get(key)
-                if obj is None or obj.due != due:
-                    continue  # stale entry: re-armed or finished since
+                if obj is None or obj.heap_due != due:
+                    continue  # stale entry: finished, or superseded by an earlier one
+                obj.heap_due = INF
+                if obj.due > now:  # re-armed later since this entry was pushed: move it
+                    self._push(obj)
+                    continue
                 obj.due = INF
                 if isinstance(obj, ServerTxn):
                     self._fire_server(obj, now, out)
@@ -329,19 +340,31 @@ class ProxyCore:
     def _arm(self, obj: ServerTxn | ClientTxn) -> None:
         """(Re)schedule ``obj`` at its earliest deadline.
 
-        The heap holds keys, not objects: a stale entry (e.g. Timer C of an
-        answered call, 180 s out) then pins a short string, not a whole
-        transaction with its message.
+        The heap holds keys, not objects, and at most one live entry per
+        object (``heap_due``). A deadline moved *earlier* gets a new entry (the
+        old one goes stale and is skipped when it pops); one moved *later*
+        keeps the entry it has, which is moved when it pops (``tick``). So an
+        answered call leaves no stale entry behind: before, re-arming on every
+        change left its Timer C entry (180 s out) and two more per call in the
+        heap until their time came, ~500,000 tuples at 2,000 calls/s.
         """
+        if obj.dead:
+            return
         due = obj.next_due()
-        if due != obj.due and not obj.dead:
-            obj.due = due
-            if due != INF:
-                self._seq += 1
-                if isinstance(obj, ServerTxn):
-                    heapq.heappush(self._heap, (due, self._seq, False, obj.key))
-                else:
-                    heapq.heappush(self._heap, (due, self._seq, True, obj.branch))
+        obj.due = due
+        if due < obj.heap_due:
+            self._push(obj)
+
+    def _push(self, obj: ServerTxn | ClientTxn) -> None:
+        due = obj.due
+        if due == INF:
+            return
+        obj.heap_due = due
+        self._seq += 1
+        if isinstance(obj, ServerTxn):
+            heapq.heappush(self._heap, (due, self._seq, False, obj.key))
+        else:
+            heapq.heappush(self._heap, (due, self._seq, True, obj.branch))
 
     def _remove_server(self, txn: ServerTxn) -> None:
         txn.dead = True
@@ -395,11 +418,15 @@ class ProxyCore:
     def _receive(
         self, data: bytes, source: Addr, transport: str, conn_id: int | None, now: float
     ) -> list[Action]:
-        try:
-            msg = parse(data)
-        except SipError as e:
-            return self._malformed(data, e, source, transport, conn_id)
-        if isinstance(msg, Response):
+        # A response is relayed on a quick view when that can prove the full parse
+        # would read it the same way (gateway/sip/quick.py); anything else is parsed.
+        msg: Request | AnyResponse | None = quick_response(data) if data[:4] == b"SIP/" else None
+        if msg is None:
+            try:
+                msg = parse(data)
+            except SipError as e:
+                return self._malformed(data, e, source, transport, conn_id)
+        if isinstance(msg, (Response, QuickResponse)):
             self.stats["rx_responses"] += 1
             return self._on_response(msg, now)
         self.stats["rx_requests"] += 1
@@ -592,6 +619,7 @@ class ProxyCore:
         """A non-2xx final goes upstream and stays for retransmissions until the ACK (Timers G, H)."""
         txn.state = SState.COMPLETED
         txn.last = final
+        txn.slim()  # only ``last`` is needed from here on
         if txn.transport == "udp":
             txn.g_iv = T1
             txn.g_at = now + T1
@@ -601,15 +629,15 @@ class ProxyCore:
 
     def _fail(self, txn: ServerTxn, code: int, text: str, now: float, out: list[Action]) -> None:
         """Our own final for an admitted call (no hop / timeout / cancelled): release and record it."""
-        data = build_response(txn.req, code, REASON_PHRASES.get(code), to_tag=txn.to_tag, extra=[_reason(code, text)])
+        data = build_response(txn.request(), code, REASON_PHRASES.get(code), to_tag=txn.to_tag, extra=[_reason(code, text)])
         self.stats[f"tx_{code}"] += 1
         self._complete(txn, data, now, out)
         self._ended(txn, code, out)
 
     def _ended(self, txn: ServerTxn, code: int, out: list[Action]) -> None:
         if txn.trunk_id:
-            out.append(Release(txn.trunk_id, txn.call.call_id))
-        out.append(Outcome(txn.record_id, txn.call.call_id, code, None, self.clock()))
+            out.append(Release(txn.trunk_id, txn.call_id))
+        out.append(Outcome(txn.record_id, txn.call_id, code, None, self.clock()))
 
     def _ack_final(self, txn: ServerTxn, now: float) -> list[Action]:
         self.stats["ack_absorbed"] += 1
@@ -635,10 +663,10 @@ class ProxyCore:
             return False
         txn.tried.add(idx)
         hop = self.hops.hops[idx]
-        req = txn.req
+        req = txn.request()
         branch = f"{CLIENT_PREFIX}{self.cfg.worker:x}x{self._next_id():x}{self.rng.getrandbits(32):08x}"
         via = self._via[hop.transport] + branch + (";rport" if hop.transport == "udp" else "")
-        token = self.tokens.mint(txn.call.call_id, txn.from_tag, txn.record_id, idx, txn.trunk_id)
+        token = self.tokens.mint(txn.call_id, txn.from_tag, txn.record_id, idx, txn.trunk_id)
         rr = f"{self._rr[txn.transport]}{token}>"
         if not txn.prepared:
             txn.prepared = True
@@ -651,12 +679,15 @@ class ProxyCore:
             req.append("X-Admission-Id", txn.record_id)
             self._pop_preloaded_route(req)
             req.prepend("Record-Route", rr)
+            # What hop-by-hop ACK / CANCEL repeat, kept apart: the request goes at the final.
+            txn.hop_fields = (req.uri, tuple(req.get_all("Route")), req.get("From") or "", req.get("To") or "", req.cseq[0])
         else:
             req.replace("Record-Route", rr)  # ours is the first Record-Route line
         req.prepend("Via", via)
         data = req.to_bytes()
         req.drop_first_via()
-        ct = ClientTxn(branch, txn, idx, hop.addr, hop.transport, data, via)
+        assert txn.hop_fields is not None
+        ct = ClientTxn(branch, txn, idx, hop.addr, hop.transport, data, via, txn.hop_fields)
         if hop.transport == "udp":
             ct.a_at = now + T1
         ct.hop_at = now + self.cfg.hop_timeout
@@ -681,15 +712,15 @@ class ProxyCore:
 
     def _hop_request(self, ct: ClientTxn, method: str, to: str | None = None) -> bytes:
         """Hop-by-hop ACK / CANCEL for our forwarded INVITE (RFC 3261 §17.1.1.3, §9.1)."""
-        req = ct.server.req
-        lines = [f"{method} {req.uri} SIP/2.0", f"Via: {ct.via}"]
-        lines.extend(f"Route: {r}" for r in req.get_all("Route"))
+        uri, routes, from_v, to_v, cseq = ct.fields
+        lines = [f"{method} {uri} SIP/2.0", f"Via: {ct.via}"]
+        lines.extend(f"Route: {r}" for r in routes)
         lines += [
             "Max-Forwards: 70",
-            f"From: {req.get('From')}",
-            f"To: {to or req.get('To')}",
-            f"Call-ID: {ct.server.call.call_id}",
-            f"CSeq: {req.cseq[0]} {method}",
+            f"From: {from_v}",
+            f"To: {to or to_v}",
+            f"Call-ID: {ct.server.call_id}",
+            f"CSeq: {cseq} {method}",
             "Content-Length: 0",
             "",
             "",
@@ -716,7 +747,7 @@ class ProxyCore:
         out: list[Action] = [self._reply(req, top, source, transport, conn_id, 200, phrase="OK", to_tag=txn.to_tag)]
         if txn.state == SState.PENDING:
             txn.cancelled = True
-            data = build_response(txn.req, 487, "Request Terminated", to_tag=txn.to_tag)
+            data = build_response(txn.request(), 487, "Request Terminated", to_tag=txn.to_tag)
             self.stats["tx_487"] += 1
             self._complete(txn, data, now, out)
         elif txn.state == SState.FORWARDED and not txn.cancel_requested:
@@ -731,7 +762,7 @@ class ProxyCore:
 
     # ---------------------------------------------------------------- responses
 
-    def _on_response(self, resp: Response, now: float) -> list[Action]:
+    def _on_response(self, resp: AnyResponse, now: float) -> list[Action]:
         br = _top_branch(resp.get("Via"))
         if br is None:
             vias = resp.vias()  # the quick scan gave up: do it properly
@@ -755,12 +786,12 @@ class ProxyCore:
         self.stats["dropped_unmatched_response"] += 1
         return []
 
-    def _relay_up(self, txn: ServerTxn, resp: Response) -> Send:
+    def _relay_up(self, txn: ServerTxn, resp: AnyResponse) -> Send:
         resp.drop_first_via()
         self.stats["forwarded_responses"] += 1
         return self._upstream(txn, resp.to_bytes())
 
-    def _client_response(self, ct: ClientTxn, resp: Response, now: float) -> list[Action]:
+    def _client_response(self, ct: ClientTxn, resp: AnyResponse, now: float) -> list[Action]:
         method = resp.cseq[1]
         out: list[Action] = []
         if method == "CANCEL":
@@ -804,12 +835,18 @@ class ProxyCore:
                 txn.answered_at = self.clock()
                 self._arm(txn)
                 out.append(self._relay_up(txn, resp))
-                out.append(Outcome(txn.record_id, txn.call.call_id, status, txn.answered_at, None))
+                out.append(Outcome(txn.record_id, txn.call_id, status, txn.answered_at, None))
+                # INVITE retransmissions are absorbed from here on: neither the request,
+                # the last provisional nor the forwarded INVITE is needed any more.
+                txn.last = None
+                txn.slim()
+                ct.data = b""
                 return out
             # Non-2xx final: ACK it hop by hop ourselves (RFC 3261 §17.1.1.3).
             ct.ack = self._hop_request(ct, "ACK", resp.get("To"))
             out.append(Send(ct.ack, ct.dest, ct.transport, None, True))
             ct.state = CState.COMPLETED
+            ct.data = b""  # no more Timer A: the forwarded INVITE is not needed
             ct.end_at = now + (TIMER_D if ct.transport == "udp" else 0.0)
             self._arm(ct)
             if txn.state != SState.FORWARDED or txn.client is not ct:
@@ -821,7 +858,7 @@ class ProxyCore:
                 return out
             if status == 503:
                 # RFC 3261 §16.7: a downstream 503 is never relayed as is.
-                data = build_response(txn.req, 500, "Server Internal Error", to_tag=resp.to_tag or txn.to_tag)
+                data = build_response(txn.request(), 500, "Server Internal Error", to_tag=resp.to_tag or txn.to_tag)
                 self.stats["tx_500"] += 1
                 status = 500
             else:
@@ -858,16 +895,15 @@ class ProxyCore:
             self.stats["retransmission_absorbed"] += 1
         return out
 
-    def _close_orphan(self, ct: ClientTxn, resp: Response) -> list[Action]:
+    def _close_orphan(self, ct: ClientTxn, resp: AnyResponse) -> list[Action]:
         """ACK and BYE for a 2xx from an abandoned attempt (nobody upstream will ever send them)."""
-        req = ct.server.req
+        uri, _, from_v, _, cseq = ct.fields
         contacts = resp.get_all("Contact")
-        target = header_uri(contacts[0]) if contacts else req.uri
+        target = header_uri(contacts[0]) if contacts else uri
         # The UAC route set: the 2xx's Record-Route reversed, without our own entry.
         rrs = [r for r in resp.get_all("Record-Route") if ";cag=" not in r]
         rrs.reverse()
         to = resp.get("To") or ""
-        cseq = req.cseq[0]
         out: list[Action] = []
         for method, n in (("ACK", cseq), ("BYE", cseq + 1)):
             branch = f"{MAGIC}o{self._next_id():x}{self.rng.getrandbits(32):08x}"
@@ -875,9 +911,9 @@ class ProxyCore:
             lines.extend(f"Route: {r}" for r in rrs)
             lines += [
                 "Max-Forwards: 70",
-                f"From: {req.get('From')}",
+                f"From: {from_v}",
                 f"To: {to}",
-                f"Call-ID: {ct.server.call.call_id}",
+                f"Call-ID: {ct.server.call_id}",
                 f"CSeq: {n} {method}",
                 "Content-Length: 0",
                 "",
@@ -1108,7 +1144,7 @@ class ProxyCore:
             return None
         return uri.params.get("cag") or None
 
-    def _stateless_response(self, resp: Response, br: str) -> list[Action]:
+    def _stateless_response(self, resp: AnyResponse, br: str) -> list[Action]:
         """Responses to in-dialog requests: pop our Via, back to whoever sent the request."""
         nxt = resp.via_at(1)  # the requester's Via: only it is parsed
         if nxt is None or self._stateless_branch(resp.call_id, nxt) != br:

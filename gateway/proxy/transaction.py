@@ -2,9 +2,10 @@
 
 The objects are plain slotted records; ``core.ProxyCore`` owns the logic and
 one timer heap. Each object keeps its own deadlines as floats (``INF`` when
-unarmed) and ``due``, the earliest of them that sits in the heap: a heap
-entry whose due no longer matches is stale and skipped, so re-arming is one
-push and cancelling is free.
+unarmed), ``due``, the earliest of them, and ``heap_due``, the time of its one
+live heap entry: an entry whose time no longer matches is stale and skipped,
+and an entry that pops before ``due`` is pushed again at ``due``, so
+re-arming is at most one push and cancelling is free.
 """
 
 from __future__ import annotations
@@ -45,12 +46,25 @@ class CState(IntEnum):
     ABANDONED = 4  # failed over / timed out: ACK late finals, forward nothing
 
 
+# What a hop-by-hop ACK / CANCEL / orphan BYE repeats of the forwarded INVITE:
+# (Request-URI, Route values, From, To, CSeq number). Plain strings, so a client
+# transaction needs neither the INVITE nor its server transaction's request.
+HopFields = tuple[str, tuple[str, ...], str, str, int]
+
+
 class ServerTxn:
-    """One INVITE from a trunk, from arrival to the end of its 32 s linger."""
+    """One INVITE from a trunk, from arrival to the end of its 32 s linger.
+
+    Once its final response has left (``slim``) it keeps only what answering
+    retransmissions needs: the lingering 32 s would otherwise hold the whole
+    parsed INVITE and its CallAttempt — about 10 KiB and a few dozen objects
+    for the garbage collector to walk, times calls/s times 32.
+    """
 
     __slots__ = (
         "answered_at",
         "call",
+        "call_id",
         "cancel_requested",
         "cancelled",
         "client",
@@ -61,6 +75,8 @@ class ServerTxn:
         "from_tag",
         "g_at",
         "g_iv",
+        "heap_due",
+        "hop_fields",
         "key",
         "last",
         "mf",
@@ -91,8 +107,11 @@ class ServerTxn:
         self.key = key
         # The INVITE; edited in place for forwarding (see ProxyCore._forward_invite),
         # its Vias, From, To, Call-ID and CSeq stay as received for the responses we build.
-        self.req = req
-        self.call = call
+        # None after ``slim``.
+        self.req: Request | None = req
+        self.call: CallAttempt | None = call
+        self.call_id = call.call_id
+        self.hop_fields: HopFields | None = None
         self.record_id = record_id
         self.reply_addr = reply_addr  # UDP: where responses go (received/rport honoured)
         self.source = source
@@ -113,11 +132,24 @@ class ServerTxn:
         self.g_at = INF
         self.g_iv = T1
         self.end_at = INF
-        self.due = INF
+        self.due = INF  # earliest deadline wanted
+        self.heap_due = INF  # deadline of its live timer-heap entry (see ProxyCore._arm)
         self.dead = False
 
     def next_due(self) -> float:
         return min(self.g_at, self.end_at)
+
+    def slim(self) -> None:
+        """The final response has left: drop the request and the call (see the class docstring)."""
+        self.req = None
+        self.call = None
+
+    def request(self) -> Request:
+        """The INVITE, for a response we build; only asked for before the final response."""
+        req = self.req
+        if req is None:
+            raise RuntimeError("transaction already completed")
+        return req
 
 
 class ClientTxn:
@@ -138,8 +170,10 @@ class ClientTxn:
         "dest",
         "due",
         "end_at",
+        "fields",
         "got_provisional",
         "got_response",
+        "heap_due",
         "hop",
         "hop_at",
         "orphan_closed",
@@ -158,14 +192,16 @@ class ClientTxn:
         transport: str,
         data: bytes,
         via: str,
+        fields: HopFields,
     ) -> None:
         self.branch = branch
-        self.server = server  # its req gives the hop-by-hop ACK / CANCEL their fields
+        self.server = server
         self.hop = hop
         self.dest = dest
         self.transport = transport
         self.data = data  # the forwarded INVITE (Timer A retransmissions)
         self.via = via  # our Via value (the ACK / CANCEL repeat it)
+        self.fields = fields  # what the ACK / CANCEL / orphan BYE repeat of the INVITE
         self.state = CState.CALLING
         self.got_response = False  # any response, 100 included: CANCEL may now be sent
         self.got_provisional = False  # a provisional above 100: no more failover
@@ -180,7 +216,8 @@ class ClientTxn:
         self.cancel_at = INF
         self.cancel_iv = T1
         self.end_at = INF
-        self.due = INF
+        self.due = INF  # earliest deadline wanted
+        self.heap_due = INF  # deadline of its live timer-heap entry (see ProxyCore._arm)
         self.dead = False
 
     def next_due(self) -> float:

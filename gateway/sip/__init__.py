@@ -11,6 +11,7 @@ from .framing import Ping, StreamFramer
 from .headers import COMPACT, Header, split_list
 from .message import Message, Request, Response
 from .parser import MAX_HEADERS, MAX_LINE, MAX_MESSAGE, MAX_VIAS, parse
+from .quick import QuickResponse, quick_response
 from .uri import SipUri, header_params, header_uri, parse_uri, user_of
 from .via import Via, parse_via
 
@@ -24,6 +25,7 @@ __all__ = [
     "Header",
     "Message",
     "Ping",
+    "QuickResponse",
     "Request",
     "Response",
     "SipError",
@@ -37,6 +39,7 @@ __all__ = [
     "parse",
     "parse_uri",
     "parse_via",
+    "quick_response",
     "split_list",
     "user_of",
 ]

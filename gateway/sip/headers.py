@@ -209,6 +209,25 @@ def split_list(value: str) -> list[str]:
         return _split_angles(value)
     out: list[str] = []
     start = 0
+    for cut in _quoted_commas(value, first=False):
+        part = value[start:cut].strip()
+        if part:
+            out.append(part)
+        start = cut + 1
+    part = value[start:].strip()
+    if part:
+        out.append(part)
+    return out
+
+
+def _quoted_commas(value: str, *, first: bool) -> list[int]:
+    """Top-level comma positions of a value holding quotes: outside "..." (with \\ escapes) and <...>.
+
+    The one character scan behind ``split_list`` and ``first_element_end``
+    for values with quoted strings (the others use ``str`` methods); only
+    the first comma when ``first``.
+    """
+    out: list[int] = []
     quoted = False
     angle = False
     i = 0
@@ -227,14 +246,10 @@ def split_list(value: str) -> list[str]:
         elif c == ">":
             angle = False
         elif c == "," and not angle:
-            part = value[start:i].strip()
-            if part:
-                out.append(part)
-            start = i + 1
+            out.append(i)
+            if first:
+                break
         i += 1
-    part = value[start:].strip()
-    if part:
-        out.append(part)
     return out
 
 
@@ -280,27 +295,8 @@ def first_element_end(value: str) -> int:
         return -1
     if '"' not in value:
         return value.find(",") if "<" not in value else _next_top_comma(value, 0)
-    quoted = False
-    angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            angle = True
-        elif c == ">":
-            angle = False
-        elif c == "," and not angle:
-            return i
-        i += 1
-    return -1
+    cuts = _quoted_commas(value, first=True)
+    return cuts[0] if cuts else -1
 
 
 def split_params(text: str) -> dict[str, str | None]:

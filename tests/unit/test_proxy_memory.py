@@ -1,0 +1,62 @@
+"""What a lingering transaction keeps, and what the timer heap keeps for it.
+
+After its final response a server transaction lingers 32 s only to absorb or
+answer retransmissions, so it must not hold the INVITE any more; and the
+timer heap must not keep one stale entry per call for 180 s (Timer C).
+"""
+
+from __future__ import annotations
+
+from gateway.proxy import Admit
+from policy.decision import admitted, reject
+
+from .test_proxy_support import HOP1, TRUNK, invite, make_core, respond, sends, status_of
+
+
+def _answered_calls(n: int) -> tuple[object, list[bytes]]:
+    core = make_core()
+    invites = []
+    for i in range(n):
+        inv = invite(call_id=f"m{i}@x", branch=f"z9hG4bK-m{i}")
+        invites.append(inv)
+        adm = next(a for a in core.receive(inv, TRUNK, "udp", None, 1000.0) if isinstance(a, Admit))
+        fwd = sends(core.decided(adm.key, admitted(trunk_id="t-a"), 1000.0))[1].data
+        core.receive(respond(fwd, 180, "Ringing"), HOP1, "udp", None, 1000.0, True)
+        core.receive(respond(fwd, 200, "OK"), HOP1, "udp", None, 1000.0, True)
+    return core, invites
+
+
+def test_answered_transaction_drops_the_invite_but_still_absorbs_retransmissions() -> None:
+    core, invites = _answered_calls(3)
+    for txn in core._servers.values():  # type: ignore[attr-defined]
+        assert txn.req is None and txn.call is None and txn.last is None
+        assert txn.call_id.startswith("m")
+    for ct in core._clients.values():  # type: ignore[attr-defined]
+        assert ct.data == b""
+    assert core.receive(invites[0], TRUNK, "udp", None, 1001.0) == []  # type: ignore[attr-defined]
+    assert core.stats["retransmission_absorbed"] == 1  # type: ignore[attr-defined]
+
+
+def test_rejected_transaction_keeps_only_its_final_for_retransmissions() -> None:
+    core = make_core()
+    inv = invite()
+    adm = next(a for a in core.receive(inv, TRUNK, "udp", None, 1000.0) if isinstance(a, Admit))
+    final = sends(core.decided(adm.key, reject("consent_unknown", trunk_id="t-a"), 1000.0))[0].data
+    txn = core._servers[adm.key]
+    assert txn.req is None and txn.last == final
+    again = sends(core.receive(inv, TRUNK, "udp", None, 1000.1))
+    assert [s.data for s in again] == [final] and status_of(final) == 608
+
+
+def test_answered_calls_leave_one_timer_entry_each_and_timers_still_fire() -> None:
+    core, _ = _answered_calls(500)
+    # One live entry per server and client transaction; no Timer C entry 180 s out.
+    assert len(core._heap) <= 2 * 500  # type: ignore[attr-defined]
+    assert max(e[0] for e in core._heap) < 1000.0 + 40  # type: ignore[attr-defined]
+    core.tick(1001.0)  # type: ignore[attr-defined]
+    assert core.in_flight() == 500  # type: ignore[attr-defined]
+    core.tick(1000.0 + 31.9)  # type: ignore[attr-defined]
+    assert core.in_flight() == 500  # type: ignore[attr-defined]
+    core.tick(1000.0 + 32.1)  # type: ignore[attr-defined]
+    assert core.in_flight() == 0 and not core._clients  # type: ignore[attr-defined]
+    assert not core._heap  # type: ignore[attr-defined]
