@@ -42,6 +42,16 @@ def _data_args(p: argparse.ArgumentParser, consents: int) -> None:
                    help="extra argument for `cag serve` (repeatable), e.g. --gateway-arg=--fail-mode=open")
 
 
+def _proxy(text: str) -> tuple[str, str]:
+    name, sep, command = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not command.strip() or name in ("direct", "gateway"):
+        raise SystemExit(f"bench: --proxy wants NAME=COMMAND (NAME not direct/gateway), got {text!r}")
+    if "{port}" not in command:
+        raise SystemExit(f"bench: --proxy {name}: COMMAND must say where to listen with {{port}}")
+    return name, command
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in MICRO:
@@ -63,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--no-baseline", action="store_true", help="skip the direct SIPp → SIPp steps")
     sw.add_argument("--keep-captures", action="store_true", help="keep the per-step pcap files")
     sw.add_argument("--keep-going", action="store_true", help="run every rate even after one fails")
+    sw.add_argument("--proxy", action="append", default=[], metavar="NAME=COMMAND",
+                    help="another proxy measured at every rate, between direct and the gateway (repeatable); "
+                         "COMMAND gets {port} (where it must listen, UDP 127.0.0.1) and {next_hop} "
+                         "(host:port of the callee), e.g. "
+                         "'relay=python -m bench.relay --listen {port} --next-hop {next_hop}'")
     sw.add_argument("--callers", type=int, default=1,
                     help="SIPp callers per step, each at rate/N from its own port (default 1: one trunk)")
     _data_args(sw, 1_000_000)
@@ -113,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration or (3.0 if quick else 20.0),
             baseline=not args.no_baseline, workers=args.workers, spec=spec, mix=mix, out=args.out,
             keep_captures=args.keep_captures, quick=quick, gateway_args=extra,
-            keep_going=args.keep_going, callers=args.callers,
+            keep_going=args.keep_going, callers=args.callers, proxies=tuple(_proxy(p) for p in args.proxy),
         )
         Sweep(cfg).run()
         return 0

@@ -212,7 +212,7 @@ def run_replay(cfg: ReplayConfig) -> Path:
     if not invites:
         raise SystemExit(f"bench: no INVITE found in {cfg.file}")
     span = invites[-1].ts - invites[0].ts
-    out = cfg.out or report.new_results_dir("replay")
+    out = (cfg.out or report.new_results_dir("replay")).resolve()  # absolute: see Sweep.__init__
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     say(f"bench: {len(invites):,} INVITEs over {span:.1f} s in {cfg.file}; replaying at x{cfg.speed:g} "

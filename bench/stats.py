@@ -105,6 +105,34 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def udp_bound(port: int) -> bool:
+    """Some socket is bound to UDP ``port`` (IPv4 or IPv6): a proxy under test is listening."""
+    want = f":{port:04X} "
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(want in line.split(None, 3)[1] + " " for line in lines if len(line.split()) > 2):
+            return True
+    return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every process in process group ``pgid`` (a proxy started in its own session, with its children)."""
+    out: list[int] = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            text = (d / "stat").read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[2]) == pgid:  # field 5: pgrp
+            out.append(int(d.name))
+    return sorted(out)
+
+
 def udp_drops(ports: Iterable[int]) -> int:
     """Datagrams the kernel dropped on the UDP sockets bound to ``ports`` (full receive buffers)."""
     want = set(ports)

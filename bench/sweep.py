@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -45,7 +47,9 @@ MIN_ACHIEVED = 0.95  # < 95 % of the offered rate fails it
 # The attempts are still counted in Redis, as in production. (An environment
 # variable: `cag serve` has no flag for this key yet.)
 GATEWAY_ENV = {"CAG_UNCONSENTED_THRESHOLD": "1000000000"}
-SETTLE_S = 1.5  # after each step, before the last scrape and stopping the capture
+SETTLE_S = 1.5
+RSS_EVERY_S = 5.0
+WARMUP_S = 120.0  # RSS growth is measured from here: token cache and lingering transactions filled  # after each step, before the last scrape and stopping the capture
 
 
 @dataclass
@@ -65,6 +69,8 @@ class SweepConfig:
     # gateway's SO_REUSEPORT sockets hash each source address:port to one
     # worker, so one caller loads one worker only, as one trunk would.
     callers: int = 1
+    # Other proxies measured beside the gateway: (name, command with {port} and {next_hop}).
+    proxies: tuple[tuple[str, str], ...] = ()
 
 
 def say(msg: str) -> None:
@@ -120,6 +126,20 @@ def _last_int(row: Mapping[str, str], key: str) -> int:
         return int(row.get(key, "0") or 0)
     except ValueError:
         return 0
+
+
+def rss_growth(series: list[tuple[float, int]]) -> float | None:
+    """Percent RSS growth from the first sample after the warm-up to the last (None: step too short).
+
+    The first two minutes are excluded because a worker's memory rightly
+    grows while its fixed-size structures fill: the Record-Route token cache
+    (65,536 entries) and 32 s of lingering transactions at the offered rate.
+    Growth after that is what a leak looks like.
+    """
+    after = [(t, v) for t, v in series if t >= WARMUP_S and v]
+    if len(after) < 2 or after[-1][0] - after[0][0] < WARMUP_S:
+        return None
+    return round(100.0 * (after[-1][1] - after[0][1]) / after[0][1], 2)
 
 
 def backlog_growing(in_flight: list[int], rate: float) -> bool:
@@ -209,15 +229,68 @@ class Rig:
         shutil.rmtree(self.work / "redis-state", ignore_errors=True)
 
 
+class OtherProxy:
+    """A proxy command from ``--proxy``, started once for the whole sweep like the gateway.
+
+    Its CPU is its whole process group's (a Kamailio forks workers), read
+    from /proc like every other figure.
+    """
+
+    def __init__(self, name: str, command: str, work: Path) -> None:
+        self.name = name
+        self.command = command
+        self.work = work
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, next_hop: str, timeout: float = 15.0) -> None:
+        self.port = peers.free_port()
+        args = shlex.split(self.command.format(port=self.port, next_hop=next_hop))
+        log = open(self.work / f"proxy-{self.name}.log", "wb")
+        try:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.work,
+                                         start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = (self.work / f"proxy-{self.name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"--proxy {self.name} exited {self.proc.returncode}: {tail}")
+            if stats.udp_bound(self.port):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"--proxy {self.name}: nothing listening on UDP {self.port} after {timeout:.0f} s")
+
+    def pids(self) -> list[int]:
+        return stats.group_pids(self.proc.pid) if self.proc is not None else []
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
 class Sweep:
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
-        self.out = cfg.out or report.new_results_dir("sweep")
+        # Absolute: redis-server is started in its own directory, so a relative socket path would miss.
+        self.out = (cfg.out or report.new_results_dir("sweep")).resolve()
         self.work = self.out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.rig = Rig(self.work, cfg.spec, workers=cfg.workers, gateway_args=cfg.gateway_args)
         self.no_capture = capture.available()
         self.steps: list[dict[str, Any]] = []
+        self.proxies = {name: OtherProxy(name, cmd, self.work) for name, cmd in cfg.proxies}
 
     @property
     def uas(self) -> peers.SippUas | None:
@@ -230,6 +303,10 @@ class Sweep:
     def setup(self) -> dict[str, Any]:
         say(f"bench: results in {self.out}")
         setup = self.rig.start()
+        assert self.uas is not None
+        for p in self.proxies.values():
+            p.start(f"127.0.0.1:{self.uas.port}")
+            say(f"bench: --proxy {p.name} listening on {p.port} (pids {p.pids()})")
         if self.no_capture:
             say(f"bench: no loopback capture ({self.no_capture}): latency from the gateway histogram only")
         return setup
@@ -254,18 +331,20 @@ class Sweep:
                   cap: capture.Capture | None, pcap_path: Path) -> dict[str, Any]:
         cfg = self.cfg
         assert self.uas is not None and self.gw is not None
-        port = self.gw.port if target == "gateway" else self.uas.port
+        proxy = self.proxies.get(target)
+        port = self.gw.port if target == "gateway" else proxy.port if proxy else self.uas.port
         calls = dataset.make_calls(n, cfg.mix, cfg.spec, seed=rate * 7 + (target == "gateway"))
         tag = f"{target}-{rate}"
         k = len(uac_ports)
         st_paths = [self.work / f"{tag}-{i}-stats.csv" for i in range(k)]
         pids = self.rig.pids()
+        pids["proxy"] = proxy.pids() if proxy else []
         cpu0 = {key: sum(stats.cpu_seconds(p) for p in v) for key, v in pids.items()}
         wcpu0 = {p: stats.cpu_seconds(p) for p in pids["gateway_workers"]}
         mem0 = {p: stats.memory_kib(p) for p in pids["gateway_workers"]}
         m0 = self.gw.metrics() if target == "gateway" else {}
         uas0 = peers.read_sipp_stats(self.uas.stats)
-        drops_ports = [*uac_ports, self.uas.port, self.gw.port]
+        drops_ports = [*uac_ports, self.uas.port, self.gw.port, *([proxy.port] if proxy else [])]
         drops0 = stats.udp_drops(drops_ports)
         procs: list[subprocess.Popen[bytes]] = []
         logs = []
@@ -284,6 +363,10 @@ class Sweep:
         uac_cpu = {pr.pid: 0.0 for pr in procs}
         in_flight: list[int] = []
         gw_in_flight: list[float] = []
+        # Worker RSS every RSS_EVERY_S: growth is read after the warm-up (the Record-Route
+        # token cache and 32 s of lingering transactions fill first), see rss_growth().
+        rss_series: dict[int, list[tuple[float, int]]] = {p: [] for p in pids["gateway_workers"]}
+        last_rss = -RSS_EVERY_S
         last_print = 0.0
 
         def totals() -> dict[str, int]:
@@ -312,6 +395,10 @@ class Sweep:
                 if target == "gateway":
                     gw_in_flight.append(self.gw.metric("cag_transactions_in_flight"))
                 el = time.monotonic() - t0
+                if target == "gateway" and el - last_rss >= RSS_EVERY_S:
+                    last_rss = el
+                    for p, series in rss_series.items():
+                        series.append((round(el, 1), stats.memory_kib(p)["rss"]))
                 if el - last_print >= 2.0:
                     last_print = el
                     say(f"  {target:7} {rate:>6}/s  t={el:5.1f}s  sent {created:>7,}/{n:,}  "
@@ -389,6 +476,8 @@ class Sweep:
             "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()} | {"sipp_uac": round(uac_cpu_total, 3)},
             "callers": k,
         }
+        if proxy is not None:
+            res["proxy_cpu_us_per_call"] = round(cpu["proxy"] / total * 1e6, 1)
         if target == "gateway":
             res["decisions"] = {k: int(v) for k, v in _delta(_decisions(m1), _decisions(m0)).items()}
             res["decision_ms"] = histogram_delta(m1, m0, "cag_decision_seconds")
@@ -406,7 +495,9 @@ class Sweep:
             res["workers"] = [
                 {"pid": p, "cpu_s": round(wcpu1.get(p, 0.0) - wcpu0.get(p, 0.0), 3),
                  "rss_start_kib": mem0.get(p, {}).get("rss", 0),
-                 "rss_end_kib": mem1.get(p, {}).get("rss", 0), "peak_kib": mem1.get(p, {}).get("peak", 0)}
+                 "rss_end_kib": mem1.get(p, {}).get("rss", 0), "peak_kib": mem1.get(p, {}).get("peak", 0),
+                 "rss_series_kib": rss_series.get(p, []),
+                 "rss_growth_after_warmup_pct": rss_growth(rss_series.get(p, []))}
                 for p in pids["gateway_workers"]
             ]
             if lat.get("count") == 0:
@@ -441,6 +532,8 @@ class Sweep:
                 pair = []
                 if cfg.baseline:
                     pair.append(self.step("direct", rate))
+                for name in self.proxies:
+                    pair.append(self.step(name, rate))
                 pair.append(self.step("gateway", rate))
                 self.steps += pair
                 for s in pair:
@@ -452,6 +545,8 @@ class Sweep:
                     if not cfg.keep_going:
                         break
         finally:
+            for p in self.proxies.values():
+                p.stop()
             self.rig.stop()
         rep = {
             "schema": "cag-bench-sweep/1",
@@ -461,7 +556,7 @@ class Sweep:
             "machine": report.machine(),
             "config": {
                 "rates": list(cfg.rates), "step_seconds": cfg.duration, "baseline": cfg.baseline,
-                "workers": cfg.workers, "quick": cfg.quick, "mix": cfg.mix, "dataset": asdict(cfg.spec),
+                "workers": cfg.workers, "quick": cfg.quick, "proxies": dict(cfg.proxies), "mix": cfg.mix, "dataset": asdict(cfg.spec),
                 "gateway_args": list(cfg.gateway_args), "gateway_env": GATEWAY_ENV, "keep_going": cfg.keep_going,
                 "pass_criteria": ("< 0.1 % failed calls, >= 95 % of the offered rate, no growing backlog in "
                                   "flight, < 0.1 % decisions the mix does not call for (e.g. 503 fail-closed)"),
@@ -487,6 +582,11 @@ def _line(s: Mapping[str, Any]) -> str:
     extra = ""
     if s["target"] == "gateway":
         extra = f"  gw CPU {s['gateway_cpu_us_per_call']} µs/call"
+        growth = [w["rss_growth_after_warmup_pct"] for w in s["workers"] if w.get("rss_growth_after_warmup_pct") is not None]
+        if growth:
+            extra += f"  worker RSS after warm-up {', '.join(f'{g:+.1f}' for g in growth)} %"
+    if "proxy_cpu_us_per_call" in s:
+        extra = f"  proxy CPU {s['proxy_cpu_us_per_call']} µs/call"
     verdict = "ok" if s["passed"] else "FAIL"
     return (f"= {s['target']:7} {s['rate']:>6}/s: achieved {s['achieved_cps']:.0f}/s, failed {s['failed']}, "
             f"latency p50/p90/p99/p99.9 {p} ms{extra}  [{verdict}]")
@@ -504,12 +604,26 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
             added[str(s["rate"])] = {
                 p: round(s["latency_ms"][p] - d["latency_ms"][p], 3) for p in ("p50", "p90", "p99", "p99.9")
             }
+    others: dict[str, dict[str, Any]] = {}
+    for s in steps:
+        d = direct.get(s["rate"])
+        if s["target"] in ("direct", "gateway") or not d:
+            continue
+        if s["latency_ms"].get("count") and d["latency_ms"].get("count"):
+            others.setdefault(s["target"], {})[str(s["rate"])] = {
+                "passed": s["passed"], "proxy_cpu_us_per_call": s.get("proxy_cpu_us_per_call"),
+                **{p: round(s["latency_ms"][p] - d["latency_ms"][p], 3) for p in ("p50", "p99")},
+            }
     return {
+        "other_proxies_added_latency_ms": others,
         "max_passing_rate": max(passing, default=None),
         "first_failing_rate": min(failing, default=None),
         "added_latency_ms": added,
         "gateway_cpu_us_per_call": {str(s["rate"]): s["gateway_cpu_us_per_call"] for s in gw},
         "worker_peak_rss_kib": max((w["peak_kib"] for s in gw for w in s["workers"]), default=None),
+        "worker_rss_growth_after_warmup_pct": {
+            str(s["rate"]): [w.get("rss_growth_after_warmup_pct") for w in s["workers"]] for s in gw
+        },
     }
 
 

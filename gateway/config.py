@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     )
     metrics: str = Field("127.0.0.1:9090", description="HOST:PORT for /metrics, /healthz, /readyz")
     workers: int = Field(2, ge=1, le=64, description="worker processes sharing the listen ports")
+    steer: bool = Field(
+        True,
+        description="hand each UDP request to the worker owning its Call-ID (crc32 % workers), so one "
+        "trunk address uses every worker instead of the one its address hashes to",
+    )
     fail_mode: Literal["closed", "open"] = Field(
         "closed", description="when Redis is unreachable: closed = 503, open = admit on in-memory checks"
     )

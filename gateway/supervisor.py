@@ -278,6 +278,14 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _hup)
 
+    # Steering (gateway/proxy/steer.py): one datagram socketpair per worker, made
+    # before any fork so only this process tree holds them; [0] is read by its
+    # worker, [1] written by the others. The parent keeps them all open, so a
+    # re-forked worker finds the requests queued for it while it was down.
+    steer_pairs: list[tuple[socket.socket, socket.socket]] = []
+    if settings.steer and settings.workers > 1:
+        steer_pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(settings.workers)]
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # child
@@ -288,7 +296,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
                 if i != index:
                     for _, s in socks:
                         s.close()
-            spec = WorkerSpec(index, settings, url, secret, sockets[index], node)
+            spec = WorkerSpec(index, settings, url, secret, sockets[index], node, steer_pairs)
             code = 1
             try:
                 code = run_worker(spec)

@@ -20,14 +20,14 @@ import socket
 import struct
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.audit import AuditSink
 from gateway.config import RELOADABLE, Settings, parse_listen
 from gateway.logs import RejectLog
-from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send
+from gateway.proxy import Admit, CoreConfig, NextHop, Outcome, ProxyCore, Release, Send, steer
 from gateway.proxy.pike import PikeConfig
 from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpEndpoint
 
@@ -61,6 +61,9 @@ class WorkerSpec:
     rr_secret: bytes
     sockets: list[tuple[str, socket.socket]]  # (transport, listening socket)
     node: str
+    # One (read end, write end) datagram socketpair per worker, index = owner (gateway/proxy/steer.py);
+    # empty: no steering (one worker, or ``steer = false``).
+    steer: list[tuple[socket.socket, socket.socket]] = field(default_factory=list)
 
 
 def set_rcvbuf(sock: socket.socket, size: int = RCVBUF) -> None:
@@ -132,6 +135,9 @@ class Worker:
         self.draining = False
         self.overloaded = False  # a listen socket's receive queue is above overload_queue_kb
         self._udp_socks = [sock for transport, sock in spec.sockets if transport == "udp"]
+        self._steer_n = len(spec.steer)
+        self._steer_tx = [pair[1] for pair in spec.steer]
+        self._steer_rx = spec.steer[spec.index][0] if spec.steer else None
         self._queue_hist = [0, 0]  # bytes queued at the two previous ticks
         # Labelled decision counters by (decision, reason): labels() takes a lock and
         # builds a key per call, the cached child is one inc.
@@ -201,6 +207,13 @@ class Worker:
                     sock=sock,
                 )
                 self.servers.append(server)
+        if self._steer_rx is not None:
+            for rx, tx in self.spec.steer:
+                rx.setblocking(False)
+                tx.setblocking(False)
+            set_rcvbuf(self._steer_rx)
+            self.loop.add_reader(self._steer_rx.fileno(), self._steer_in)
+            self._udp_socks.append(self._steer_rx)  # its backlog counts towards overload too
         self.loop.call_later(TICK_S, self._tick)
         self.loop.call_later(STATS_S, self._flush_stats)
         metrics.WORKERS.set(1)
@@ -220,6 +233,11 @@ class Worker:
         if core is None:
             return
         self._rx[transport] += 1
+        if self._steer_n and transport == "udp" and not private:
+            j = steer.owner(data, self._steer_n)
+            if j is not None and j != self.spec.index:
+                self._steer_out(core, j, source, data)
+                return
         try:
             actions = core.receive(data, source, transport, conn_id, self.loop.time(), private)
         except Exception:  # the core promises not to raise; never let a bug kill the worker
@@ -228,6 +246,50 @@ class Worker:
             return
         if actions:
             self._dispatch(actions)
+
+    def _steer_out(self, core: ProxyCore, owner: int, source: Addr, data: bytes) -> None:
+        """Hand a trunk's request to the worker owning its Call-ID (gateway/proxy/steer.py).
+
+        Screened here first (pike, unknown sources): this worker sees every
+        datagram of the source, so per-source limits keep their meaning, and
+        a flood is dropped where it lands instead of crossing over.
+        """
+        if core.screen(data, source[0], self.loop.time()):
+            return
+        try:
+            self._steer_tx[owner].send(steer.wrap(source, data))
+        except OSError:  # the owner's queue is full (it is stalled or gone): the trunk retransmits
+            self.pending_events["steer_dropped"] += 1
+            return
+        self.pending_events["steered_out"] += 1
+
+    def _steer_in(self) -> None:
+        """Requests other workers handed to this one: the core takes them as from the trunk, screened."""
+        sock = self._steer_rx
+        core = self.core
+        if sock is None or core is None:
+            return
+        for _ in range(512):  # then let the loop serve the listen sockets and timers too
+            try:
+                frame = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            got = steer.unwrap(frame)
+            if got is None:
+                self.pending_events["steer_bad_frame"] += 1
+                continue
+            source, data = got
+            self.pending_events["steered_in"] += 1
+            try:
+                actions = core.receive(data, source, "udp", None, self.loop.time(), True)
+            except Exception:
+                log.exception("proxy core raised on a steered message; dropped")
+                self._event("core_error")
+                continue
+            if actions:
+                self._dispatch(actions)
 
     # ---- actions out ----------------------------------------------------
     def _dispatch(self, actions: list[Any]) -> None:

@@ -211,6 +211,15 @@ class ProxyCore:
             log.exception("proxy core failed on a message from %s; dropped", source)
             return []
 
+    def screen(self, data: bytes, ip: str, now: float) -> bool:
+        """True: drop this datagram (pike or unknown source); for a worker steering it elsewhere."""
+        try:
+            return self._screen(data, ip, now)
+        except Exception:
+            self.stats["internal_error"] += 1
+            log.exception("proxy core screening failed; dropped")
+            return True
+
     def _screen(self, data: bytes, ip: str, now: float) -> bool:
         """Drop floods before parsing: pike first, then unknown sources (silent-drop mode).
 

@@ -39,9 +39,10 @@ def _ordered(lat: dict[str, Any]) -> None:
 
 def test_quick_sweep_writes_a_full_report(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
+    relay = f"relay={sys.executable} -m bench.relay --listen {{port}} --next-hop {{next_hop}}"
     stdout, took = _bench("sweep", "--quick", "--out", str(out), "--consents", "2000", "--filed", "200",
-                          timeout=90)
-    assert took < 40, f"quick sweep took {took:.0f} s"
+                          "--proxy", relay, timeout=120)
+    assert took < 55, f"quick sweep took {took:.0f} s"  # 6 steps of 3 s: direct, relay, gateway at 2 rates
     assert f"bench: report {out / 'report.json'}" in stdout
     assert "gateway" in stdout and "/s" in stdout  # progress lines
     rep = json.loads((out / "report.json").read_text())
@@ -49,7 +50,7 @@ def test_quick_sweep_writes_a_full_report(tmp_path: Path) -> None:
     for key in ("cpu_model", "cores", "python", "uvloop", "redis_py", "redis_server", "sipp"):
         assert rep["machine"][key], key
     steps = rep["steps"]
-    assert [s["target"] for s in steps] == ["direct", "gateway", "direct", "gateway"]
+    assert [s["target"] for s in steps] == ["direct", "relay", "gateway"] * 2
     for s in steps:
         assert s["calls"] > 0 and s["achieved_cps"] > 0.5 * s["rate"]
         assert s["successful"] + s["failed"] >= s["created"] > 0
@@ -64,6 +65,10 @@ def test_quick_sweep_writes_a_full_report(tmp_path: Path) -> None:
         assert "redis" in s["cpu_per_1000_calls_s"]
         assert len(s["workers"]) == 2 and all(w["peak_kib"] > 0 for w in s["workers"])
     assert rep["summary"]["added_latency_ms"]
+    # The other proxy (--proxy): every call went through it, with its own CPU and latency figures.
+    for s in (x for x in steps if x["target"] == "relay"):
+        assert s["failed"] == 0 and s["proxy_cpu_us_per_call"] > 0
+    assert set(rep["summary"]["other_proxies_added_latency_ms"]["relay"]) == {"50", "100"}
     assert set(rep["plots"]) == {"latency.png", "decisions.png"}
     assert all((out / p).stat().st_size > 0 for p in rep["plots"])
 

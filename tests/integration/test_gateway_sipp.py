@@ -82,6 +82,32 @@ def test_thousand_calls_through_two_workers(redis_url: str, gateway: GatewayProc
     assert result.failed == 0, result.stdout
     assert result.successful == 1000, result.stdout
     assert gateway.metric("cag_decisions_total", decision="admit") == 1000
+    # One SIPp caller is one source address: the kernel hands all of it to one worker, which
+    # steers each request to the worker owning its Call-ID (gateway/proxy/steer.py).
+    time.sleep(1.2)  # events reach /metrics once a second
+    steered_out = gateway.metric("cag_proxy_events_total", event="steered_out")
+    steered_in = gateway.metric("cag_proxy_events_total", event="steered_in")
+    requests = 3000  # INVITE, ACK, BYE per call
+    assert steered_out == steered_in, (steered_out, steered_in)
+    assert 0.3 * requests < steered_in < 0.7 * requests, steered_in
+    assert gateway.metric("cag_proxy_events_total", event="steer_dropped") == 0
+
+
+def test_no_steer_leaves_each_source_on_the_worker_the_kernel_picked(
+    redis_url: str, uas: SippUas, tmp_path: Path
+) -> None:
+    rows = standard_policy(redis_url, callees=20)
+    gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], extra=("--no-steer",))
+    gw.state_dir.mkdir()
+    try:
+        gw.start()
+        result = run_uac(tmp_path, gw.port, rows, calls=100, rate=100)
+        assert result.failed == 0 and result.successful == 100, result.stdout
+        time.sleep(1.2)
+        assert gw.metric("cag_proxy_events_total", event="steered_out") == 0
+        assert gw.metric("cag_proxy_events_total", event="steered_in") == 0
+    finally:
+        gw.stop()
 
 
 def test_rejection_retransmissions_get_same_answer_and_one_decision(
