@@ -47,7 +47,38 @@ def _encode(text: str) -> bytes:
         return text.encode("utf-8")
 
 
-class Message:
+class Tagged:
+    """The From and To tags, read through ``get`` once and cached in ``_ftag`` / ``_ttag``.
+
+    Shared by ``Message`` and the quick response view (``quick.QuickResponse``),
+    which answer ``get`` differently but cache the tags the same way.
+    """
+
+    __slots__ = ("_ftag", "_ttag")
+    _ftag: str | None
+    _ttag: str | None
+
+    def get(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    @property
+    def from_tag(self) -> str | None:
+        t = self._ftag
+        if t is _UNSET:
+            v = self.get("from")
+            t = self._ftag = None if v is None else _tag_of(v)
+        return t
+
+    @property
+    def to_tag(self) -> str | None:
+        t = self._ttag
+        if t is _UNSET:
+            v = self.get("to")
+            t = self._ttag = None if v is None else _tag_of(v)
+        return t
+
+
+class Message(Tagged):
     """What requests and responses share. Built by ``parse``; not meant to be built by hand.
 
     ``headers`` holds ``(name, key, value, raw, eol)`` tuples (see ``headers.Header``).
@@ -63,11 +94,9 @@ class Message:
         "_crlf",
         "_cseq",
         "_edited",
-        "_ftag",
         "_index",
         "_start",
         "_top",
-        "_ttag",
         "_vias",
         "body",
         "headers",
@@ -326,22 +355,6 @@ class Message:
                 raise SipError("missing CSeq")
             c = self._cseq = parse_cseq(v)
         return c
-
-    @property
-    def from_tag(self) -> str | None:
-        t = self._ftag
-        if t is _UNSET:
-            v = self.get("from")
-            t = self._ftag = None if v is None else _tag_of(v)
-        return t
-
-    @property
-    def to_tag(self) -> str | None:
-        t = self._ttag
-        if t is _UNSET:
-            v = self.get("to")
-            t = self._ttag = None if v is None else _tag_of(v)
-        return t
 
     # ------------------------------------------------------------ output
 

@@ -31,7 +31,7 @@ import re
 
 from .errors import SipError
 from .headers import first_element_end, split_list
-from .message import Response, _tag_of, parse_cseq
+from .message import _UNSET, Response, Tagged, _encode, parse_cseq
 from .parser import MAX_HEADERS, MAX_LINE, MAX_MESSAGE, MAX_VIAS, parse
 from .via import Via, parse_via
 
@@ -39,7 +39,6 @@ from .via import Via, parse_via
 # tab or colon, then the colon at once): ``parse`` would read it another way or
 # refuse it, so the quick view gives up.
 _NAME = re.compile(rb"\r\n([!-9;-~]+):")
-_UNSET = "\0"  # a tag not read yet (a real one never holds a NUL)
 
 # Lower-cased name -> lookup key, for the headers the checks and the relay read (others: None).
 _KEYS: dict[bytes, str] = {
@@ -70,14 +69,7 @@ def _digits(v: bytes) -> bool:
     return v.isdigit() and len(v) <= 10
 
 
-def _encode(text: str) -> bytes:
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
-
-
-class QuickResponse:
+class QuickResponse(Tagged):
     """A response seen through ``quick_response``: reads and edits like ``Response`` where the core needs it.
 
     ``_lines`` is the header block split on CRLF (``_lines[0]`` the start
@@ -90,12 +82,10 @@ class QuickResponse:
         "_body",
         "_edited",
         "_end",
-        "_ftag",
         "_full",
         "_keys",
         "_lines",
         "_top",
-        "_ttag",
         "call_id",
         "cseq",
         "data",
@@ -113,8 +103,6 @@ class QuickResponse:
     _top: Via | None
     _full: Response | None
     _edited: bool
-    _ftag: str | None
-    _ttag: str | None
 
     def _scan(self, data: bytes) -> bool:
         """Check and index ``data``; False when ``parse`` must decide (see the module docstring)."""
@@ -203,22 +191,6 @@ class QuickResponse:
 
     def get_all(self, name: str) -> list[str]:
         return self.full().get_all(name)
-
-    @property
-    def to_tag(self) -> str | None:
-        t = self._ttag
-        if t is _UNSET:
-            v = self.get("to")
-            t = self._ttag = None if v is None else _tag_of(v)
-        return t
-
-    @property
-    def from_tag(self) -> str | None:
-        t = self._ftag
-        if t is _UNSET:
-            v = self.get("from")
-            t = self._ftag = None if v is None else _tag_of(v)
-        return t
 
     def top_via(self) -> Via | None:
         """The first Via value, parsed alone (``SipError`` when it is broken, as ``Message.top_via``)."""

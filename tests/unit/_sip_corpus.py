@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
 SDP = (
     b"v=0\r\n"
     b"o=user1 53655765 2353687637 IN IP4 10.0.0.1\r\n"
@@ -184,3 +188,21 @@ HOSTILE = {
     "http_get": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     "response_garbage": b"SIP/2.0 999999999999 \xff\r\nVia: ;;;\r\n\r\n",
 }
+
+
+def mutate(draw: st.DrawFn, corpus: Sequence[bytes], max_ops: int, chars: bytes, inserts: Sequence[bytes]) -> bytes:
+    """A corpus message with 1..max_ops random edits: a byte set to one of ``chars``, random bytes
+    inserted, a run deleted, or one of ``inserts`` (header starts, separators) put in."""
+    data = bytearray(draw(st.sampled_from(list(corpus))))
+    for _ in range(draw(st.integers(1, max_ops))):
+        op = draw(st.integers(0, 3))
+        pos = draw(st.integers(0, len(data)))
+        if op == 0 and pos < len(data):
+            data[pos] = draw(st.sampled_from(chars))
+        elif op == 1:
+            data[pos:pos] = draw(st.binary(max_size=8))
+        elif op == 2:
+            del data[pos : pos + draw(st.integers(1, 20))]
+        else:
+            data[pos:pos] = draw(st.sampled_from(list(inserts)))
+    return bytes(data)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from gateway.sip import Ping, SipError, StreamFramer, parse
 
-from ._sip_corpus import ALL_VALID
+from ._sip_corpus import ALL_VALID, mutate
 
 BOUNDED = settings(max_examples=300, deadline=None)
 
@@ -23,21 +23,10 @@ def test_parse_arbitrary_bytes(data: bytes) -> None:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(ALL_VALID)))
-    for _ in range(draw(st.integers(1, 8))):
-        op = draw(st.integers(0, 3))
-        pos = draw(st.integers(0, len(data)))
-        if op == 0 and pos < len(data):
-            data[pos] = draw(st.sampled_from(b'\r\n\0 \t:;,<>"@x9\xff'))
-        elif op == 1:
-            data[pos:pos] = draw(st.binary(max_size=8))
-        elif op == 2:
-            del data[pos : pos + draw(st.integers(1, 20))]
-        else:
-            data[pos:pos] = draw(
-                st.sampled_from([b"\r\n", b",", b";branch=", b"Via: ", b"\r\n ", b"l: 5\r\n"])
-            )
-    return bytes(data)
+    return mutate(
+        draw, ALL_VALID, 8, b'\r\n\0 \t:;,<>"@x9\xff',
+        [b"\r\n", b",", b";branch=", b"Via: ", b"\r\n ", b"l: 5\r\n"],
+    )
 
 
 @BOUNDED

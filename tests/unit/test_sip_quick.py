@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.sip import QuickResponse, Response, SipError, parse, quick_response
 
-from ._sip_corpus import ALL_VALID, HOSTILE, crlf
+from ._sip_corpus import ALL_VALID, HOSTILE, crlf, mutate
 
 ACK = crlf(
     "ACK sip:uas@10.0.0.99:5070 SIP/2.0",
@@ -165,24 +165,11 @@ def test_hostile_corpus(name: str) -> None:
 
 @st.composite
 def mutated_relay(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(CORPUS)))
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.integers(0, 3))
-        pos = draw(st.integers(0, len(data)))
-        if op == 0 and pos < len(data):
-            data[pos] = draw(st.sampled_from(b'\r\n\0 \t:;,<>"@x9\xffVv'))
-        elif op == 1:
-            data[pos:pos] = draw(st.binary(max_size=8))
-        elif op == 2:
-            del data[pos : pos + draw(st.integers(1, 20))]
-        else:
-            data[pos:pos] = draw(
-                st.sampled_from(
-                    [b"\r\n", b",", b";branch=", b"\r\nVia: ", b"\r\nv: ", b"\r\nRoute: ", b"\r\n ",
-                     b"\r\nl: 5", b"\r\nMax-Forwards: x", b"\r\nt: <sip:a@b>", b", <sip:q;lr>"]
-                )
-            )
-    return bytes(data)
+    return mutate(
+        draw, CORPUS, 6, b'\r\n\0 \t:;,<>"@x9\xffVv',
+        [b"\r\n", b",", b";branch=", b"\r\nVia: ", b"\r\nv: ", b"\r\nRoute: ", b"\r\n ",
+         b"\r\nl: 5", b"\r\nMax-Forwards: x", b"\r\nt: <sip:a@b>", b", <sip:q;lr>"],
+    )
 
 
 @settings(max_examples=800, deadline=None)
