@@ -81,6 +81,20 @@ def config_table() -> str:
     return "\n".join(lines)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    return _bench_argv(list(args.args))
+
+
+def _bench_argv(argv: list[str]) -> int:
+    """``cag bench ...`` = ``python -m bench ...`` (the sweep, replay and micro-benchmarks)."""
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as e:  # an install without the checkout's bench/ and its extras
+        print(f"cag bench: the benchmarks are not installed here ({e}); run from a checkout", file=sys.stderr)
+        return 2
+    return bench_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cag", description="Outbound call admission gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.audit.cli import register as register_audit
 
     register_audit(sub)
+    bench = sub.add_parser(
+        "bench", add_help=False, help="the benchmarks: same as python -m bench (sweep, replay, gen-pcap, ...)"
+    )
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
     doc = sub.add_parser("config-doc", help="print the configuration table (Markdown)")
     doc.add_argument("--update", metavar="FILE", help="replace the table in FILE (README.md) in place")
     doc.set_defaults(func=_config_doc)
@@ -98,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every argument after it is the benchmarks' own, --help included
+        return _bench_argv(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     result: int = args.func(args)

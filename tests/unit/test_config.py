@@ -83,3 +83,13 @@ def test_every_setting_is_a_serve_flag() -> None:
     flags = {opt for action in serve._actions for opt in action.option_strings}
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in flags, name
+
+
+def test_cag_bench_is_python_m_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])  # the benchmarks' own help, not cag's
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "python -m bench" in out and "sweep" in out and "replay" in out
