@@ -169,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         arch = Archiver(client, tmp / "archive", name="bench", block_ms=1)
         arch.ensure_group()
         t = time.perf_counter()
-        total = 0
-        while True:
-            first = arch.pending_first
-            k = arch.step()
-            total += k
-            if not k and not first:
-                break
+        total = arch.drain()
         dt = time.perf_counter() - t
         print(f"archiver (one process): {total / dt:,.0f} entries/s = {n / dt:,.0f} records/s sustained over {n} records")
         t = time.perf_counter()

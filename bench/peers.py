@@ -154,6 +154,13 @@ class GatewayProc:
                              capture_output=True, text=True).stdout
         return sorted(int(p) for p in out.split())
 
+    def archiver_pids(self) -> list[int]:
+        """The audit archiver child (``audit_archiver = on``), if the gateway runs one."""
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", "audit archive"],
+                             capture_output=True, text=True).stdout
+        return sorted(int(p) for p in out.split())
+
     def log_tail(self, n: int = 3000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n:]

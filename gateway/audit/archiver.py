@@ -105,6 +105,20 @@ class Archiver:
             self._next_maintain = time.monotonic() + self.maintain_s
         return n
 
+    def drain(self) -> int:
+        """Archive everything the stream holds now, this consumer's pending entries first.
+
+        For one-shot runs (``cag audit archive --once``, the tests and the
+        benchmark); the service loops on ``step`` instead. Returns the entries archived.
+        """
+        total = 0
+        while True:
+            first = self.pending_first
+            n = self.step()
+            total += n
+            if not n and not first:
+                return total
+
     def _read(self, start: str, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         res = self.client.xreadgroup(
             self.group, self.name, {self.stream: start}, count=self.batch,

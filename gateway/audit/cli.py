@@ -156,10 +156,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     if args.once:
         arch = archiver.Archiver(client, root, block_ms=1, **kwargs)
         arch.ensure_group()
-        while True:
-            first = arch.pending_first
-            if not arch.step() and not first:
-                break
+        arch.drain()
         arch.maintain()
         print(f"archived {arch.archived} entries", file=sys.stderr)
         return EXIT_FAIL if arch.errors else EXIT_OK

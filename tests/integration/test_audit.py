@@ -74,13 +74,7 @@ def archive_all(url: str, root: Path, name: str = "t") -> int:
     try:
         arch = Archiver(client, root, name=name, block_ms=1)
         arch.ensure_group()
-        total = 0
-        while True:
-            first = arch.pending_first
-            n = arch.step()
-            total += n
-            if not n and not first:
-                return total
+        return arch.drain()
     finally:
         client.close()
 

@@ -63,6 +63,7 @@ def test_quick_sweep_writes_a_full_report(tmp_path: Path) -> None:
         _ordered(s["decision_ms"])
         assert s["cpu_per_1000_calls_s"]["gateway"] > 0
         assert "redis" in s["cpu_per_1000_calls_s"]
+        assert s["cpu_per_1000_calls_s"]["audit_archiver"] > 0  # the archiver runs beside it, as in production
         assert len(s["workers"]) == 2 and all(w["peak_kib"] > 0 for w in s["workers"])
     assert rep["summary"]["added_latency_ms"]
     # The other proxy (--proxy): every call went through it, with its own CPU and latency figures.
