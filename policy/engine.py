@@ -576,11 +576,18 @@ class AdmissionEngine:
         interval into a 503 while Redis is fine. A stopped or sleeping Redis
         does not answer within ``late_answer_s``, so it still opens the
         breaker, ``late_answer_s`` later than on the first errors.
+
+        Not answered yet is judged twice, 1 ms apart: the event loop runs
+        due timers *before* it reads sockets, so after a stall of the worker
+        this timer would fire while the answer sits unread in the socket,
+        and a stall is exactly what must not count as Redis failing.
         """
 
-        def judge() -> None:
+        def judge(second_look: bool = False) -> None:
             if all(s.fut.done() and not s.fut.cancelled() and s.fut.exception() is None for s in slots):
                 self.stats["late_answers"] += 1
+            elif not second_look:
+                asyncio.get_running_loop().call_later(0.001, judge, True)  # after one socket read
             else:
                 self._failure()
 

@@ -8,6 +8,7 @@ some peers match names case-sensitively and never expect compact forms.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 # RFC 3261 §7.3.3 plus the compact forms registered since (RFC 3265, 3515, 3892, 4028, 8224, 3841).
@@ -207,9 +208,14 @@ def split_list(value: str) -> list[str]:
         if "<" not in value:
             return [p for p in map(str.strip, value.split(",")) if p]
         return _split_angles(value)
+    return _split_at(value, _quoted_commas(value, first=False))
+
+
+def _split_at(value: str, cuts: Iterable[int]) -> list[str]:
+    """The non-empty, stripped pieces of ``value`` between the comma positions ``cuts``."""
     out: list[str] = []
     start = 0
-    for cut in _quoted_commas(value, first=False):
+    for cut in cuts:
         part = value[start:cut].strip()
         if part:
             out.append(part)
@@ -272,21 +278,16 @@ def _next_top_comma(value: str, i: int) -> int:
         i = gt + 1
 
 
+def _angle_commas(value: str) -> Iterator[int]:
+    """Top-level comma positions of a value without quotes (``_next_top_comma`` in turn)."""
+    c = _next_top_comma(value, 0)
+    while c >= 0:
+        yield c
+        c = _next_top_comma(value, c + 1)
+
+
 def _split_angles(value: str) -> list[str]:
-    out: list[str] = []
-    start = 0
-    while True:
-        c = _next_top_comma(value, start)
-        if c < 0:
-            break
-        part = value[start:c].strip()
-        if part:
-            out.append(part)
-        start = c + 1
-    part = value[start:].strip()
-    if part:
-        out.append(part)
-    return out
+    return _split_at(value, _angle_commas(value))
 
 
 def first_element_end(value: str) -> int:
