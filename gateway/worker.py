@@ -66,16 +66,30 @@ class WorkerSpec:
     steer: list[tuple[socket.socket, socket.socket]] = field(default_factory=list)
 
 
-def set_rcvbuf(sock: socket.socket, size: int = RCVBUF) -> None:
-    """Large receive buffers: the first loss at high rates is the kernel's (BENCHMARKS.md)."""
-    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-        if opt is None:
-            continue
+# Linux values; Python's socket module does not export the *FORCE options. As
+# root (or with CAP_NET_ADMIN) they pass the sysctl caps (rmem_max / wmem_max).
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def _set_buf(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    for opt in (force, plain):
         try:
             sock.setsockopt(socket.SOL_SOCKET, opt, size)
             return
         except OSError:
             continue
+
+
+def set_rcvbuf(sock: socket.socket, size: int = RCVBUF) -> None:
+    """Large receive buffers: the first loss at high rates is the kernel's (BENCHMARKS.md)."""
+    _set_buf(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, size)
+
+
+def set_sndbuf(sock: socket.socket, size: int = RCVBUF) -> None:
+    """A steering socketpair's datagrams count against the *sender's* buffer until read:
+    at the default (≈ 208 KiB) ~90 requests queued for a busy worker, then drops."""
+    _set_buf(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, size)
 
 
 def rx_queued(sock: socket.socket) -> int:
@@ -211,6 +225,7 @@ class Worker:
             for rx, tx in self.spec.steer:
                 rx.setblocking(False)
                 tx.setblocking(False)
+                set_sndbuf(tx)
             set_rcvbuf(self._steer_rx)
             self.loop.add_reader(self._steer_rx.fileno(), self._steer_in)
             self._udp_socks.append(self._steer_rx)  # its backlog counts towards overload too

@@ -577,17 +577,20 @@ class AdmissionEngine:
         does not answer within ``late_answer_s``, so it still opens the
         breaker, ``late_answer_s`` later than on the first errors.
 
-        Not answered yet is judged twice, 1 ms apart: the event loop runs
-        due timers *before* it reads sockets, so after a stall of the worker
-        this timer would fire while the answer sits unread in the socket,
-        and a stall is exactly what must not count as Redis failing.
+        Not answered yet is judged twice, 20 ms apart: the event loop runs
+        due timers *before* it reads sockets, and a reply read from the
+        socket reaches the slot's future only a few loop turns later (the
+        connection's task wakes, the batcher hands the reply out). After a
+        stall of the worker (a long garbage collection, CPU taken away) the
+        first look would fire while the answer sits unread or unhanded, and
+        a stall is exactly what must not count as Redis failing.
         """
 
         def judge(second_look: bool = False) -> None:
             if all(s.fut.done() and not s.fut.cancelled() and s.fut.exception() is None for s in slots):
                 self.stats["late_answers"] += 1
             elif not second_look:
-                asyncio.get_running_loop().call_later(0.001, judge, True)  # after one socket read
+                asyncio.get_running_loop().call_later(0.02, judge, True)  # after the socket is read
             else:
                 self._failure()
 
