@@ -30,7 +30,7 @@ from collections.abc import Callable
 from gateway.proxy import Admit, ProxyCore
 from gateway.sip import parse
 from policy.decision import Decision, admitted
-from tests.unit.test_proxy_support import HOP1, TRUNK, invite, make_core, request, respond, sends
+from tests.unit.proxy._support import HOP1, TRUNK, invite, make_core, request, respond, sends
 
 ADMIT = admitted(trunk_id="t-a")
 KINDS = ("INVITE", "decision", "180", "200", "ACK", "BYE", "200 BYE")

@@ -17,6 +17,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from policy.decision import ResponseMap
+from policy.engine import EngineConfig
+from policy.model import FrequencyCap, QuietHours
+from policy.rules import RuleConfig
+
 ENV_PREFIX = "CAG_"
 
 
@@ -197,6 +202,33 @@ class Settings(BaseSettings):
     def _metrics(cls, v: str) -> str:
         split_host_port(v, v)
         return v
+
+    def engine_config(self) -> EngineConfig:
+        """The admission engine's configuration, so ``explain`` decides exactly as ``serve``."""
+        rules = RuleConfig(
+            region=self.region,
+            default_tz=self.default_tz,
+            default_quiet_hours=QuietHours.parse(self.quiet_hours),
+            caps=FrequencyCap(
+                callee_daily=self.callee_daily_cap,
+                callee_total_daily=self.callee_total_daily_cap,
+                caller_per_second=self.caller_per_second,
+            ),
+            stir_shaken=self.stir_shaken,
+            responses=ResponseMap(
+                consent_code=self.consent_reject_code,
+                time_code=self.time_reject_code,
+                unknown_source_code=403 if self.unknown_source == "403" else 0,
+            ),
+        )
+        return EngineConfig(
+            rules=rules,
+            fail_mode=self.fail_mode,
+            budget_ms=self.budget_ms,
+            shadow=self.shadow,
+            unconsented_threshold=self.unconsented_threshold,
+            unconsented_window_s=self.unconsented_window,
+        )
 
     @classmethod
     def settings_customise_sources(

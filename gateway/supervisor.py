@@ -94,7 +94,7 @@ async def _prepare(url: str, settings: Settings) -> None:
     try:
         await store.ensure_functions()
         if settings.demo:
-            from policy.cli import load_demo
+            from policy.demo import load_demo
 
             await load_demo(store)
             log.info("demo policy data loaded")

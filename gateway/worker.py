@@ -162,12 +162,11 @@ class Worker:
 
     async def start(self) -> None:
         s = self.spec.settings
-        from policy.cli import engine_config_from_settings
         from policy.engine import AdmissionEngine
         from policy.store import PolicyStore
 
         store = await PolicyStore.connect(self.spec.redis_url)
-        self.engine = AdmissionEngine(store, engine_config_from_settings(s))
+        self.engine = AdmissionEngine(store, s.engine_config())
         self.engine.latency_observer = self._observe
         await self.engine.start()
         if s.audit:
@@ -505,13 +504,12 @@ class Worker:
 
     def apply(self, new: Settings) -> None:
         """Put reloadable settings into effect (see ``gateway.config.RELOADABLE``)."""
-        from policy.cli import engine_config_from_settings
 
         old = self.spec.settings
         self.spec.settings = new
         logging.getLogger().setLevel(new.log_level.upper())
         if self.engine is not None:
-            self.engine.reconfigure(engine_config_from_settings(new))
+            self.engine.reconfigure(new.engine_config())
         if self.core is not None:
             self.core.cfg = dataclasses.replace(
                 self.core.cfg,

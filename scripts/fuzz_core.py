@@ -7,8 +7,8 @@ Usage (bounded; atheris is in the dev extras):
 Each input is fed to ``parse`` (must end in SipError or a message) and to
 ``ProxyCore.receive`` from a trunk, a next hop and an unknown source; the core
 must never count an ``internal_error`` and every Send it returns must be well
-formed (tests/unit/test_fuzz_core.py's checks). A crash leaves a ``crash-*``
-file: turn it into a case in tests/unit/test_fuzz_core.py. The hypothesis tests
+formed (tests/unit/proxy/test_fuzz.py's checks). A crash leaves a ``crash-*``
+file: turn it into a case in tests/unit/proxy/test_fuzz.py. The hypothesis tests
 there are what CI runs; this finds deeper paths when given minutes.
 """
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 with atheris.instrument_imports():
     from gateway.sip import SipError, parse
     from tests.unit._sip_corpus import ALL_VALID
-    from tests.unit.test_fuzz_core import SOURCES, drive
-    from tests.unit.test_proxy_support import make_core
+    from tests.unit.proxy._support import make_core
+    from tests.unit.proxy.test_fuzz import SOURCES, drive
 
 
 def one_input(data: bytes) -> None:

@@ -14,7 +14,7 @@ rules out folding and whitespace before the colon; CRLF only; no NUL; the
 mandatory and single-instance headers; CSeq, Content-Length, Max-Forwards,
 the status line). Anything else, odd but legal shapes included, returns None
 and the caller takes ``parse``; what is relayed is therefore always something
-``parse`` accepts (tests/unit/test_sip_quick.py checks this against the parser
+``parse`` accepts (tests/unit/sip/test_quick.py checks this against the parser
 on mutated messages). Questions the view does not answer (``get_all``, other
 headers) go to ``full()``, a real parse with the edit replayed on it.
 

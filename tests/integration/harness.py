@@ -9,6 +9,8 @@ every process started here is bounded in time and killed at the end.
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 from bench.peers import (
     CAG,
@@ -17,6 +19,7 @@ from bench.peers import (
     GatewayProc,
     SippResult,
     SippUas,
+    free_port,
     load_policy,
     run_uac,
     write_inf,
@@ -67,3 +70,66 @@ def json_lines(text: str) -> list[dict[str, object]]:
         except ValueError:
             continue
     return out
+
+
+# ---- raw SIP over UDP, for tests that need one exact message
+
+
+def raw_invite(port: int, gw_port: int, *, caller: str, callee: str, token: str | None,
+            call_id: str, branch: str, to_tag: str = "", route: str = "", extra: str = "") -> bytes:
+    lines = [
+        f"INVITE sip:{callee}@127.0.0.1:{gw_port};user=phone SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport",
+        f"From: <sip:{caller}@127.0.0.1:{port};user=phone>;tag=abc123",
+        f"To: <sip:{callee}@127.0.0.1:{gw_port};user=phone>{';tag=' + to_tag if to_tag else ''}",
+        f"Call-ID: {call_id}",
+        "CSeq: 1 INVITE",
+        f"Contact: <sip:caller@127.0.0.1:{port}>",
+        "Max-Forwards: 70",
+    ]
+    if route:
+        lines.append(f"Route: {route}")
+    if token:
+        lines.append(f"X-Consent-Token: {token}")
+    if extra:
+        lines.append(extra)
+    lines += ["Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def recv_all(sock: socket.socket, wait: float) -> list[bytes]:
+    out = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            out.append(sock.recv(65535))
+        except (TimeoutError, BlockingIOError):
+            break
+    return out
+
+
+def status_code(msg: bytes) -> int:
+    return int(msg.split(b" ", 2)[1])
+
+
+def call_once(gw: GatewayProc, token: str, n: int, wait: float = 1.5) -> list[bytes]:
+    """Send one INVITE; return the final responses, stopping at the first one."""
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+        s.sendto(
+            raw_invite(port, gw.port, caller="95500", callee="+8613800000000", token=token,
+                    call_id=f"fault-{n}-{time.monotonic_ns()}@test", branch=f"z9hG4bK-fault-{n}"),
+            ("127.0.0.1", gw.port),
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                msg = s.recv(65535)
+            except TimeoutError:
+                break
+            if status_code(msg) >= 200:
+                return [msg]
+        return []

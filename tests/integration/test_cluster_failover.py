@@ -20,8 +20,15 @@ import pytest
 
 from policy.store import PolicyStore
 from tests.integration.conftest import EngineFactory, _cluster_port, _wait_port, call, load_world
-from tests.integration.harness import GatewayProc, SippResult, SippUas, run_uac, standard_policy
-from tests.integration.test_gateway_sipp import _status
+from tests.integration.harness import (
+    GatewayProc,
+    SippResult,
+    SippUas,
+    call_once,
+    run_uac,
+    standard_policy,
+    status_code,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +164,7 @@ def test_master_failover_under_sipp_load(
         while time.monotonic() - t_kill < 15:
             n += 1
             finals = _fault_call(gw, n)
-            if finals and _status(finals[0]) == 200:
+            if finals and status_code(finals[0]) == 200:
                 resumed = time.monotonic() - t_kill
                 break
             time.sleep(0.1)
@@ -185,6 +192,5 @@ def _master_of(ports: list[int], slot: int) -> int:
 
 
 def _fault_call(gw: GatewayProc, n: int) -> list[bytes]:
-    from tests.integration.test_gateway_faults import _call
 
-    return _call(gw, "tok-0", 20_000 + n, wait=0.5)
+    return call_once(gw, "tok-0", 20_000 + n, wait=0.5)

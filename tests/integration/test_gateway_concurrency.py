@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.harness import GatewayProc, SippUas, run_uac, standard_policy
-from tests.integration.test_gateway_sipp import _invite, _recv_all, _status
+from tests.integration.harness import (
+    GatewayProc,
+    SippUas,
+    raw_invite,
+    recv_all,
+    run_uac,
+    standard_policy,
+    status_code,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,13 +69,13 @@ def test_limit_is_enforced_while_calls_are_up(redis_url: str, tmp_path: Path) ->
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", port))
-            first = _invite(port, gw.port, caller="95500", callee="+8613800000000", token="tok-0",
+            first = raw_invite(port, gw.port, caller="95500", callee="+8613800000000", token="tok-0",
                             call_id="conc-1@test", branch="z9hG4bK-conc-1")
             s.sendto(first, ("127.0.0.1", gw.port))
-            assert 180 in [_status(m) for m in _recv_all(s, 0.5)]
-            s.sendto(_invite(port, gw.port, caller="95500", callee="+8613800000001", token="tok-1",
+            assert 180 in [status_code(m) for m in recv_all(s, 0.5)]
+            s.sendto(raw_invite(port, gw.port, caller="95500", callee="+8613800000001", token="tok-1",
                              call_id="conc-2@test", branch="z9hG4bK-conc-2"), ("127.0.0.1", gw.port))
-            finals = [m.decode() for m in _recv_all(s, 0.5) if _status(m) >= 200]
+            finals = [m.decode() for m in recv_all(s, 0.5) if status_code(m) >= 200]
             assert len(finals) == 1 and finals[0].startswith("SIP/2.0 603 ")
             assert 'text="trunk_concurrent"' in finals[0] and "Retry-After:" in finals[0]
     finally:

@@ -14,8 +14,15 @@ import pytest
 
 from gateway.embedded_redis import EmbeddedRedis
 from tests.conftest import free_port
-from tests.integration.harness import GatewayProc, SippUas, standard_policy
-from tests.integration.test_gateway_sipp import _invite, _recv_all, _status
+from tests.integration.harness import (
+    GatewayProc,
+    SippUas,
+    call_once,
+    raw_invite,
+    recv_all,
+    standard_policy,
+    status_code,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -25,28 +32,6 @@ def uas(tmp_path: Path) -> Iterator[SippUas]:
     peer = SippUas(tmp_path).start()
     yield peer
     peer.stop()
-
-
-def _call(gw: GatewayProc, token: str, n: int, wait: float = 1.5) -> list[bytes]:
-    """Send one INVITE; return the final responses, stopping at the first one."""
-    port = free_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", port))
-        s.sendto(
-            _invite(port, gw.port, caller="95500", callee="+8613800000000", token=token,
-                    call_id=f"fault-{n}-{time.monotonic_ns()}@test", branch=f"z9hG4bK-fault-{n}"),
-            ("127.0.0.1", gw.port),
-        )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                msg = s.recv(65535)
-            except TimeoutError:
-                break
-            if _status(msg) >= 200:
-                return [msg]
-        return []
 
 
 def _start(own_redis: EmbeddedRedis, tmp_path: Path, uas: SippUas, *extra: str) -> GatewayProc:
@@ -60,10 +45,10 @@ def _start(own_redis: EmbeddedRedis, tmp_path: Path, uas: SippUas, *extra: str) 
 def test_fail_closed_answers_503_then_recovers(own_redis: EmbeddedRedis, tmp_path: Path, uas: SippUas) -> None:
     gw = _start(own_redis, tmp_path, uas, "--fail-mode", "closed", "--budget-ms", "50")
     try:
-        assert _status(_call(gw, "tok-0", 1)[0]) == 200
+        assert status_code(call_once(gw, "tok-0", 1)[0]) == 200
         own_redis.stop()
         t0 = time.monotonic()
-        finals = _call(gw, "tok-0", 2, wait=1.0)
+        finals = call_once(gw, "tok-0", 2, wait=1.0)
         assert finals, "every INVITE gets an answer while Redis is away"
         text = finals[0].decode()
         assert text.startswith("SIP/2.0 503 ")
@@ -75,9 +60,9 @@ def test_fail_closed_answers_503_then_recovers(own_redis: EmbeddedRedis, tmp_pat
         status = 0
         n = 3
         while time.monotonic() < deadline:
-            finals = _call(gw, "tok-0", n, wait=0.5)
+            finals = call_once(gw, "tok-0", n, wait=0.5)
             n += 1
-            if finals and _status(finals[0]) == 200:
+            if finals and status_code(finals[0]) == 200:
                 status = 200
                 break
         assert status == 200, "decisions resume within 5 s of Redis answering"
@@ -92,15 +77,15 @@ def test_fail_open_admits_on_memory_checks_only(own_redis: EmbeddedRedis, tmp_pa
     try:
         own_redis.stop()
         # A consent Redis would reject (unknown token) is admitted: consent needs Redis.
-        finals = _call(gw, "no-such-token", 1)
-        assert finals and _status(finals[0]) == 200
+        finals = call_once(gw, "no-such-token", 1)
+        assert finals and status_code(finals[0]) == 200
         # ...but an in-memory check still rejects: an unfiled caller.
         port = free_port()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", port))
-            s.sendto(_invite(port, gw.port, caller="95577", callee="+8613800000000", token="tok-0",
+            s.sendto(raw_invite(port, gw.port, caller="95577", callee="+8613800000000", token="tok-0",
                              call_id="fo-unfiled@test", branch="z9hG4bK-fo-unfiled"), ("127.0.0.1", gw.port))
-            finals = [m for m in _recv_all(s, 1.0) if _status(m) >= 200]
+            finals = [m for m in recv_all(s, 1.0) if status_code(m) >= 200]
         assert finals and 'text="caller_not_filed"' in finals[0].decode()
         time.sleep(1.2)
         assert gw.metric("cag_proxy_events_total", event="fail_open") >= 1
@@ -111,8 +96,8 @@ def test_fail_open_admits_on_memory_checks_only(own_redis: EmbeddedRedis, tmp_pa
 def test_shadow_mode_forwards_what_it_would_reject(own_redis: EmbeddedRedis, tmp_path: Path, uas: SippUas) -> None:
     gw = _start(own_redis, tmp_path, uas, "--shadow")
     try:
-        finals = _call(gw, "no-such-token", 1)
-        assert finals and _status(finals[0]) == 200
+        finals = call_once(gw, "no-such-token", 1)
+        assert finals and status_code(finals[0]) == 200
         time.sleep(1.2)
         assert gw.metric("cag_proxy_events_total", event="shadow_would_reject") == 1
     finally:

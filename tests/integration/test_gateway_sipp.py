@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.harness import ROOT, GatewayProc, SippUas, run_uac, standard_policy
+from tests.integration.harness import (
+    ROOT,
+    GatewayProc,
+    SippUas,
+    raw_invite,
+    recv_all,
+    run_uac,
+    standard_policy,
+    status_code,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,44 +45,6 @@ def gateway(redis_url: str, tmp_path: Path, uas: SippUas) -> Iterator[GatewayPro
     gw.start()
     yield gw
     gw.stop()
-
-
-def _invite(port: int, gw_port: int, *, caller: str, callee: str, token: str | None,
-            call_id: str, branch: str, to_tag: str = "", route: str = "", extra: str = "") -> bytes:
-    lines = [
-        f"INVITE sip:{callee}@127.0.0.1:{gw_port};user=phone SIP/2.0",
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport",
-        f"From: <sip:{caller}@127.0.0.1:{port};user=phone>;tag=abc123",
-        f"To: <sip:{callee}@127.0.0.1:{gw_port};user=phone>{';tag=' + to_tag if to_tag else ''}",
-        f"Call-ID: {call_id}",
-        "CSeq: 1 INVITE",
-        f"Contact: <sip:caller@127.0.0.1:{port}>",
-        "Max-Forwards: 70",
-    ]
-    if route:
-        lines.append(f"Route: {route}")
-    if token:
-        lines.append(f"X-Consent-Token: {token}")
-    if extra:
-        lines.append(extra)
-    lines += ["Content-Length: 0", "", ""]
-    return "\r\n".join(lines).encode()
-
-
-def _recv_all(sock: socket.socket, wait: float) -> list[bytes]:
-    out = []
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            out.append(sock.recv(65535))
-        except (TimeoutError, BlockingIOError):
-            break
-    return out
-
-
-def _status(msg: bytes) -> int:
-    return int(msg.split(b" ", 2)[1])
 
 
 def test_thousand_calls_through_two_workers(redis_url: str, gateway: GatewayProc, uas: SippUas, tmp_path: Path) -> None:
@@ -117,12 +88,12 @@ def test_rejection_retransmissions_get_same_answer_and_one_decision(
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))
-        msg = _invite(port, gateway.port, caller="95500", callee="+8613800000000", token="no-such-token",
+        msg = raw_invite(port, gateway.port, caller="95500", callee="+8613800000000", token="no-such-token",
                       call_id="rej-1@test", branch="z9hG4bK-rej-1")
         finals: list[bytes] = []
         for _ in range(4):  # the original and three retransmissions
             s.sendto(msg, ("127.0.0.1", gateway.port))
-            finals += [m for m in _recv_all(s, 0.4) if _status(m) >= 200]
+            finals += [m for m in recv_all(s, 0.4) if status_code(m) >= 200]
         assert len(finals) == 4
         assert all(f == finals[0] for f in finals), "retransmissions must get the identical final response"
         first = finals[0].decode()
@@ -139,7 +110,7 @@ def test_rejection_retransmissions_get_same_answer_and_one_decision(
             "Content-Length: 0\r\n\r\n"
         ).encode()
         s.sendto(ack, ("127.0.0.1", gateway.port))
-        assert _recv_all(s, 0.5) == []
+        assert recv_all(s, 0.5) == []
     time.sleep(1.2)  # metrics flush once a second
     assert gateway.metric("cag_decisions_total", reason="consent_unknown") == 1
 
@@ -150,11 +121,11 @@ def test_forged_to_tag_never_reaches_next_hop(redis_url: str, gateway: GatewayPr
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))
         for i, route in enumerate(["", f"<sip:127.0.0.1:{gateway.port};lr;cag=forged.0.T1.AAAA>"]):
-            msg = _invite(port, gateway.port, caller="95500", callee="+8613800000000", token="tok-0",
+            msg = raw_invite(port, gateway.port, caller="95500", callee="+8613800000000", token="tok-0",
                           call_id=f"forged-{i}@test", branch=f"z9hG4bK-forged-{i}", to_tag="xyz", route=route)
             s.sendto(msg, ("127.0.0.1", gateway.port))
-            answers = _recv_all(s, 0.5)
-            assert [_status(a) for a in answers if _status(a) >= 200] == [481]
+            answers = recv_all(s, 0.5)
+            assert [status_code(a) for a in answers if status_code(a) >= 200] == [481]
     time.sleep(1.2)
     assert uas.calls_seen() == 0
 

@@ -16,8 +16,15 @@ import pytest
 
 from gateway.embedded_redis import EmbeddedRedis
 from tests.conftest import free_port
-from tests.integration.harness import GatewayProc, SippResult, SippUas, run_uac, standard_policy
-from tests.integration.test_gateway_sipp import _invite, _status
+from tests.integration.harness import (
+    GatewayProc,
+    SippResult,
+    SippUas,
+    raw_invite,
+    run_uac,
+    standard_policy,
+    status_code,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +39,7 @@ def _finals(sock: socket.socket, wait: float) -> list[bytes]:
             msg = sock.recv(65535)
         except TimeoutError:
             break
-        if msg[:8] == b"SIP/2.0 " and _status(msg) >= 200:
+        if msg[:8] == b"SIP/2.0 " and status_code(msg) >= 200:
             out.append(msg)
     return out
 
@@ -67,14 +74,14 @@ def test_sigterm_drains_in_flight_and_sheds_new_invites(own_redis: EmbeddedRedis
                 socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
             a.bind(("127.0.0.1", port_a))
             b.bind(("127.0.0.1", port_b))
-            a.sendto(_invite(port_a, gw.port, caller="95500", callee=callee, token="tok-0",
+            a.sendto(raw_invite(port_a, gw.port, caller="95500", callee=callee, token="tok-0",
                              call_id="drain-a@test", branch="z9hG4bK-drain-a"), ("127.0.0.1", gw.port))
             assert _finals(a, 1.0) == [], "the call rings (no final yet)"
             assert gw.proc is not None
             t0 = time.monotonic()
             gw.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
-            b.sendto(_invite(port_b, gw.port, caller="95500", callee="+8613800000001", token="tok-1",
+            b.sendto(raw_invite(port_b, gw.port, caller="95500", callee="+8613800000001", token="tok-1",
                              call_id="drain-b@test", branch="z9hG4bK-drain-b"), ("127.0.0.1", gw.port))
             shed = _finals(b, 1.0)
             assert shed, "a new INVITE during the drain is answered"
@@ -82,7 +89,7 @@ def test_sigterm_drains_in_flight_and_sheds_new_invites(own_redis: EmbeddedRedis
             assert text.startswith("SIP/2.0 503 ") and 'text="overload"' in text and "Retry-After: 1" in text
             a.sendto(_cancel(port_a, gw.port, callee, "drain-a@test", "z9hG4bK-drain-a"), ("127.0.0.1", gw.port))
             finals = _finals(a, 2.0)
-            codes = sorted(_status(m) for m in finals)
+            codes = sorted(status_code(m) for m in finals)
             assert 487 in codes and 200 in codes, f"the in-flight call completes during the drain: {codes}"
             code = gw.proc.wait(10)
             took = time.monotonic() - t0
@@ -103,7 +110,7 @@ def test_sigterm_with_a_call_stuck_ringing_exits_within_the_bound(own_redis: Emb
         port = free_port()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
             a.bind(("127.0.0.1", port))
-            a.sendto(_invite(port, gw.port, caller="95500", callee="+8613800000000", token="tok-0",
+            a.sendto(raw_invite(port, gw.port, caller="95500", callee="+8613800000000", token="tok-0",
                              call_id="stuck@test", branch="z9hG4bK-stuck"), ("127.0.0.1", gw.port))
             time.sleep(0.5)
             assert gw.proc is not None
@@ -169,10 +176,10 @@ def test_sighup_reloads_without_dropping_calls(own_redis: EmbeddedRedis, tmp_pat
             port = free_port()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(("127.0.0.1", port))
-                s.sendto(_invite(port, gw.port, caller="95500", callee="+8613800000000", token="nope",
+                s.sendto(raw_invite(port, gw.port, caller="95500", callee="+8613800000000", token="nope",
                                  call_id=f"hup-{n}@test", branch=f"z9hG4bK-hup-{n}"), ("127.0.0.1", gw.port))
                 finals = _finals(s, 1.5)
-            assert finals and _status(finals[0]) == 200, f"fail-open after SIGHUP (call {n})"
+            assert finals and status_code(finals[0]) == 200, f"fail-open after SIGHUP (call {n})"
         own_redis.start()
     finally:
         gw.stop()

@@ -23,7 +23,7 @@ import redis
 
 from gateway.cli import main
 from gateway.embedded_redis import socket_path
-from policy.cli import DEMO_DIR, load_demo
+from policy.demo import DEMO_DIR, load_demo
 from policy.store import PolicyStore
 
 pytestmark = pytest.mark.integration
@@ -343,18 +343,17 @@ def test_explain_decisions(redis_url: str, capsys: pytest.CaptureFixture[str]) -
     assert (rc, rep["reason"]) == (1, "enterprise_blacklisted")
 
 
-def test_engine_config_from_settings_and_explain_config(
+def test_settings_engine_config_and_explain_config(
     redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from gateway.config import load_settings
-    from policy.cli import engine_config_from_settings
     from policy.model import QuietHours
 
-    cfg = engine_config_from_settings(
-        load_settings(None, consent_reject_code=603, time_reject_code=480, quiet_hours="22:00-07:00",
-                      callee_daily_cap=2, callee_total_daily_cap=5, caller_per_second=7, region="CN",
-                      fail_mode="open", budget_ms=20, stir_shaken="require")
-    )
+    cfg = load_settings(
+        None, consent_reject_code=603, time_reject_code=480, quiet_hours="22:00-07:00",
+        callee_daily_cap=2, callee_total_daily_cap=5, caller_per_second=7, region="CN",
+        fail_mode="open", budget_ms=20, stir_shaken="require",
+    ).engine_config()
     rules = cfg.rules
     assert (rules.responses.consent_code, rules.responses.time_code) == (603, 480)
     assert rules.default_quiet_hours == QuietHours.parse("22:00-07:00")
@@ -387,12 +386,11 @@ def test_explain_changes_no_counter(redis_url: str, capsys: pytest.CaptureFixtur
     with_store(redis_url, load_demo)
     # A real admission first, so counters and the consent's use count exist.
     from gateway.config import load_settings
-    from policy.cli import engine_config_from_settings
     from policy.engine import AdmissionEngine
     from policy.model import CallAttempt
 
     async def admit_one(store: PolicyStore) -> bool:
-        engine = AdmissionEngine(store, engine_config_from_settings(load_settings()))
+        engine = AdmissionEngine(store, load_settings().engine_config())
         await engine.start()
         try:
             call = CallAttempt(

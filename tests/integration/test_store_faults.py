@@ -24,9 +24,16 @@ import redis.asyncio as aioredis
 from gateway.embedded_redis import EmbeddedRedis
 from policy.store import PolicyStore
 from tests.integration.conftest import TOKEN, EngineFactory, call, load_world
-from tests.integration.harness import GatewayProc, SippResult, SippUas, run_uac, standard_policy
+from tests.integration.harness import (
+    GatewayProc,
+    SippResult,
+    SippUas,
+    call_once,
+    run_uac,
+    standard_policy,
+    status_code,
+)
 from tests.integration.test_engine import day_count, eventually
-from tests.integration.test_gateway_sipp import _status
 
 pytestmark = pytest.mark.integration
 
@@ -186,16 +193,15 @@ def _recovery(gw: GatewayProc, deadline_s: float = 5.0) -> float:
     while time.monotonic() - t0 < deadline_s:
         n += 1
         finals = _fault_call(gw, "tok-0", n, wait=0.5)
-        if finals and _status(finals[0]) == 200:
+        if finals and status_code(finals[0]) == 200:
             return time.monotonic() - t0
         time.sleep(0.05)
     raise AssertionError(f"decisions did not resume within {deadline_s} s")
 
 
 def _fault_call(gw: GatewayProc, token: str, n: int, wait: float) -> list[bytes]:
-    from tests.integration.test_gateway_faults import _call
 
-    return _call(gw, token, 10_000 + n, wait=wait)
+    return call_once(gw, token, 10_000 + n, wait=wait)
 
 
 @pytest.fixture

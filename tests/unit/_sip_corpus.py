@@ -146,7 +146,7 @@ def invite_with(
 
 INJECT = "Call-ID: c1\rX-Injected: 1"
 # Hostile requests: each must be answered 400-class or dropped, never crash a worker
-# (tests/unit/test_fuzz_core.py through the proxy core, test_sip_parser via parse).
+# (tests/unit/proxy/test_fuzz.py through the proxy core, test_sip_parser via parse).
 HOSTILE = {
     "no_via": invite_with(("via", None)),
     "no_from": invite_with(("from", None)),
@@ -206,3 +206,11 @@ def mutate(draw: st.DrawFn, corpus: Sequence[bytes], max_ops: int, chars: bytes,
         else:
             data[pos:pos] = draw(st.sampled_from(list(inserts)))
     return bytes(data)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    return mutate(
+        draw, ALL_VALID, 8, b'\r\n\0 \t:;,<>"@x9\xff',
+        [b"\r\n", b",", b";branch=", b"Via: ", b"\r\n ", b"l: 5\r\n"],
+    )

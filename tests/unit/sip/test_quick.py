@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.sip import QuickResponse, Response, SipError, parse, quick_response
-
-from ._sip_corpus import ALL_VALID, HOSTILE, crlf, mutate
+from tests.unit._sip_corpus import ALL_VALID, HOSTILE, crlf, mutate
 
 ACK = crlf(
     "ACK sip:uas@10.0.0.99:5070 SIP/2.0",

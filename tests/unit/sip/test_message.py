@@ -8,8 +8,14 @@ from hypothesis import strategies as st
 
 from gateway.sip import Request, SipError, header_params, parse
 from gateway.sip.message import _tag_of
-
-from ._sip_corpus import COMPACT_INVITE, REPEATED, SIPP_180, SIPP_INVITE, crlf, invite_with
+from tests.unit._sip_corpus import (
+    COMPACT_INVITE,
+    REPEATED,
+    SIPP_180,
+    SIPP_INVITE,
+    crlf,
+    invite_with,
+)
 
 OUR_VIA = "SIP/2.0/UDP 10.0.0.5:5060;branch=z9hG4bKcagt0x1;rport"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from policy.rules.caller_id import caller_of, check_caller_id, identity_shape_error
-from tests.unit._rules_fixtures import REF, call
+from tests.unit.policy._fixtures import REF, call
 
 
 def _b64(obj: dict[str, Any]) -> str:

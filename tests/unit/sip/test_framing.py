@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip import Ping, SipError, StreamFramer, parse
-
-from ._sip_corpus import COMPACT_INVITE, REPEATED, RESP_200, SIPP_INVITE, invite_with
+from tests.unit._sip_corpus import COMPACT_INVITE, REPEATED, RESP_200, SIPP_INVITE, invite_with
 
 
 def test_several_messages_in_one_chunk() -> None:

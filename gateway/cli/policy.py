@@ -35,17 +35,12 @@ from policy.model import KIND_MODELS, Consent, DncEntry, Record
 
 if TYPE_CHECKING:
     from gateway.config import Settings
-    from policy.engine import EngineConfig
     from policy.store import PolicyStore
 
-__all__ = ["DEMO_DIR", "DEMO_KINDS", "engine_config_from_settings", "load_demo", "register"]
+__all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
-# Reference data first, so a gateway reloading mid-way never sees a filing
-# whose enterprise is not there yet.
-DEMO_KINDS = ("enterprises", "trunks", "filings", "consents", "dnc")
 KINDS = tuple(KIND_MODELS)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -56,39 +51,6 @@ class _UsageError(Exception):
 
 
 # ---------------------------------------------------------------- settings
-
-
-def engine_config_from_settings(settings: Settings) -> EngineConfig:
-    """The engine's configuration from ``cag serve``'s settings, so ``explain`` decides exactly as ``serve``."""
-    from policy.decision import ResponseMap
-    from policy.engine import EngineConfig
-    from policy.model import FrequencyCap, QuietHours
-    from policy.rules import RuleConfig
-
-    rules = RuleConfig(
-        region=settings.region,
-        default_tz=settings.default_tz,
-        default_quiet_hours=QuietHours.parse(settings.quiet_hours),
-        caps=FrequencyCap(
-            callee_daily=settings.callee_daily_cap,
-            callee_total_daily=settings.callee_total_daily_cap,
-            caller_per_second=settings.caller_per_second,
-        ),
-        stir_shaken=settings.stir_shaken,
-        responses=ResponseMap(
-            consent_code=settings.consent_reject_code,
-            time_code=settings.time_reject_code,
-            unknown_source_code=403 if settings.unknown_source == "403" else 0,
-        ),
-    )
-    return EngineConfig(
-        rules=rules,
-        fail_mode=settings.fail_mode,
-        budget_ms=settings.budget_ms,
-        shadow=settings.shadow,
-        unconsented_threshold=settings.unconsented_threshold,
-        unconsented_window_s=settings.unconsented_window,
-    )
 
 
 def _region(args: argparse.Namespace) -> str:
@@ -444,7 +406,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.state_dir is None and args.config:
         args.state_dir = str(settings.state_dir)
     # An explanation is never a shadow decision: it says what enforcement would do.
-    config = dataclasses.replace(engine_config_from_settings(settings), shadow=False)
+    config = dataclasses.replace(settings.engine_config(), shadow=False)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     out: dict[str, object] = {}
@@ -466,22 +428,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if out:
         print(json.dumps(out, ensure_ascii=False))
     return rc
-
-
-# ---------------------------------------------------------------- demo data
-
-
-async def load_demo(store: PolicyStore) -> None:
-    """Load the shipped sample data set (policy/demo/*.csv), each kind replacing what is there.
-
-    Used by ``cag serve --demo`` so the README's run command admits and
-    rejects real calls with no provisioning step.
-    """
-    await store.ensure_functions()
-    for kind in DEMO_KINDS:
-        records = load_file(kind, DEMO_DIR / f"{kind}.csv")
-        await store.put_records(kind, records, replace=True)
-        log.info("demo: loaded %d %s", len(records), kind)
 
 
 # ---------------------------------------------------------------- registration

@@ -9,8 +9,7 @@ import pytest
 from gateway.proxy import Admit, NextHop, Outcome, Release, RouteToken
 from gateway.proxy.hops import HopSet
 from policy.decision import admitted
-
-from .test_proxy_support import (
+from tests.unit.proxy._support import (
     HOP1,
     HOP2,
     TRUNK,

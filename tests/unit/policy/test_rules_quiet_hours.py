@@ -9,7 +9,7 @@ import pytest
 
 from policy.model import QuietHours
 from policy.rules.quiet_hours import check_quiet_hours, quiet_retry_after
-from tests.unit._rules_fixtures import at
+from tests.unit.policy._fixtures import at
 
 DEFAULT = QuietHours.parse("21:00-08:00")
 SH = "Asia/Shanghai"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from policy.cli import DEMO_DIR, DEMO_KINDS
+from policy.demo import DEMO_DIR, DEMO_KINDS
 from policy.loader import MAX_ERRORS, LoadError, RowError, load_file, required_columns, validate_row
 from policy.model import Consent, DncEntry, Enterprise, NumberFiling, QuietHours, Trunk
 

@@ -8,7 +8,7 @@ from policy.model import NumberFiling
 from policy.numbers import normalize_number
 from policy.rules import RefData
 from policy.rules.filing import check_filing
-from tests.unit._rules_fixtures import REF
+from tests.unit.policy._fixtures import REF
 
 
 def _filing(raw: str, enterprise: str | None = "ent-a") -> tuple[str, str | None]:

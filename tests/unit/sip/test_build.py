@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip import PHRASES, Request, Response, build_request, build_response, parse
-
-from ._sip_corpus import REPEATED, SIPP_180, SIPP_INVITE
+from tests.unit._sip_corpus import REPEATED, SIPP_180, SIPP_INVITE
 
 
 def req(data: bytes = SIPP_INVITE) -> Request:

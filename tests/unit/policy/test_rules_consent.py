@@ -9,7 +9,7 @@ import pytest
 
 from policy.model import Consent, DncEntry
 from policy.rules.consent import check_consent, check_dnc
-from tests.unit._rules_fixtures import CALLEE, TOKEN, consent
+from tests.unit.policy._fixtures import CALLEE, TOKEN, consent
 
 T0 = datetime(2026, 3, 10, 4, 0, tzinfo=UTC)
 

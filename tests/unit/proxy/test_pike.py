@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from gateway.proxy.pike import Pike, PikeConfig
-
-from .test_proxy_support import HOP1, TRUNK, invite, make_core
+from tests.unit.proxy._support import HOP1, TRUNK, invite, make_core
 
 
 def test_off_by_default_never_blocks() -> None:

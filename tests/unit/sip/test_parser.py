@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip import MAX_HEADERS, Request, Response, SipError, parse
-
-from ._sip_corpus import (
+from tests.unit._sip_corpus import (
     ALL_VALID,
     COMPACT_INVITE,
     FOLDED_INVITE,

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from gateway.proxy import Admit, Outcome, ProxyCore, Release, Send
 from policy.decision import admitted, reject
-
-from .test_proxy_support import (
+from tests.unit.proxy._support import (
     HOP1,
     LISTEN,
     PRIVATE,

@@ -9,7 +9,7 @@ import pytest
 from policy.model import Enterprise, Trunk
 from policy.rules import RefData
 from policy.rules.trunk import check_trunk
-from tests.unit._rules_fixtures import NOON, REF, at
+from tests.unit.policy._fixtures import NOON, REF, at
 
 
 @pytest.mark.parametrize(

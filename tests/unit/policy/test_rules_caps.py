@@ -9,7 +9,7 @@ import pytest
 
 from policy.model import FrequencyCap
 from policy.rules.caps import CAP_NAMES, CapLimits, callee_day, check_cap
-from tests.unit._rules_fixtures import REF, at
+from tests.unit.policy._fixtures import REF, at
 
 NY = ZoneInfo("America/New_York")
 

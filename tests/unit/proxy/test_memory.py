@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from gateway.proxy import Admit
 from policy.decision import admitted, reject
-
-from .test_proxy_support import HOP1, TRUNK, invite, make_core, respond, sends, status_of
+from tests.unit.proxy._support import HOP1, TRUNK, invite, make_core, respond, sends, status_of
 
 
 def _answered_calls(n: int) -> tuple[object, list[bytes]]:

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from gateway.proxy.steer import call_id_line, owner, unwrap, wrap
 from gateway.sip import parse
-
-from ._sip_corpus import crlf
+from tests.unit._sip_corpus import crlf
 
 INVITE = crlf(
     "INVITE sip:+8613800000001@10.0.0.9 SIP/2.0",

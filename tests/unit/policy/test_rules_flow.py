@@ -20,7 +20,7 @@ from policy.rules import (
     finish,
     reference_store_verdict,
 )
-from tests.unit._rules_fixtures import (
+from tests.unit.policy._fixtures import (
     CALLEE,
     NOON,
     REF,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.sip import SipError, parse, parse_via
-
-from ._sip_corpus import RESP_200
+from tests.unit._sip_corpus import RESP_200
 
 
 def test_via_parts() -> None:

@@ -1,8 +1,8 @@
 """``cag``: the one command carriers script against (SPEC §9).
 
 Only argument plumbing lives here; each command's work is in the module
-that owns it (``gateway.supervisor`` serves, ``policy.cli`` manages data and
-explains decisions).
+that owns it (``gateway.supervisor`` serves; ``gateway.cli.policy`` manages data
+and explains decisions; ``gateway.cli.audit`` exports the audit trail).
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cag", description="Outbound call admission gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
-    from policy.cli import register as register_policy
+    from gateway.cli.policy import register as register_policy
 
     register_policy(sub)
-    from gateway.audit.cli import register as register_audit
+    from gateway.cli.audit import register as register_audit
 
     register_audit(sub)
     bench = sub.add_parser(

@@ -20,10 +20,8 @@ from hypothesis import strategies as st
 from gateway.proxy import Admit, ProxyCore, Send
 from gateway.sip import SipError, parse
 from policy.decision import admitted, reject
-
-from ._sip_corpus import ALL_VALID, HOSTILE, invite_with
-from .test_proxy_support import HOP1, TRUNK, invite, make_core, request
-from .test_sip_properties import mutated
+from tests.unit._sip_corpus import ALL_VALID, HOSTILE, invite_with, mutated
+from tests.unit.proxy._support import HOP1, TRUNK, invite, make_core, request
 
 BUDGET = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UNKNOWN = ("203.0.113.7", 5060)

@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.sip import Ping, SipError, StreamFramer, parse
-
-from ._sip_corpus import ALL_VALID, mutate
+from tests.unit._sip_corpus import ALL_VALID, mutated
 
 BOUNDED = settings(max_examples=300, deadline=None)
 
@@ -19,14 +18,6 @@ def test_parse_arbitrary_bytes(data: bytes) -> None:
         parse(data)
     except SipError:
         pass
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    return mutate(
-        draw, ALL_VALID, 8, b'\r\n\0 \t:;,<>"@x9\xff',
-        [b"\r\n", b",", b";branch=", b"Via: ", b"\r\n ", b"l: 5\r\n"],
-    )
 
 
 @BOUNDED
@@ -76,7 +67,7 @@ def test_framer_any_split_of_valid_stream(data: st.DataObject) -> None:
 
 
 def test_hostile_corpus_parses_or_raises_sip_error() -> None:
-    from ._sip_corpus import HOSTILE
+    from tests.unit._sip_corpus import HOSTILE
 
     for name, data in HOSTILE.items():
         try:
