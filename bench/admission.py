@@ -2,8 +2,8 @@
 
 Not a test. It answers "how many admission decisions can one worker make per
 second, and how much of its CPU does each cost?" — the policy half of the
-gateway's per-call budget (BENCHMARKS.md puts one pipelined FCALL at ~11 µs
-of client CPU). Every decision here is a full one: in-memory checks, the
+gateway's per-call budget (one pipelined FCALL costs ~11 µs of client CPU:
+docs/performance.md, reference figures). Every decision here is a full one: in-memory checks, the
 callee script (consent + DNC + caps, counted), the token index and, in the
 ``all_slots`` scenario, the caller-number and trunk rate / concurrency scripts.
 

@@ -1,7 +1,7 @@
 """A loopback capture of one SIPp caller's traffic with tcpdump, for INVITE → final latency.
 
 Why a capture: SIPp's own response times come in 4 ms steps on the
-reference machine (BENCHMARKS.md) and the gateway's histogram only covers
+reference machine (docs/performance.md) and the gateway's histogram only covers
 its decision, not the whole INVITE → final path. tcpdump timestamps each
 datagram in the kernel with µs resolution, and its BPF filter runs in the
 kernel too, so only what is needed is copied out: INVITEs and final

@@ -233,7 +233,7 @@ def uac_args(
     """The SIPp command line of a caller, as the tests and the benchmarks run it.
 
     ``-default_behaviors all,-abortunexp``: through a multi-worker proxy a 180
-    can overtake its 200 (BENCHMARKS.md), which SIPp would otherwise abort.
+    can overtake its 200, which SIPp would otherwise abort.
     """
     path = Path(scenario) if os.path.isabs(scenario) else SIPP_DIR / scenario
     return [

@@ -2,12 +2,11 @@
 
 Prints per rate step the successful / failed calls and the CPU each process
 spent per call, read from ``/proc/PID/stat`` (system-wide figures are
-unreliable in these VMs, BENCHMARKS.md). Gateway CPU is the parent plus its
-worker children; the CPU seconds of each worker are printed too, because the
-``SO_REUSEPORT`` sockets hash each caller's source address and port to one
-worker: ``--callers N`` (default 2) runs N SIPp callers from their own ports
-at rate/N each, so a step can load both workers (two ports may still hash to
-the same worker: the per-worker figures show it). ``--profile DIR`` records
+unreliable in these VMs: docs/performance.md, reference figures). Gateway CPU
+is the parent plus its worker children; the CPU seconds of each worker are
+printed too, to show how evenly the load spreads. ``--callers N`` (default 2)
+runs N SIPp callers from their own ports at rate/N each (without steering the
+``SO_REUSEPORT`` sockets hash each caller's address and port to one worker). ``--profile DIR`` records
 every worker with py-spy during the first step (``DIR/worker-PID.txt``, raw
 collapsed stacks; needs py-spy and ptrace rights).
 Run: ``python -m bench.quick_rate [--rates 500,1000] [--seconds 10] [--callers 2]``.

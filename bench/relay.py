@@ -2,9 +2,10 @@
 
     python -m bench.relay --listen 5080 --next-hop 127.0.0.1:5070
 
-Not a product and not a fake of one: it is what ``../shared/BENCHMARKS.md``
-calls "Python relay, uvloop" (no full parse, no transactions, no policy), so
-a sweep can put the gateway beside it in the same run:
+Not a product and not a fake of one: it is the "Python relay, uvloop" of
+the reference figures in docs/performance.md (no full parse, no
+transactions, no policy), so a sweep can put the gateway beside it in the
+same run:
 
     python -m bench sweep --proxy "relay=python -m bench.relay --listen {port} --next-hop {next_hop}"
 

@@ -2,8 +2,8 @@
 
 Prints µs per parse alone and per parse + the proxy's usual edits (pop Via,
 prepend Via, decrement Max-Forwards) + to_bytes. A benchmark, not a test:
-run ``python -m bench.sip_parse`` and compare with BENCHMARKS.md (9 µs for a
-focused hand-written parser + edits on 896 bytes).
+run ``python -m bench.sip_parse`` and compare with the reference figures in
+docs/performance.md (9 µs for a focused hand-written parser + edits on 896 bytes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Percentiles from samples and from Prometheus histograms, and per-process counters from /proc.
 
 System-wide CPU figures are unreliable in the VMs the project runs on
-(BENCHMARKS.md), so CPU and memory are read per process from /proc; UDP
+(docs/performance.md, reference figures), so CPU and memory are read per process from /proc; UDP
 receive-buffer drops, the first sign of overload, are read from
 /proc/net/udp for the ports of the processes under test.
 """

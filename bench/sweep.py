@@ -47,9 +47,9 @@ MIN_ACHIEVED = 0.95  # < 95 % of the offered rate fails it
 # The attempts are still counted in Redis, as in production. (An environment
 # variable: `cag serve` has no flag for this key yet.)
 GATEWAY_ENV = {"CAG_UNCONSENTED_THRESHOLD": "1000000000"}
-SETTLE_S = 1.5
+SETTLE_S = 1.5  # after each step, before the last scrape and stopping the capture
 RSS_EVERY_S = 5.0
-WARMUP_S = 120.0  # RSS growth is measured from here: token cache and lingering transactions filled  # after each step, before the last scrape and stopping the capture
+WARMUP_S = 120.0  # RSS growth is read from here: the token cache and lingering transactions fill first
 
 
 @dataclass
@@ -65,9 +65,8 @@ class SweepConfig:
     quick: bool = False
     gateway_args: tuple[str, ...] = ()
     keep_going: bool = False  # run every rate even after one failed (to see the whole curve)
-    # SIPp callers per step, each from its own port at rate / callers. The
-    # gateway's SO_REUSEPORT sockets hash each source address:port to one
-    # worker, so one caller loads one worker only, as one trunk would.
+    # SIPp callers per step, each from its own port at rate / callers: several
+    # trunks. One is enough to load every worker while steering is on (the default).
     callers: int = 1
     # Other proxies measured beside the gateway: (name, command with {port} and {next_hop}).
     proxies: tuple[tuple[str, str], ...] = ()
@@ -637,7 +636,7 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(steps: list[dict[str, Any]]) -> str:
-    """The report as a Markdown table (what the README quotes)."""
+    """The report as a Markdown table (what docs/performance.md quotes)."""
     cols = ["target", "offered/s", "achieved/s", "failed", "retrans", "max in flight", "p50 ms", "p90 ms",
             "p99 ms", "p99.9 ms", "decision p99 ms", "gw CPU µs/call", "redis CPU µs/call",
             "worker peak RSS MiB", "pass"]

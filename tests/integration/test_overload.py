@@ -6,7 +6,7 @@ their retransmissions; it must answer every one of them (503 overload for
 what it sheds) rather than work through a growing backlog, and in-dialog
 traffic of admitted calls keeps flowing. The rate sweep at 2x the
 sustainable rate is ``test_latency_bounded_at_twice_the_sustainable_rate``
-(slow, on demand; figures in README "Faults, overload and reload").
+(slow, on demand; figures in docs/performance.md).
 """
 
 from __future__ import annotations
