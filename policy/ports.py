@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from policy.model import Consent, DncEntry, Enterprise, NumberFiling, Trunk
 from policy.store import CalleeResult, RateResult, StoreError
@@ -130,3 +130,11 @@ class AdmissionStore(RefSource, Protocol):
     async def get_consent(self, token: str) -> Consent | None: ...
 
     async def get_dnc(self, number: str) -> DncEntry | None: ...
+
+
+if TYPE_CHECKING:
+    from policy.store import PolicyStore
+
+    def _redis_store_is_an_admission_store(store: PolicyStore) -> AdmissionStore:
+        """Never called: mypy checks here that ``PolicyStore`` satisfies the protocol."""
+        return store
