@@ -23,9 +23,10 @@ Failure handling, in the order it is applied:
   transaction), including a script that answered after the budget ran out.
 
 The store is an ``AdmissionStore`` (``policy.ports``); ``PolicyStore`` is the
-Redis one. A decision is three steps — ``_local`` (in memory), ``_submit``
-(queue the store calls), ``_settle`` (answers or failure → ``Decision``) —
-so a batch of decisions can share one budget timer (issue 13).
+Redis one. A decision is three steps — ``_local`` (in memory),
+``store_part.submit`` (queue the store calls), ``_settle`` / ``_store_failed``
+(answers or failure → ``Decision``) — so a batch of decisions can share one
+budget timer (issue 13).
 """
 
 from __future__ import annotations
@@ -56,29 +57,12 @@ from policy.rules import (
     evaluate_local,
     finish,
 )
-from policy.rules.caps import check_caps
 from policy.rules.consent import check_consent, check_dnc
-from policy.rules.purpose import normalize_purpose
+from policy.store_part import submit, verdict
 
 __all__ = ["AdmissionEngine", "BudgetExceeded", "EngineConfig", "StoreError"]
 
 log = logging.getLogger(__name__)
-
-# Check details for the reason codes the store's script returns (the Python
-# reference, policy.rules.consent, words them per record; the script returns codes).
-_CONSENT_DETAIL = {
-    "consent_missing": "no consent token",
-    "consent_unknown": "unknown consent token, or not valid yet",
-    "consent_other_callee": "token was granted for another callee",
-    "consent_other_enterprise": "token was granted to another enterprise",
-    "purpose_not_allowed": "declared purpose differs from the consent's, or the call's purpose "
-    "is not one the enterprise may call for",
-    "purpose_marketing": "the call's purpose is marketing: commercial-marketing outbound "
-    "is not allowed",
-    "consent_revoked": "consent revoked",
-    "consent_expired": "consent expired",
-    "consent_exhausted": "consent's max_calls used up",
-}
 
 
 @dataclass(frozen=True)
@@ -243,9 +227,17 @@ class AdmissionEngine:
             return self._conclude(local.failed, now)
         if self.breaker.is_open:
             return self._conclude(self._fail(call, local, "breaker open"), now)
-        t0 = time.perf_counter()
-        pending = self._submit(call, local, now, dry_run=False, all_checks=False)
         cfg = self.cfg
+        t0 = time.perf_counter()
+        pending = submit(
+            self.store,
+            call,
+            local,
+            now,
+            dry_run=False,
+            all_checks=False,
+            concurrency_timeout_s=cfg.concurrency_timeout_s,
+        )
         budget = cfg.budget_ms / 1000
         try:
             results = await wait_all(
@@ -284,7 +276,7 @@ class AdmissionEngine:
     ) -> Decision:
         """The store answered in time: decide, and refund what counted for a rejection."""
         self.breaker.success()
-        d = finish(call, local, self._verdict(local, results, all_checks=False), self.cfg.rules)
+        d = finish(call, local, verdict(local, results, all_checks=False), self.cfg.rules)
         if d.admit and any(getattr(r, "refunded", False) for r in results.values()):
             # A retransmission of a transaction we rejected fail-closed (its
             # scripts passed but the answer came too late): the stored decision
@@ -319,128 +311,6 @@ class AdmissionEngine:
             elif not d.admit:
                 self._refund_late(p.fut)
         return d
-
-    def _submit(
-        self, call: CallAttempt, local: LocalVerdict, now: float, dry_run: bool, all_checks: bool
-    ) -> list[Pending]:
-        """Queue this call's store commands; they leave in the loop turn's pipeline."""
-        assert local.callee is not None and local.trunk is not None
-        now_ms = int(now * 1000)
-        txn = call.txn_id
-        lim = local.limits
-        store = self.store
-        quiet_fail = local.quiet.outcome == "fail"
-        slots = [
-            Pending(
-                "callee",
-                store.admit_callee(
-                    callee=local.callee,
-                    token=call.consent_token,
-                    enterprise_id=local.trunk.enterprise_id,
-                    purpose=normalize_purpose(call.purpose),
-                    allowed_purposes=local.enterprise.purposes if local.enterprise else (),
-                    now_ms=now_ms,
-                    quiet_fail=quiet_fail,
-                    daily_limit=lim.callee_daily,
-                    total_limit=lim.callee_total_daily,
-                    day=local.day,
-                    day_ttl=local.day_ttl,
-                    txn=txn,
-                    dry_run=dry_run,
-                ),
-            )
-        ]
-        if call.consent_token:
-            slots.append(Pending("token", store.token_callee(call.consent_token)))
-        # Quiet hours already refuse the call: the per-second caps come after it
-        # in SPEC order, so they are neither consulted nor counted.
-        if quiet_fail and not all_checks:
-            return slots
-        if lim.caller_per_second > 0 and local.caller:
-            slots.append(
-                Pending(
-                    "caller",
-                    store.rate(
-                        "n",
-                        local.caller,
-                        limit=lim.caller_per_second,
-                        now_ms=now_ms,
-                        call_id=call.call_id,
-                        txn=txn,
-                        dry_run=dry_run,
-                    ),
-                )
-            )
-        if lim.trunk_max_cps > 0 or lim.trunk_max_concurrent > 0:
-            slots.append(
-                Pending(
-                    "trunk",
-                    store.rate(
-                        "t",
-                        local.trunk.trunk_id,
-                        limit=lim.trunk_max_cps,
-                        max_concurrent=lim.trunk_max_concurrent,
-                        now_ms=now_ms,
-                        call_id=call.call_id,
-                        txn=txn,
-                        concurrency_timeout_s=self.cfg.concurrency_timeout_s,
-                        dry_run=dry_run,
-                    ),
-                )
-            )
-        return slots
-
-    def _verdict(
-        self, local: LocalVerdict, results: Mapping[str, Any], all_checks: bool
-    ) -> StoreVerdict:
-        cr: CalleeResult = results["callee"]
-        reason = cr.consent_reason
-        token_callee = results.get("token")
-        if (
-            reason == "consent_unknown"
-            and token_callee is not None
-            and token_callee != local.callee
-        ):
-            reason = "consent_other_callee"
-        if reason is None:
-            consent = Check(
-                "consent",
-                "pass",
-                None,
-                f"consent for {cr.consent_purpose or '?'}, {cr.used} calls used",
-            )
-        else:
-            detail = _CONSENT_DETAIL.get(reason, reason)
-            if reason == "consent_other_callee":
-                detail = f"token was granted for {token_callee}"
-            consent = Check("consent", "fail", reason, detail)
-        if cr.dnc_reason is None:
-            dnc = Check("dnc", "pass", None, "not registered, or a consented callback")
-        else:
-            dnc = Check("dnc", "fail", cr.dnc_reason, "callee registered do-not-call")
-        lim = local.limits
-        caller: RateResult | None = results.get("caller")
-        trunk: RateResult | None = results.get("trunk")
-        counts: dict[str, int | None] = {
-            "callee_daily_cap": cr.day_count,
-            "callee_total_daily_cap": cr.total_count,
-            "caller_rate": caller.rate_count
-            if caller is not None
-            else (0 if lim.caller_per_second <= 0 else None),
-            "trunk_rate": trunk.rate_count
-            if trunk is not None
-            else (0 if lim.trunk_max_cps <= 0 else None),
-            "trunk_concurrent": trunk.concurrent
-            if trunk is not None
-            else (0 if lim.trunk_max_concurrent <= 0 else None),
-        }
-        return StoreVerdict(
-            consent=consent,
-            dnc=dnc,
-            caps=check_caps(counts, lim, local.day_ttl, all_checks=all_checks),
-            evidence_ref=cr.evidence_ref,
-            consent_purpose=cr.consent_purpose,
-        )
 
     # ------------------------------------------------------------ refunds
     def _refund_result(self, r: Any) -> None:
@@ -551,15 +421,21 @@ class AdmissionEngine:
                 caps=tuple(Check(n, "skip", None, why) for n in CAP_NAMES),
             )
             return finish(call, local, skipped, cfg, all_checks=True)
-        slots = self._submit(call, local, at.timestamp(), dry_run=True, all_checks=True)
+        slots = submit(
+            self.store,
+            call,
+            local,
+            at.timestamp(),
+            dry_run=True,
+            all_checks=True,
+            concurrency_timeout_s=self.cfg.concurrency_timeout_s,
+        )
         try:
             results = await wait_all(slots, 5.0, timers=self._timers)
         except TimeoutError as e:
             raise StoreError("explain: store did not answer within 5 s") from e
-        verdict = await self._explained(
-            call, local, at, results, self._verdict(local, results, True)
-        )
-        return finish(call, local, verdict, cfg, all_checks=True)
+        explained = await self._explained(call, local, at, results, verdict(local, results, True))
+        return finish(call, local, explained, cfg, all_checks=True)
 
     async def _explained(
         self,
