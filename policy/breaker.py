@@ -76,8 +76,8 @@ class Breaker:
                 self._count,
                 self.probe_s,
             )
-            self._stopped = False
-            self._schedule_probe()
+            if not self._stopped:
+                self._schedule_probe()
 
     def judge_late(self, futures: Sequence[asyncio.Future[Any]]) -> None:
         """A budget timeout is a step towards opening only if Redis has still not answered
@@ -143,6 +143,12 @@ class Breaker:
         else:
             self._limited.warning("probe", "redis probe failed: %r", e)
         self._schedule_probe()
+
+    def start(self) -> None:
+        """Probe again after ``stop`` (an engine restarted while Redis was failing)."""
+        self._stopped = False
+        if self.is_open and self._probe_timer is None and self._probe_task is None:
+            self._schedule_probe()
 
     async def stop(self) -> None:
         """No more probes; a probe in flight is cancelled and awaited."""

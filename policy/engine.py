@@ -134,6 +134,7 @@ class AdmissionEngine:
         snapshot loads; later outages keep the last snapshot in service.
         """
         self._stop.clear()
+        self.breaker.start()
         try:
             await asyncio.wait_for(self.refcache.reload(), RELOAD_TIMEOUT_S)
         except (StoreError, TimeoutError, OSError) as e:

@@ -70,7 +70,7 @@ async def test_probes_every_quarter_second_until_redis_answers_then_closes() -> 
     assert not b.is_open
 
 
-async def test_stop_ends_probing() -> None:
+async def test_stop_ends_probing_and_start_resumes_it() -> None:
     store, timers = FakeStore(), ManualTimers()
     b = _breaker(store, timers)
     for _ in range(3):
@@ -79,6 +79,11 @@ async def test_stop_ends_probing() -> None:
     timers.advance(5 * PROBE_S)
     await turns()
     assert store.pings == 0
+    b.start()  # the engine restarted while Redis still fails
+    timers.advance(PROBE_S)
+    await turns()
+    assert store.pings == 1 and b.is_open
+    await b.stop()
 
 
 @pytest.mark.parametrize("stalled", [False, True], ids=["read-late", "read-between-looks"])
