@@ -116,6 +116,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.mode: Literal["answer", "hang", "error"] = "answer"
         self.calls: list[tuple[str, asyncio.Future[Any]]] = []
+        self.dry_runs: list[bool] = []  # dry_run of every script call, in order
         self.refunds: list[tuple[str, tuple[str, ...], str]] = []
         self.ping_ok = False
         self.pings = 0
@@ -138,12 +139,14 @@ class FakeStore:
 
     # ---------------------------------------------------------- hot path
     def admit_callee(self, **kw: Any) -> asyncio.Future[CalleeResult]:
+        self.dry_runs.append(kw.get("dry_run", False))
         return self._future("callee", callee_result())
 
     def token_callee(self, token: str) -> asyncio.Future[str | None]:
         return self._future("token", fx.CALLEE)
 
     def rate(self, scope: Literal["n", "t"], ident: str, **kw: Any) -> asyncio.Future[RateResult]:
+        self.dry_runs.append(kw.get("dry_run", False))
         return self._future("rate", rate_result())
 
     def refund(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from policy.decision import Decision
 from policy.engine import AdmissionEngine, EngineConfig
+from policy.rules import CAP_NAMES
 from tests.unit.policy import _fixtures as fx
 from tests.unit.policy._fakes import FakeStore, ManualTimers, callee_result, rate_result, turns
 
@@ -123,3 +124,11 @@ async def test_shadow_admits_what_it_would_reject() -> None:
     e.reconfigure(EngineConfig(shadow=True, breaker_failures=3))
     d = await _admit(e)
     assert d.admit and d.shadow_reject == "store_unavailable"
+
+
+async def test_explain_runs_the_scripts_dry_and_lists_every_check() -> None:
+    store, _, e = await _engine()
+    d = await e.explain(fx.call(), fx.NOON)
+    assert store.dry_runs and all(store.dry_runs)
+    assert [c.name for c in d.checks][-5:] == list(CAP_NAMES)
+    assert d.admit and store.refunds == []
