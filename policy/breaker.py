@@ -53,7 +53,7 @@ class Breaker:
         self._timers = timers
         self._on_close = on_close
         self._limited = limited or LimitedLog(log)
-        self._count = 0
+        self.in_a_row = 0  # consecutive failures so far
         self._probe_timer: Handle | None = None
         self._probe_task: asyncio.Task[Any] | None = None
         self._stopped = False
@@ -63,17 +63,17 @@ class Breaker:
 
     def success(self) -> None:
         """Redis answered a decision: failures must be consecutive to open the breaker."""
-        self._count = 0
+        self.in_a_row = 0
 
     def failure(self) -> None:
         """One store failure; the ``failures``-th in a row opens the breaker and starts probing."""
-        self._count += 1
-        if self._count >= self.failures and not self.is_open:
+        self.in_a_row += 1
+        if self.in_a_row >= self.failures and not self.is_open:
             self.is_open = True
             self.stats["breaker_opened"] += 1
             log.warning(
                 "redis failing (%d in a row): circuit breaker open, probing every %.2fs",
-                self._count,
+                self.in_a_row,
                 self.probe_s,
             )
             if not self._stopped:
@@ -133,7 +133,7 @@ class Breaker:
             return
         e = task.exception()
         if e is None:
-            self._count = 0
+            self.in_a_row = 0
             self.is_open = False
             log.warning("redis answers again: circuit breaker closed")
             self._on_close()

@@ -7,9 +7,9 @@ loop was busy (a GC pause, a burst), not that Redis was slow: it gets one
 short grace for an answer already in the socket buffer, and the timeout it
 then raises says ``stalled`` so it does not count towards the breaker.
 
-The timer and the waiter are separate from the futures they watch so that
-one timer can guard a whole batch of decisions (one per event-loop turn,
-issue 13): ``arm`` takes any waiter.
+The timer guards a waiter future, not the futures it watches, so that one
+timer can guard a whole batch of decisions (one per event-loop turn, issue
+13): ``_expire`` takes any waiter.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policy.ports import Handle, StoreError, Timers
+from policy.ports import StoreError, Timers
 
 
 class BudgetExceeded(TimeoutError):
@@ -62,19 +62,6 @@ def _expire(
     waiter.set_exception(BudgetExceeded(stalled))
 
 
-def arm(
-    timers: Timers, waiter: asyncio.Future[None], timeout: float, late_s: float, grace: float
-) -> Handle:
-    """Fail ``waiter`` with ``BudgetExceeded`` unless it is done within ``timeout``.
-
-    A bare ``call_at`` costs a fraction of ``asyncio.timeout`` (no task
-    cancellation to undo). Cancelling the handle leaves a re-armed grace
-    timer to find the waiter done (a no-op).
-    """
-    deadline = timers.time() + timeout
-    return timers.call_at(deadline, _expire, timers, waiter, deadline, late_s, grace, False)
-
-
 async def wait_all(
     pending: Sequence[Pending],
     timeout: float,
@@ -100,7 +87,11 @@ async def wait_all(
 
     for p in pending:
         p.fut.add_done_callback(done)
-    handle = arm(timers or loop, waiter, timeout, late_s, grace)
+    # A bare ``call_at`` costs a fraction of ``asyncio.timeout`` (no task cancellation
+    # to undo); cancelling it leaves a re-armed grace timer to find the waiter done.
+    t = timers or loop
+    deadline = t.time() + timeout
+    handle = t.call_at(deadline, _expire, t, waiter, deadline, late_s, grace, False)
     try:
         await waiter
     finally:

@@ -23,7 +23,7 @@ Failure handling, in the order it is applied:
   transaction), including a script that answered after the budget ran out.
 
 The store is an ``AdmissionStore`` (``policy.ports``); ``PolicyStore`` is the
-Redis one. A decision is three steps — ``_local`` (in memory),
+Redis one. A decision is three steps — ``evaluate_local`` (in memory),
 ``store_part.submit`` (queue the store calls), ``_settle`` / ``_store_failed``
 (answers or failure → ``Decision``) — so a batch of decisions can share one
 budget timer (issue 13).
@@ -221,7 +221,9 @@ class AdmissionEngine:
 
     async def _admit(self, call: CallAttempt) -> Decision:
         now = self.clock()
-        local = self._local(call, now)
+        local = evaluate_local(
+            call, self.refcache.ref, datetime.fromtimestamp(now, UTC), self.cfg.rules
+        )
         if local.failed is not None:
             return self._conclude(local.failed, now)
         if self.breaker.is_open:
@@ -248,12 +250,6 @@ class AdmissionEngine:
             self.latency_observer("redis", time.perf_counter() - t0)
         return self._conclude(self._settle(call, local, results), now)
 
-    def _local(self, call: CallAttempt, now: float) -> LocalVerdict:
-        """The in-memory half, on the snapshot of this moment."""
-        return evaluate_local(
-            call, self.refcache.ref, datetime.fromtimestamp(now, UTC), self.cfg.rules
-        )
-
     def _conclude(self, d: Decision, now: float) -> Decision:
         """Side effects every decision shares: the unconsented count (R6) and shadow mode."""
         if d.reason in UNCONSENTED and d.enterprise_id and not self.breaker.is_open:
@@ -274,7 +270,8 @@ class AdmissionEngine:
         self, call: CallAttempt, local: LocalVerdict, results: Mapping[str, Any]
     ) -> Decision:
         """The store answered in time: decide, and refund what counted for a rejection."""
-        self.breaker.success()
+        if self.breaker.in_a_row:  # a method call saved on the hot path
+            self.breaker.success()
         d = finish(call, local, verdict(local, results, all_checks=False), self.cfg.rules)
         if d.admit and any(getattr(r, "refunded", False) for r in results.values()):
             # A retransmission of a transaction we rejected fail-closed (its
