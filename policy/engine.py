@@ -1,31 +1,32 @@
 """``AdmissionEngine.admit(call) -> Decision``: the rules, the store, the budget and the fail mode.
 
 One decision is: the in-memory checks (``evaluate_local`` on the worker's
-reference snapshot), then ONE concurrent batch to Redis — at most one call
-per hash slot (callee script, token index, caller-number rate, trunk rate /
-concurrency) — then ``finish``. The store's auto-batcher puts every call made
-during one event-loop turn into one pipeline, so concurrent INVITEs share
-round trips.
+reference snapshot, ``policy.refcache``), then ONE concurrent batch to the
+store — at most one call per hash slot (callee script, token index,
+caller-number rate, trunk rate / concurrency) — then ``finish``. The store's
+auto-batcher puts every call made during one event-loop turn into one
+pipeline, so concurrent INVITEs share round trips.
 
 Failure handling, in the order it is applied:
 
-* budget: the store part has ``budget_ms`` to answer (a timer on one future per decision);
-* fail mode: on timeout or a Redis error, ``closed`` rejects with
+* budget (``policy.budget``): the store part has ``budget_ms`` to answer; a
+  timer that fires late marks the timeout a loop stall, not a Redis failure;
+* fail mode: on timeout or a store error, ``closed`` rejects with
   ``store_unavailable`` (503, Retry-After = ``ResponseMap.default_retry_after``),
   ``open`` decides with the in-memory checks only (quiet hours included);
-* circuit breaker: after ``breaker_failures`` consecutive failures the engine
-  stops calling Redis (the fail mode applies at once, no budget is spent) and
-  PINGs every ``breaker_probe_s``; the first answer closes it, so decisions
-  resume well within SPEC's 5 s of Redis answering again;
-* loop stalls are not Redis failures: a budget timer that fires late (the
-  worker's event loop was busy — a GC pause, a burst) gets one short grace
-  (``stall_grace``) for an answer already in the socket buffer, and a timeout
-  after a stall does not count towards the breaker. Before this, three
-  timeouts caused by a 100 ms stall opened the breaker and turned a healthy
-  Redis into 0.5 s of 503s;
+* circuit breaker (``policy.breaker``): after ``breaker_failures``
+  consecutive failures the engine stops calling the store (the fail mode
+  applies at once, no budget is spent) and PINGs every ``breaker_probe_s``;
+  stalls and answers that arrive within ``late_answer_s`` do not count;
 * quota: a rejected call consumes none. A slot script that counted for a
   call the overall decision rejected is refunded (``cag_refund``, once per
   transaction), including a script that answered after the budget ran out.
+
+The store is an ``AdmissionStore`` (``policy.ports``); ``PolicyStore`` is the
+Redis one. A decision is three steps — ``evaluate_local`` (in memory),
+``store_part.submit`` (queue the store calls), ``_settle`` / ``_store_failed``
+(answers or failure → ``Decision``) — so a batch of decisions can share one
+budget timer (issue 13).
 """
 
 from __future__ import annotations
@@ -35,46 +36,31 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from policy.decision import UNCONSENTED, Check, Decision, reject
+from policy.breaker import Breaker
+from policy.budget import BudgetExceeded, Pending, wait_all
+from policy.decision import UNCONSENTED, Decision, reject
+from policy.explain import explain_call
 from policy.model import CallAttempt
+from policy.ports import AdmissionStore, CalleeResult, RateResult, StoreError, Timers
+from policy.ratelog import LimitedLog
+from policy.refcache import RELOAD_TIMEOUT_S, RefCache
 from policy.rules import (
-    CAP_NAMES,
     LocalVerdict,
     RefData,
     RuleConfig,
-    StoreVerdict,
     evaluate_local,
     finish,
 )
-from policy.rules.caps import PER_SECOND_RETRY, check_cap
-from policy.rules.consent import check_consent, check_dnc
-from policy.rules.purpose import normalize_purpose
-from policy.store import CalleeResult, PolicyStore, RateResult, StoreError
+from policy.store_part import submit, verdict
+
+__all__ = ["AdmissionEngine", "BudgetExceeded", "EngineConfig", "StoreError"]
 
 log = logging.getLogger(__name__)
-
-LOG_EVERY_S = 5.0  # rate limit for repeated store-failure log lines
-
-# Check details for the reason codes the store's script returns (the Python
-# reference, policy.rules.consent, words them per record; the script returns codes).
-_CONSENT_DETAIL = {
-    "consent_missing": "no consent token",
-    "consent_unknown": "unknown consent token, or not valid yet",
-    "consent_other_callee": "token was granted for another callee",
-    "consent_other_enterprise": "token was granted to another enterprise",
-    "purpose_not_allowed": "declared purpose differs from the consent's, or the call's purpose "
-    "is not one the enterprise may call for",
-    "purpose_marketing": "the call's purpose is marketing: commercial-marketing outbound "
-    "is not allowed",
-    "consent_revoked": "consent revoked",
-    "consent_expired": "consent expired",
-    "consent_exhausted": "consent's max_calls used up",
-}
 
 
 @dataclass(frozen=True)
@@ -97,78 +83,6 @@ class EngineConfig:
     concurrency_timeout_s: int = 14400  # a concurrent-call entry without BYE expires after this
 
 
-@dataclass(slots=True)
-class _Slot:
-    """One call of the batch: what it was, its future, and (once answered) its result."""
-
-    kind: Literal["callee", "token", "caller", "trunk"]
-    fut: asyncio.Future[Any]
-
-
-class BudgetExceeded(TimeoutError):
-    """The store part missed its budget; ``stalled``: the event loop, not Redis, was late."""
-
-    def __init__(self, stalled: bool) -> None:
-        super().__init__("decision budget exceeded" + (" (event loop stalled)" if stalled else ""))
-        self.stalled = stalled
-
-
-def _expire(
-    waiter: asyncio.Future[None], deadline: float, late_s: float, grace: float, stalled: bool
-) -> None:
-    """The budget timer. Fired late by more than ``late_s``: the loop was stalled.
-
-    After a stall the timer runs in the same loop iteration that first sees
-    the Redis reply's socket as readable, before the reader task can parse it
-    (one or two iterations later): one grace of ``grace`` s lets an answer
-    that Redis gave on time arrive instead of a spurious fail-mode decision.
-    """
-    if waiter.done():
-        return
-    loop = waiter.get_loop()
-    now = loop.time()
-    if not stalled and now - deadline > late_s:
-        loop.call_at(now + grace, _expire, waiter, now + grace, late_s, grace, True)
-        return
-    waiter.set_exception(BudgetExceeded(stalled))
-
-
-async def _wait(
-    slots: list[_Slot], timeout: float, late_s: float = 0.02, grace: float = 0.01
-) -> dict[str, Any]:
-    """Wait for every slot's answer; raise the first ``StoreError``, or ``BudgetExceeded``.
-
-    Waits on one private future, so a budget timeout fails only that
-    future, never the slot futures: their late answers still arrive and can
-    be refunded. The deadline is a bare ``call_at`` on that future, which
-    costs a fraction of ``asyncio.timeout`` (no task cancellation to undo).
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    remaining = len(slots)
-
-    def done(f: asyncio.Future[Any]) -> None:
-        nonlocal remaining
-        remaining -= 1
-        exc = f.exception() if not f.cancelled() else StoreError("cancelled")  # always retrieved
-        if waiter.done():
-            return
-        if exc is not None:
-            waiter.set_exception(exc)
-        elif remaining == 0:
-            waiter.set_result(None)
-
-    for s in slots:
-        s.fut.add_done_callback(done)
-    deadline = loop.time() + timeout
-    handle = loop.call_at(deadline, _expire, waiter, deadline, late_s, grace, False)
-    try:
-        await waiter
-    finally:
-        handle.cancel()  # a re-armed grace timer is left to find the waiter done (a no-op)
-    return {s.kind: s.fut.result() for s in slots}
-
-
 def _consume(fut: asyncio.Future[Any]) -> None:
     """Done-callback for fire-and-forget futures: mark their exception retrieved."""
     if not fut.cancelled():
@@ -179,27 +93,36 @@ class AdmissionEngine:
     """Admission decisions for one worker (implements ``Admission`` of docs/interfaces.md)."""
 
     def __init__(
-        self, store: PolicyStore, cfg: EngineConfig, *, clock: Callable[[], float] = time.time
+        self,
+        store: AdmissionStore,
+        cfg: EngineConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` dates decisions; ``timers`` (default: the running loop) arms budgets and
+        probes; ``wall`` dates the reference snapshot's confirmations."""
         self.store = store
         self.cfg = cfg
         self.clock = clock
-        self.ref: RefData = RefData.build([], [], [], version=-1)
         self.stats: collections.Counter[str] = collections.Counter()
         self.latency_observer: Callable[[str, float], None] | None = None
-        self._loaded = False
-        self._refresh_ok = False
-        # When the reference data in memory was last known current (loaded, or its
-        # version checked against Redis): the age metric a NOC watches while Redis is away.
-        self.ref_confirmed_at = 0.0
-        self._failures = 0
-        self._breaker_open = False
-        self._probe_task: asyncio.Task[None] | None = None
+        self._timers = timers
+        self._limited = LimitedLog(log)
+        self.refcache = RefCache(store, wall=wall, limited=self._limited)
+        self.breaker = Breaker(
+            store.ping,
+            failures=cfg.breaker_failures,
+            probe_s=cfg.breaker_probe_s,
+            late_answer_s=cfg.late_answer_s,
+            timers=timers,
+            on_close=self.refcache.wake,  # re-check the reference version at once
+            stats=self.stats,
+            limited=self._limited,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
-        self._last_log: dict[str, float] = {}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -209,17 +132,19 @@ class AdmissionEngine:
         snapshot loads; later outages keep the last snapshot in service.
         """
         self._stop.clear()
+        self.breaker.start()
         try:
-            await asyncio.wait_for(self._reload(), 5.0)
+            await asyncio.wait_for(self.refcache.reload(), RELOAD_TIMEOUT_S)
         except (StoreError, TimeoutError, OSError) as e:
             log.warning("reference data not loaded yet: %s", e)
-        self._spawn(self._refresh_loop())
-        self._spawn(self.store.subscribe_changes(self._on_change, self._stop))
+        self._spawn(self.refcache.run(self.cfg.refresh_interval_s, self._stop))
+        self._spawn(self.store.subscribe_changes(self.refcache.on_change, self._stop))
 
     async def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-        tasks = [*self._tasks, *([self._probe_task] if self._probe_task else [])]
+        self.refcache.wake()
+        await self.breaker.stop()
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -228,7 +153,6 @@ class AdmissionEngine:
             except BaseException:  # shutting down
                 pass
         self._tasks.clear()
-        self._probe_task = None
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -237,13 +161,23 @@ class AdmissionEngine:
         return task
 
     @property
+    def ref(self) -> RefData:
+        """The reference snapshot the in-memory checks use."""
+        return self.refcache.ref
+
+    @property
+    def ref_confirmed_at(self) -> float:
+        """When the snapshot was last known current (wall clock, 0 before the first load)."""
+        return self.refcache.confirmed_at
+
+    @property
     def ready(self) -> bool:
         """A reference snapshot is loaded (the gateway adds "a next hop is up")."""
-        return self._loaded
+        return self.refcache.loaded
 
     @property
     def redis_ok(self) -> bool:
-        return self._refresh_ok and not self._breaker_open
+        return self.refcache.refresh_ok and not self.breaker.is_open
 
     def reconfigure(self, cfg: EngineConfig) -> None:
         """SIGHUP: new knobs from the next decision on (fail mode, budget, shadow, rules...).
@@ -259,51 +193,12 @@ class AdmissionEngine:
                 cfg.shadow,
             )
         self.cfg = cfg
+        self.breaker.failures = cfg.breaker_failures
+        self.breaker.probe_s = cfg.breaker_probe_s
+        self.breaker.late_answer_s = cfg.late_answer_s
 
     def source_known(self, ip: str) -> bool:
-        return bool(self.ref.source_known(ip))
-
-    # ------------------------------------------------------ reference data
-    def _on_change(self, version: int) -> None:
-        if version != self.ref.version:
-            self._wake.set()
-
-    async def _reload(self) -> None:
-        async with self._reload_lock:
-            trunks, enterprises, filings, version = await self.store.load_refdata()
-            self.ref = RefData.build(trunks, enterprises, filings, version=version)
-            self._loaded = True
-            self._refresh_ok = True
-            self.ref_confirmed_at = time.time()
-            log.info("reference data version %d: %r", version, self.ref)
-
-    async def _refresh_loop(self) -> None:
-        interval = self.cfg.refresh_interval_s
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._wake.wait(), interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                version = await asyncio.wait_for(self.store.ref_version(), max(interval, 1.0))
-                if version != self.ref.version or not self._loaded:
-                    await asyncio.wait_for(self._reload(), 5.0)
-                self._refresh_ok = True
-                self.ref_confirmed_at = time.time()
-            except (StoreError, TimeoutError, OSError) as e:
-                self._refresh_ok = False
-                self._log_limited(
-                    "refresh",
-                    "reference refresh failed (serving version %d): %s",
-                    self.ref.version,
-                    e,
-                )
-            except Exception:
-                self._refresh_ok = False
-                log.exception("reference refresh failed")
+        return bool(self.refcache.ref.source_known(ip))
 
     # -------------------------------------------------------------- admit
     async def admit(self, call: CallAttempt) -> Decision:
@@ -326,9 +221,38 @@ class AdmissionEngine:
 
     async def _admit(self, call: CallAttempt) -> Decision:
         now = self.clock()
-        local = evaluate_local(call, self.ref, datetime.fromtimestamp(now, UTC), self.cfg.rules)
-        d = local.failed if local.failed is not None else await self._with_store(call, local, now)
-        if d.reason in UNCONSENTED and d.enterprise_id and not self._breaker_open:
+        local = evaluate_local(
+            call, self.refcache.ref, datetime.fromtimestamp(now, UTC), self.cfg.rules
+        )
+        if local.failed is not None:
+            return self._conclude(local.failed, now)
+        if self.breaker.is_open:
+            return self._conclude(self._fail(call, local, "breaker open"), now)
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        pending = submit(
+            self.store,
+            call,
+            local,
+            now,
+            dry_run=False,
+            all_checks=False,
+            concurrency_timeout_s=cfg.concurrency_timeout_s,
+        )
+        budget = cfg.budget_ms / 1000
+        try:
+            results = await wait_all(
+                pending, budget, cfg.stall_late_s, min(budget / 2, 0.025), self._timers
+            )
+        except (TimeoutError, StoreError) as e:
+            return self._conclude(self._store_failed(call, local, pending, e), now)
+        if self.latency_observer is not None:
+            self.latency_observer("redis", time.perf_counter() - t0)
+        return self._conclude(self._settle(call, local, results), now)
+
+    def _conclude(self, d: Decision, now: float) -> Decision:
+        """Side effects every decision shares: the unconsented count (R6) and shadow mode."""
+        if d.reason in UNCONSENTED and d.enterprise_id and not self.breaker.is_open:
             self._count_unconsented(d.enterprise_id, now)
         if self.cfg.shadow and not d.admit and d.reason != "malformed":
             self.stats["shadow_would_reject"] += 1
@@ -342,38 +266,13 @@ class AdmissionEngine:
             )
         return d
 
-    async def _with_store(self, call: CallAttempt, local: LocalVerdict, now: float) -> Decision:
-        if self._breaker_open:
-            return self._fail(call, local, "breaker open")
-        t0 = time.perf_counter()
-        slots = self._submit(call, local, now, dry_run=False, all_checks=False)
-        cfg = self.cfg
-        budget = cfg.budget_ms / 1000
-        try:
-            results = await _wait(slots, budget, cfg.stall_late_s, min(budget / 2, 0.025))
-        except (TimeoutError, StoreError) as e:
-            timeout = isinstance(e, TimeoutError)
-            stalled = isinstance(e, BudgetExceeded) and e.stalled
-            self.stats["store_timeouts" if timeout else "store_errors"] += 1
-            if stalled:
-                # The loop, not Redis, was late: no step towards the breaker.
-                self.stats["loop_stall_timeouts"] += 1
-            elif timeout:
-                self._judge_late(slots)
-            else:
-                self._failure()
-            d = self._fail(call, local, str(e))
-            # Scripts that counted (or still will) for a call we reject are refunded.
-            for s in slots:
-                if not s.fut.done():
-                    s.fut.add_done_callback(_consume if d.admit else self._refund_late)
-                elif not d.admit:
-                    self._refund_late(s.fut)
-            return d
-        self._failures = 0
-        if self.latency_observer is not None:
-            self.latency_observer("redis", time.perf_counter() - t0)
-        d = finish(call, local, self._verdict(local, results, all_checks=False), self.cfg.rules)
+    def _settle(
+        self, call: CallAttempt, local: LocalVerdict, results: Mapping[str, Any]
+    ) -> Decision:
+        """The store answered in time: decide, and refund what counted for a rejection."""
+        if self.breaker.in_a_row:  # a method call saved on the hot path
+            self.breaker.success()
+        d = finish(call, local, verdict(local, results, all_checks=False), self.cfg.rules)
         if d.admit and any(getattr(r, "refunded", False) for r in results.values()):
             # A retransmission of a transaction we rejected fail-closed (its
             # scripts passed but the answer came too late): the stored decision
@@ -385,138 +284,29 @@ class AdmissionEngine:
                 self._refund_result(r)
         return d
 
-    def _submit(
-        self, call: CallAttempt, local: LocalVerdict, now: float, dry_run: bool, all_checks: bool
-    ) -> list[_Slot]:
-        """Queue this call's store commands; they leave in the loop turn's pipeline."""
-        assert local.callee is not None and local.trunk is not None
-        now_ms = int(now * 1000)
-        txn = call.txn_id
-        lim = local.limits
-        store = self.store
-        quiet_fail = local.quiet.outcome == "fail"
-        slots = [
-            _Slot(
-                "callee",
-                store.admit_callee(
-                    callee=local.callee,
-                    token=call.consent_token,
-                    enterprise_id=local.trunk.enterprise_id,
-                    purpose=normalize_purpose(call.purpose),
-                    allowed_purposes=local.enterprise.purposes if local.enterprise else (),
-                    now_ms=now_ms,
-                    quiet_fail=quiet_fail,
-                    daily_limit=lim.callee_daily,
-                    total_limit=lim.callee_total_daily,
-                    day=local.day,
-                    day_ttl=local.day_ttl,
-                    txn=txn,
-                    dry_run=dry_run,
-                ),
-            )
-        ]
-        if call.consent_token:
-            slots.append(_Slot("token", store.token_callee(call.consent_token)))
-        # Quiet hours already refuse the call: the per-second caps come after it
-        # in SPEC order, so they are neither consulted nor counted.
-        if quiet_fail and not all_checks:
-            return slots
-        if lim.caller_per_second > 0 and local.caller:
-            slots.append(
-                _Slot(
-                    "caller",
-                    store.rate(
-                        "n",
-                        local.caller,
-                        limit=lim.caller_per_second,
-                        now_ms=now_ms,
-                        call_id=call.call_id,
-                        txn=txn,
-                        dry_run=dry_run,
-                    ),
-                )
-            )
-        if lim.trunk_max_cps > 0 or lim.trunk_max_concurrent > 0:
-            slots.append(
-                _Slot(
-                    "trunk",
-                    store.rate(
-                        "t",
-                        local.trunk.trunk_id,
-                        limit=lim.trunk_max_cps,
-                        max_concurrent=lim.trunk_max_concurrent,
-                        now_ms=now_ms,
-                        call_id=call.call_id,
-                        txn=txn,
-                        concurrency_timeout_s=self.cfg.concurrency_timeout_s,
-                        dry_run=dry_run,
-                    ),
-                )
-            )
-        return slots
+    def _store_failed(
+        self, call: CallAttempt, local: LocalVerdict, pending: list[Pending], e: Exception
+    ) -> Decision:
+        """The store failed or missed the budget: tell the breaker, apply the fail mode.
 
-    def _verdict(
-        self, local: LocalVerdict, results: dict[str, Any], all_checks: bool
-    ) -> StoreVerdict:
-        cr: CalleeResult = results["callee"]
-        reason = cr.consent_reason
-        token_callee = results.get("token")
-        if (
-            reason == "consent_unknown"
-            and token_callee is not None
-            and token_callee != local.callee
-        ):
-            reason = "consent_other_callee"
-        if reason is None:
-            consent = Check(
-                "consent",
-                "pass",
-                None,
-                f"consent for {cr.consent_purpose or '?'}, {cr.used} calls used",
-            )
+        Scripts that counted (or still will) for a call we reject are refunded.
+        """
+        timeout = isinstance(e, TimeoutError)
+        self.stats["store_timeouts" if timeout else "store_errors"] += 1
+        if isinstance(e, BudgetExceeded) and e.stalled:
+            # The loop, not Redis, was late: no step towards the breaker.
+            self.stats["loop_stall_timeouts"] += 1
+        elif timeout:
+            self.breaker.judge_late([p.fut for p in pending])
         else:
-            detail = _CONSENT_DETAIL.get(reason, reason)
-            if reason == "consent_other_callee":
-                detail = f"token was granted for {token_callee}"
-            consent = Check("consent", "fail", reason, detail)
-        if cr.dnc_reason is None:
-            dnc = Check("dnc", "pass", None, "not registered, or a consented callback")
-        else:
-            dnc = Check("dnc", "fail", cr.dnc_reason, "callee registered do-not-call")
-        lim = local.limits
-        caller: RateResult | None = results.get("caller")
-        trunk: RateResult | None = results.get("trunk")
-        counts: dict[str, int | None] = {
-            "callee_daily_cap": cr.day_count,
-            "callee_total_daily_cap": cr.total_count,
-            "caller_rate": caller.rate_count
-            if caller is not None
-            else (0 if lim.caller_per_second <= 0 else None),
-            "trunk_rate": trunk.rate_count
-            if trunk is not None
-            else (0 if lim.trunk_max_cps <= 0 else None),
-            "trunk_concurrent": trunk.concurrent
-            if trunk is not None
-            else (0 if lim.trunk_max_concurrent <= 0 else None),
-        }
-        caps: list[Check] = []
-        stopped = False
-        for name in CAP_NAMES:
-            count = counts[name]
-            if (stopped and not all_checks) or count is None:
-                caps.append(Check(name, "skip", None, "not evaluated"))
-                continue
-            retry = local.day_ttl if name.endswith("daily_cap") else PER_SECOND_RETRY
-            c = check_cap(name, count, lim.limit_for(name), retry)
-            caps.append(c)
-            stopped = stopped or c.outcome == "fail"
-        return StoreVerdict(
-            consent=consent,
-            dnc=dnc,
-            caps=tuple(caps),
-            evidence_ref=cr.evidence_ref,
-            consent_purpose=cr.consent_purpose,
-        )
+            self.breaker.failure()
+        d = self._fail(call, local, str(e))
+        for p in pending:
+            if not p.fut.done():
+                p.fut.add_done_callback(_consume if d.admit else self._refund_late)
+            elif not d.admit:
+                self._refund_late(p.fut)
+        return d
 
     # ------------------------------------------------------------ refunds
     def _refund_result(self, r: Any) -> None:
@@ -546,10 +336,10 @@ class AdmissionEngine:
     def _fail(self, call: CallAttempt, local: LocalVerdict, why: str) -> Decision:
         if self.cfg.fail_mode == "open":
             self.stats["fail_open"] += 1
-            self._log_limited("fail_open", "store unavailable (%s): deciding fail-open", why)
+            self._limited.warning("fail_open", "store unavailable (%s): deciding fail-open", why)
             return finish(call, local, None, self.cfg.rules)
         self.stats["fail_closed"] += 1
-        self._log_limited("fail_closed", "store unavailable (%s): rejecting fail-closed", why)
+        self._limited.warning("fail_closed", "store unavailable (%s): rejecting fail-closed", why)
         return self._closed(call, local)
 
     def _closed(self, call: CallAttempt, local: LocalVerdict) -> Decision:
@@ -565,70 +355,6 @@ class AdmissionEngine:
             callee=local.callee,
             consent_token=call.consent_token,
         )
-
-    def _judge_late(self, slots: list[_Slot]) -> None:
-        """A budget timeout is a step towards the breaker only if Redis has still not answered
-        ``late_answer_s`` later.
-
-        A CPU-saturated worker reads Redis's replies late although Redis
-        answered at once: its decisions miss the budget (fail mode), but
-        opening the breaker on that would turn every call for the next probe
-        interval into a 503 while Redis is fine. A stopped or sleeping Redis
-        does not answer within ``late_answer_s``, so it still opens the
-        breaker, ``late_answer_s`` later than on the first errors.
-
-        Not answered yet is judged twice, 20 ms apart: the event loop runs
-        due timers *before* it reads sockets, and a reply read from the
-        socket reaches the slot's future only a few loop turns later (the
-        connection's task wakes, the batcher hands the reply out). After a
-        stall of the worker (a long garbage collection, CPU taken away) the
-        first look would fire while the answer sits unread or unhanded, and
-        a stall is exactly what must not count as Redis failing.
-        """
-
-        def judge(second_look: bool = False) -> None:
-            if all(s.fut.done() and not s.fut.cancelled() and s.fut.exception() is None for s in slots):
-                self.stats["late_answers"] += 1
-            elif not second_look:
-                asyncio.get_running_loop().call_later(0.02, judge, True)  # after the socket is read
-            else:
-                self._failure()
-
-        try:
-            asyncio.get_running_loop().call_later(self.cfg.late_answer_s, judge)
-        except RuntimeError:  # loop closing
-            pass
-
-    def _failure(self) -> None:
-        self._failures += 1
-        if self._failures >= self.cfg.breaker_failures and not self._breaker_open:
-            self._breaker_open = True
-            self.stats["breaker_opened"] += 1
-            log.warning(
-                "redis failing (%d in a row): circuit breaker open, probing every %.2fs",
-                self._failures,
-                self.cfg.breaker_probe_s,
-            )
-            self._probe_task = asyncio.get_running_loop().create_task(self._probe())
-
-    async def _probe(self) -> None:
-        while self._breaker_open and not self._stop.is_set():
-            await asyncio.sleep(self.cfg.breaker_probe_s)
-            try:
-                await asyncio.wait_for(self.store.ping(), max(self.cfg.breaker_probe_s, 0.5))
-            except (StoreError, TimeoutError, OSError) as e:
-                self._log_limited("probe", "redis probe failed: %r", e)
-                continue
-            self._failures = 0
-            self._breaker_open = False
-            self._wake.set()  # re-check the reference version at once
-            log.warning("redis answers again: circuit breaker closed")
-
-    def _log_limited(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._last_log[key] = now
-            log.warning(msg, *args)
 
     # ------------------------------------------------------- side effects
     def _count_unconsented(self, enterprise_id: str, now: float) -> None:
@@ -661,11 +387,11 @@ class AdmissionEngine:
         if ok:
             self.stats["auto_suspended"] += 1
             log.warning("enterprise %s suspended: %s", enterprise_id, cause)
-            self._wake.set()
+            self.refcache.wake()
 
     def release(self, trunk_id: str, call_id: str) -> None:
         """Free a concurrency slot (BYE, CANCEL, final error); fire-and-forget."""
-        trunk = self.ref.trunks.get(trunk_id)
+        trunk = self.refcache.ref.trunks.get(trunk_id)
         if trunk is not None and trunk.max_concurrent <= 0:
             return  # nothing was tracked for this trunk
         try:
@@ -675,108 +401,16 @@ class AdmissionEngine:
 
     # ------------------------------------------------------------ explain
     async def explain(self, call: CallAttempt, at: datetime) -> Decision:
-        """Every check for this call at ``at``, without counting anything (dry run, no txn).
+        """Every check for this call at ``at``, without counting anything (``policy.explain``).
 
-        Raises ``StoreError`` when Redis does not answer: an explanation
-        without the consent / DNC / caps half would mislead.
+        Raises ``StoreError`` when the store does not answer.
         """
-        cfg = self.cfg.rules
-        local = evaluate_local(call, self.ref, at, cfg, all_checks=True)
-        local = self._with_suspension_detail(local)
-        if local.callee is None or local.trunk is None:
-            why = "not evaluated: no callee" if local.callee is None else "not evaluated: no trunk"
-            skipped = StoreVerdict(
-                consent=Check("consent", "skip", None, why),
-                dnc=Check("dnc", "skip", None, why),
-                caps=tuple(Check(n, "skip", None, why) for n in CAP_NAMES),
-            )
-            return finish(call, local, skipped, cfg, all_checks=True)
-        slots = self._submit(call, local, at.timestamp(), dry_run=True, all_checks=True)
-        try:
-            results = await _wait(slots, 5.0)
-        except TimeoutError as e:
-            raise StoreError("explain: store did not answer within 5 s") from e
-        verdict = await self._explained(
-            call, local, at, results, self._verdict(local, results, True)
+        return await explain_call(
+            self.store,
+            self.refcache.ref,
+            self.cfg.rules,
+            call,
+            at,
+            concurrency_timeout_s=self.cfg.concurrency_timeout_s,
+            timers=self._timers,
         )
-        return finish(call, local, verdict, cfg, all_checks=True)
-
-    async def _explained(
-        self,
-        call: CallAttempt,
-        local: LocalVerdict,
-        at: datetime,
-        results: dict[str, Any],
-        verdict: StoreVerdict,
-    ) -> StoreVerdict:
-        """Word the consent / DNC checks as policy.rules.consent does, from the records.
-
-        The script returns reason codes only; explain is not on the hot path,
-        so it reads the consent and DNC records and runs the Python reference
-        for its details ("revoked 2026-…", "2 of 2 calls used"). Should the
-        two ever disagree, the script's verdict stands (it is what admission
-        does) and the disagreement is logged.
-        """
-        assert local.callee is not None and local.trunk is not None
-        cr: CalleeResult = results["callee"]
-        token = call.consent_token
-        stored = await self.store.get_consent(token) if token else None
-        record = stored if stored is not None and stored.callee == local.callee else None
-        consent = check_consent(
-            record,
-            token=token,
-            callee=local.callee,
-            enterprise_id=local.trunk.enterprise_id,
-            declared_purpose=call.purpose,
-            allowed_purposes=local.enterprise.purposes if local.enterprise is not None else (),
-            used=cr.used,
-            now=at,
-            token_callee=stored.callee if stored is not None else None,
-        )
-        dnc = check_dnc(
-            await self.store.get_dnc(local.callee),
-            consent_ok=verdict.consent.outcome == "pass",
-            consent_purpose=cr.consent_purpose,
-        )
-        agreed = {}
-        for name, ours, theirs in (
-            ("consent", verdict.consent, consent),
-            ("dnc", verdict.dnc, dnc),
-        ):
-            if (ours.outcome, ours.reason) == (theirs.outcome, theirs.reason):
-                agreed[name] = theirs
-            else:
-                log.warning(
-                    "explain: script and reference disagree on %s: %s vs %s",
-                    name,
-                    ours.reason,
-                    theirs.reason,
-                )
-        return dataclasses.replace(
-            verdict,
-            consent=agreed.get("consent", verdict.consent),
-            dnc=agreed.get("dnc", verdict.dnc),
-        )
-
-    @staticmethod
-    def _with_suspension_detail(local: LocalVerdict) -> LocalVerdict:
-        ent = local.enterprise
-        if ent is None or ent.status != "suspended" or ent.suspended_at is None:
-            return local
-        since = f"; suspended since {ent.suspended_at.isoformat()}"
-        checks = tuple(
-            dataclasses.replace(
-                c,
-                detail=c.detail
-                + since
-                + (
-                    f" ({ent.suspended_cause})"
-                    if ent.suspended_cause and ent.suspended_cause not in c.detail
-                    else ""
-                ),
-            )
-            if c.name == "trunk" and since not in c.detail
-            else c
-            for c in local.checks
-        )
-        return dataclasses.replace(local, checks=checks)

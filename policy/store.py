@@ -73,6 +73,7 @@ from policy.model import (
     Trunk,
 )
 from policy.redact import redact_url
+from policy.rules.purpose import normalize_purpose
 
 _hiredis: Any
 try:
@@ -224,7 +225,7 @@ def _normalize(number: str) -> str:
 @lru_cache(maxsize=1024)
 def _purposes_arg(purposes: tuple[str, ...]) -> str:
     """An enterprise's purposes as ``cag_admit`` takes them: normalised, space-separated."""
-    return " ".join(p.strip().lower() for p in purposes if p.strip())
+    return " ".join(p for p in map(normalize_purpose, purposes) if p)
 
 
 def _consent_fields(c: Consent) -> dict[str, str]:

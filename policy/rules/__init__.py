@@ -31,7 +31,7 @@ from policy.model import CallAttempt, Consent, DncEntry, Enterprise, FrequencyCa
 from policy.numbers import normalize_number, number_timezone
 from policy.rules._util import failed, passed, skipped
 from policy.rules.caller_id import caller_of, check_caller_id
-from policy.rules.caps import CAP_NAMES, PER_SECOND_RETRY, CapLimits, callee_day, check_cap
+from policy.rules.caps import CAP_NAMES, CapLimits, callee_day, check_caps
 from policy.rules.consent import check_consent, check_dnc
 from policy.rules.filing import check_filing
 from policy.rules.purpose import check_purpose, normalize_purpose
@@ -347,20 +347,11 @@ def reference_store_verdict(
     purpose = normalize_purpose(consent.purpose) if consent is not None else None
     d = check_dnc(dnc, consent_ok=c.outcome == "pass", consent_purpose=purpose)
     counts = counts or {}
-    caps: list[Check] = []
-    stopped = False
-    for name in CAP_NAMES:
-        if stopped:
-            caps.append(skipped(name, "not evaluated"))
-            continue
-        retry = local.day_ttl if name.endswith("daily_cap") else PER_SECOND_RETRY
-        check = check_cap(name, counts.get(name, 0), local.limits.limit_for(name), retry)
-        caps.append(check)
-        stopped = check.outcome == "fail"
+    caps = check_caps({n: counts.get(n, 0) for n in CAP_NAMES}, local.limits, local.day_ttl)
     return StoreVerdict(
         consent=c,
         dnc=d,
-        caps=tuple(caps),
+        caps=caps,
         evidence_ref=(consent.evidence_ref or None) if consent is not None else None,
         consent_purpose=purpose,
     )

@@ -7,12 +7,13 @@ compares with a limit (the store's script mirrors ``check_cap``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from policy.decision import Check
 from policy.model import Enterprise, FrequencyCap, Trunk
-from policy.rules._util import aware, ceil_seconds, failed, passed, zone
+from policy.rules._util import aware, ceil_seconds, failed, passed, skipped, zone
 
 # SPEC §5 order; each cap's check name is also its reason code.
 CAP_NAMES: tuple[str, ...] = (
@@ -92,3 +93,31 @@ def check_cap(name: str, count: int, limit: int, retry_after: int) -> Check:
     if count >= limit:
         return failed(name, name, f"{count} of {limit} used", max(1, retry_after))
     return passed(name, f"{count} of {limit} used")
+
+
+def check_caps(
+    counts: Mapping[str, int | None],
+    limits: CapLimits,
+    day_ttl: int,
+    *,
+    all_checks: bool = False,
+) -> tuple[Check, ...]:
+    """Every cap in SPEC order; after the first that fails the rest are "skip" (R6).
+
+    ``counts`` maps a cap name to what its window holds; a missing or None
+    count was not evaluated (skipped). The store's script stops counting at
+    the first refusal too; ``all_checks`` (explain) evaluates every cap with
+    a count anyway. ``day_ttl`` is the Retry-After of the daily caps.
+    """
+    caps: list[Check] = []
+    stopped = False
+    for name in CAP_NAMES:
+        count = counts.get(name)
+        if (stopped and not all_checks) or count is None:
+            caps.append(skipped(name, "not evaluated"))
+            continue
+        retry = day_ttl if name.endswith("daily_cap") else PER_SECOND_RETRY
+        check = check_cap(name, count, limits.limit_for(name), retry)
+        caps.append(check)
+        stopped = stopped or check.outcome == "fail"
+    return tuple(caps)

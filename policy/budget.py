@@ -1,0 +1,99 @@
+"""The decision budget: the store part of a decision has ``budget_ms`` to answer.
+
+One timer guards a waiter future; the store's own futures are never failed
+by it, so answers that arrive after the budget still land and can be refunded
+(``AdmissionEngine._refund_late``). A timer that fires late means the event
+loop was busy (a GC pause, a burst), not that Redis was slow: it gets one
+short grace for an answer already in the socket buffer, and the timeout it
+then raises says ``stalled`` so it does not count towards the breaker.
+
+The timer guards a waiter future, not the futures it watches, so that one
+timer can guard a whole batch of decisions (one per event-loop turn, issue
+13): ``_expire`` takes any waiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from policy.ports import StoreError, Timers
+
+
+class BudgetExceeded(TimeoutError):
+    """The store part missed its budget; ``stalled``: the event loop, not Redis, was late."""
+
+    def __init__(self, stalled: bool) -> None:
+        super().__init__("decision budget exceeded" + (" (event loop stalled)" if stalled else ""))
+        self.stalled = stalled
+
+
+@dataclass(slots=True)
+class Pending:
+    """One store call of a decision: which check it answers, and its future."""
+
+    kind: Literal["callee", "token", "caller", "trunk"]
+    fut: asyncio.Future[Any]
+
+
+def _expire(
+    timers: Timers,
+    waiter: asyncio.Future[None],
+    deadline: float,
+    late_s: float,
+    grace: float,
+    stalled: bool,
+) -> None:
+    """The budget timer. Fired late by more than ``late_s``: the loop was stalled.
+
+    After a stall the timer runs in the same loop iteration that first sees
+    the Redis reply's socket as readable, before the reader task can parse it
+    (one or two iterations later): one grace of ``grace`` s lets an answer
+    that Redis gave on time arrive instead of a spurious fail-mode decision.
+    """
+    if waiter.done():
+        return
+    now = timers.time()
+    if not stalled and now - deadline > late_s:
+        timers.call_at(now + grace, _expire, timers, waiter, now + grace, late_s, grace, True)
+        return
+    waiter.set_exception(BudgetExceeded(stalled))
+
+
+async def wait_all(
+    pending: Sequence[Pending],
+    timeout: float,
+    late_s: float = 0.02,
+    grace: float = 0.01,
+    timers: Timers | None = None,
+) -> dict[str, Any]:
+    """Every call's answer by kind; raises the first ``StoreError``, or ``BudgetExceeded``."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    remaining = len(pending)
+
+    def done(f: asyncio.Future[Any]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        exc = f.exception() if not f.cancelled() else StoreError("cancelled")  # always retrieved
+        if waiter.done():
+            return
+        if exc is not None:
+            waiter.set_exception(exc)
+        elif remaining == 0:
+            waiter.set_result(None)
+
+    for p in pending:
+        p.fut.add_done_callback(done)
+    # A bare ``call_at`` costs a fraction of ``asyncio.timeout`` (no task cancellation
+    # to undo); cancelling it leaves a re-armed grace timer to find the waiter done.
+    t = timers or loop
+    deadline = t.time() + timeout
+    handle = t.call_at(deadline, _expire, t, waiter, deadline, late_s, grace, False)
+    try:
+        await waiter
+    finally:
+        handle.cancel()
+    return {p.kind: p.fut.result() for p in pending}
