@@ -270,11 +270,18 @@ def _actor(key: ApiKey) -> str:
     return key.key_id
 
 
+def _stored(t: datetime | None) -> datetime | None:
+    """A time as the store keeps it (UTC, milliseconds), so POST and GET answer alike."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(round(t.timestamp() * 1000) / 1000, UTC)
+
+
 def _consent_out(c: Consent, used: int) -> dict[str, Any]:
     return ConsentOut(
         token=c.token, callee=c.callee, enterprise_id=c.enterprise_id, purpose=c.purpose,
-        granted_at=c.granted_at, expires_at=c.expires_at, max_calls=c.max_calls,
-        evidence_ref=c.evidence_ref, revoked_at=c.revoked_at, calls_used=used,
+        granted_at=_stored(c.granted_at) or c.granted_at, expires_at=_stored(c.expires_at),
+        max_calls=c.max_calls, evidence_ref=c.evidence_ref, revoked_at=_stored(c.revoked_at), calls_used=used,
     ).model_dump(mode="json")
 
 

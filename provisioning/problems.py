@@ -93,5 +93,9 @@ def row_errors(reasons: list[str]) -> list[dict[str, str]]:
     out = []
     for r in reasons:
         field, sep, msg = r.partition(": ")
-        out.append({"field": field, "message": msg} if sep else {"field": "body", "message": r})
+        if not sep:  # a whole-record rule ("expires_at must be after granted_at"): its first word
+            field, msg = r.split(" ", 1)[0], r
+            if not field.isidentifier():
+                field = "body"
+        out.append({"field": field, "message": msg})
     return out
