@@ -34,7 +34,12 @@ class _Usage(Exception):
 def _settings(args: argparse.Namespace) -> Any:
     from gateway.config import load_settings
 
+    from provisioning.service import SETTINGS_ENV
+
     overrides = {"redis_url": getattr(args, "redis_url", None), "state_dir": getattr(args, "state_dir", None)}
+    inherited = os.environ.get(SETTINGS_ENV)  # started by `cag serve --api`: the parent's settings
+    if inherited:
+        overrides = {**json.loads(inherited), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return load_settings(getattr(args, "config", None), **overrides)
     except Exception as e:  # ValidationError, TOML syntax, missing file
