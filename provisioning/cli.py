@@ -33,7 +33,6 @@ class _Usage(Exception):
 
 def _settings(args: argparse.Namespace) -> Any:
     from gateway.config import load_settings
-
     from provisioning.service import SETTINGS_ENV
 
     overrides = {"redis_url": getattr(args, "redis_url", None), "state_dir": getattr(args, "state_dir", None)}

@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.harness import CAG, SIPP_DIR, GatewayProc, SippUas, load_policy, standard_policy, write_inf
+from tests.integration.harness import (
+    CAG,
+    SIPP_DIR,
+    GatewayProc,
+    SippUas,
+    load_policy,
+    standard_policy,
+    write_inf,
+)
 from tests.integration.test_reasons_sipp import received_finals
 
 pytestmark = pytest.mark.integration
