@@ -31,7 +31,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.config import Settings
@@ -52,6 +52,18 @@ KEY_CACHE_S = 1.0
 TOKEN_RE = r"^[A-Za-z0-9._~:@+=-]{1,128}$"
 FUTURE_SLACK = timedelta(minutes=5)
 
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _sane(t: datetime) -> datetime:
+    """Times far outside the service's life are typos (and overflow window arithmetic)."""
+    if not _EARLIEST <= t < _LATEST:
+        raise ValueError("must be between 2000 and 2200")
+    return t
+
+
+Time = Annotated[AwareDatetime, AfterValidator(_sane), Field(description="ISO 8601 with a zone")]
 Text = Annotated[str, Field(min_length=1, max_length=256)]
 Number = Annotated[str, Field(min_length=1, max_length=40, description="as `cag policy load` accepts; stored normalised")]
 
@@ -63,10 +75,10 @@ class _Body(BaseModel):
 class ConsentIn(_Body):
     callee: Number
     purpose: Annotated[str, Field(min_length=1, max_length=64)]
-    expires_at: AwareDatetime
+    expires_at: Time
     evidence_ref: Annotated[str, Field(min_length=1, max_length=512)]
     token: Annotated[str | None, Field(pattern=TOKEN_RE)] = None
-    granted_at: AwareDatetime | None = None
+    granted_at: Time | None = None
     max_calls: Annotated[int | None, Field(ge=1, le=1_000_000_000)] = None
     enterprise_id: Annotated[str | None, Field(min_length=1, max_length=128,
                                                description="admin keys only: the enterprise consented to")] = None
@@ -88,7 +100,7 @@ class ConsentOut(BaseModel):
 class DncIn(_Body):
     number: Number
     scope: Literal["all", "commercial"] = "all"
-    registered_at: AwareDatetime | None = None
+    registered_at: Time | None = None
 
 
 class DncOut(BaseModel):
@@ -100,7 +112,7 @@ class DncOut(BaseModel):
 class ComplaintIn(_Body):
     callee: Number
     caller: Number
-    reported_at: AwareDatetime
+    reported_at: Time
     channel: Annotated[str, Field(min_length=1, max_length=32, description="12321, carrier, or another source")]
     ref: Text
 
@@ -137,7 +149,7 @@ class ExplainIn(_Body):
     callee: Annotated[str, Field(min_length=1, max_length=64)]
     token: Annotated[str | None, Field(max_length=256)] = None
     purpose: Annotated[str | None, Field(max_length=64)] = None
-    at: AwareDatetime | None = None
+    at: Time | None = None
     pai: Annotated[str | None, Field(max_length=64)] = None
     privacy: bool = False
     identity: Annotated[str | None, Field(max_length=8192)] = None
@@ -535,7 +547,7 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
     async def list_complaints(
         request: Request, key: Key,
         enterprise_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-        since: Annotated[AwareDatetime | None, Query(description="ISO 8601 with zone")] = None,
+        since: Annotated[Time | None, Query(description="ISO 8601 with zone")] = None,
     ) -> JSONResponse:
         """Complaints, newest first: an enterprise key sees its own; the admin any or all."""
         st = _state(request)
