@@ -434,10 +434,13 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
 
         async def work() -> tuple[int, Any]:
             token = body.token
+            existing = None
             if token is None:
+                # With an Idempotency-Key the token is derived from it: even a retry that
+                # outlived its pending claim re-grants the same consent, never a second one.
                 seed = f"{key.key_id}\n{idempotency_key}" if idempotency_key else uuid.uuid4().hex
                 token = "c-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
-            else:
+            if body.token is not None or idempotency_key:
                 existing = await policy.get_consent(token)
                 if existing is not None and existing.enterprise_id != ent_id:
                     raise Problem(409, "this token is not available; omit token to have one generated")
@@ -454,7 +457,9 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
             await policy.grant_consent(consent)
             await changes.record(_actor(key), "consent_grant", enterprise_id=ent_id, callee=consent.callee,
                                  consent_token=token, evidence_ref=consent.evidence_ref)
-            return 201, _consent_out(consent, await policy.consent_used(token))
+            # A re-grant keeps the calls already counted; a new token has counted none.
+            used = await policy.consent_used(token) if existing is not None else 0
+            return 201, _consent_out(consent, used)
 
         return await _idempotent(api, key, idempotency_key, body, work)
 
