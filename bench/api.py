@@ -94,9 +94,10 @@ class _Bodies:
 
     def next(self) -> bytes:
         self.n += 1
+        n = self.n
         return (
-            '{"callee":"+86139%08d","purpose":"callback","expires_at":"2031-01-01T00:00:00+08:00",'
-            '"evidence_ref":"crm://bench/%d"}' % (self.n, self.n)
+            f'{{"callee":"+86139{n:08d}","purpose":"callback","expires_at":"2031-01-01T00:00:00+08:00",'
+            f'"evidence_ref":"crm://bench/{n}"}}'
         ).encode()
 
 
@@ -281,7 +282,7 @@ def _sip_comparison(tmp: Path, url: str, api_port: int, key: str, args: argparse
             load: dict[str, Any] = {}
             thread = None
             if label == "sip_with_api_load":
-                def run_load() -> None:
+                def run_load(load: dict[str, Any] = load) -> None:
                     load.update(asyncio.run(open_loop(api_port, key, seconds + 2, args.rate, bodies)))
 
                 thread = threading.Thread(target=run_load)

@@ -32,6 +32,8 @@ SUSPENSIONS = Counter(
     "cag_api_complaint_suspensions_total",
     "Enterprises suspended automatically for complaints over their threshold (cause complaints)",
 )
+for _channel in ("12321", "carrier", "other"):  # known label values start at 0, so rate() sees the first one
+    COMPLAINTS.labels(_channel)
 AUDIT_FAILED = Counter("cag_api_audit_failed_total", "API changes whose audit record could not be written")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
