@@ -431,3 +431,35 @@ def test_complaint_threshold_column_loads(tmp_path: Path) -> None:
 
 
 
+
+
+async def test_api_store_on_redis_cluster(redis_cluster: str) -> None:
+    """Keys, idempotency records, complaints and change records carry hash tags: Cluster works too."""
+    store = await PolicyStore.connect(redis_cluster)
+    assert store.cluster
+    try:
+        api = ApiStore(store.client)
+        now = datetime.now(UTC)
+        key, text = await api.create_key(enterprise_id="ent-c", admin=False, rate=5, now=now)
+        got = await api.get_key(key.key_id)
+        assert got is not None and got.matches(text.split("_", 2)[2])
+        assert key.key_id in [k.key_id for k in await api.list_keys()]
+        assert await api.idem_claim(key.key_id, "i-1") is None
+        assert await api.idem_claim(key.key_id, "i-1") == {"pending": True}
+        await api.idem_store(key.key_id, "i-1", "fp", 201, {"token": "t"})
+        assert (await api.idem_claim(key.key_id, "i-1"))["body"] == {"token": "t"}  # type: ignore[index]
+        for i in range(3):
+            c = {"complaint_id": f"cmp-{i}", "enterprise_id": "ent-c", "reported_at": now.isoformat(), "ref": str(i)}
+            count = await api.add_complaint(c, filed_at=now, now=now)
+        assert count == 3
+        listed = await api.list_complaints(enterprise_id="ent-c", since=None)
+        assert {c["complaint_id"] for c in listed} == {"cmp-0", "cmp-1", "cmp-2"}
+        assert len(await api.list_complaints(enterprise_id=None, since=None)) == 3
+        from provisioning.changes import ChangeLog
+
+        log = ChangeLog(store.client)
+        await log.record("k", "dnc_add", callee="+8613800138000")
+        assert log.failed == 0
+    finally:
+        await store.client.flushall()
+        await store.close()
