@@ -125,8 +125,10 @@ async def closed_loop(port: int, key: str, seconds: float, connections: int, bod
 async def open_loop(port: int, key: str, seconds: float, rate: float, bodies: _Bodies,
                     max_conns: int = 64) -> dict[str, Any]:
     """Requests sent on schedule; latency from the scheduled send time."""
-    idle: list[_Conn] = [await _Conn.open(port) for _ in range(8)]
-    opened = len(idle)
+    idle: asyncio.Queue[_Conn] = asyncio.Queue()
+    for _ in range(8):
+        idle.put_nowait(await _Conn.open(port))
+    opened = 8
     lat: list[float] = []
     codes: dict[int, int] = {}
     late = 0
@@ -134,19 +136,14 @@ async def open_loop(port: int, key: str, seconds: float, rate: float, bodies: _B
 
     async def one(due: float) -> None:
         nonlocal opened
-        if idle:
-            c = idle.pop()
-        elif opened < max_conns:
+        if idle.empty() and opened < max_conns:
             opened += 1
-            c = await _Conn.open(port)
-        else:
-            while not idle:
-                await asyncio.sleep(0.0005)
-            c = idle.pop()
+            idle.put_nowait(await _Conn.open(port))
+        c = await idle.get()  # waits (without polling) when every connection is busy
         code = await c.post("/v1/consents", bodies.next(), key)
         lat.append(time.perf_counter() - due)
         codes[code] = codes.get(code, 0) + 1
-        idle.append(c)
+        idle.put_nowait(c)
 
     start = time.perf_counter()
     n = int(seconds * rate)
@@ -162,8 +159,8 @@ async def open_loop(port: int, key: str, seconds: float, rate: float, bodies: _B
         t.add_done_callback(tasks.discard)
     await asyncio.gather(*list(tasks))
     elapsed = time.perf_counter() - start
-    for c in idle:
-        c.close()
+    while not idle.empty():
+        idle.get_nowait().close()
     return _summary("open", lat, codes, elapsed, offered=rate, sent_late=late, connections=opened)
 
 

@@ -421,6 +421,9 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
                 raise Problem(403, "this key acts only for its own enterprise")
             ent_id = str(key.enterprise_id)
         ent = st.engine.ref.enterprises.get(ent_id) if st.engine is not None else None
+        if ent is None:  # loaded in the last second? The engine's copy follows within 1 s; Redis now.
+            _, enterprises, _, _ = await policy.load_refdata()
+            ent = next((e for e in enterprises if e.enterprise_id == ent_id), None)
         if ent is None:
             if not key.admin:
                 raise Problem(403, f"enterprise {ent_id} is not provisioned")
