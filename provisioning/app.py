@@ -140,7 +140,8 @@ class ComplaintOut(BaseModel):
     filed_at: str
     enterprise_id: str | None
     records: list[TracedRecord]
-    actions: list[dict[str, Any]]
+    actions: list[str] = Field(description="consent_withdrawn, enterprise_suspended")
+    withdrawn_tokens: list[str] = []
 
 
 class ExplainIn(_Body):

@@ -106,7 +106,8 @@ async def file_complaint(
     filing = next((f for f in filings if f.number == caller_n), None)
     ent_id, how = responsible(rows, filing.enterprise_id if filing else None)
 
-    actions: list[dict[str, Any]] = []
+    actions: list[str] = []  # SPEC §10 names: consent_withdrawn, enterprise_suspended
+    withdrawn: list[str] = []
     evidence: list[dict[str, Any]] = []
     if ent_id:
         tokens = list(dict.fromkeys(
@@ -121,7 +122,7 @@ async def file_complaint(
             if consent.enterprise_id != ent_id or consent.callee != callee_n or consent.revoked_at is not None:
                 continue
             if await policy.revoke_consent(token, now):
-                actions.append({"action": "consent_withdrawn", "token": token})
+                withdrawn.append(token)
                 await changes.record(actor, "consent_withdrawn", enterprise_id=ent_id, callee=callee_n,
                                      consent_token=token, evidence_ref=consent.evidence_ref)
 
@@ -140,6 +141,7 @@ async def file_complaint(
         "records": [_record_view(r) for r in rows],
         "evidence": evidence,
         "actions": [],  # completed below, then stored again
+        "withdrawn_tokens": [],
     }
     count = await api.add_complaint(complaint, filed_at=now, now=now)
     await changes.record(actor, "complaint", enterprise_id=ent_id, caller=caller_n, callee=callee_n)
@@ -148,9 +150,11 @@ async def file_complaint(
     ent = ents.get(ent_id) if ent_id else None
     if ent is not None and ent.complaint_threshold is not None:
         threshold = ent.complaint_threshold
+    if withdrawn:
+        actions.append("consent_withdrawn")
     if ent is not None and count > threshold and ent.status == "active":
         if await policy.set_status("enterprise", ent.enterprise_id, "suspended", cause=SUSPEND_CAUSE, at=now):
-            actions.append({"action": "enterprise_suspended", "enterprise_id": ent.enterprise_id})
+            actions.append("enterprise_suspended")
             log.warning(
                 "enterprise %s suspended: %d complaints in %d days (threshold %d); complaint %s",
                 ent.enterprise_id, count, WINDOW_DAYS, threshold, complaint_id,
@@ -159,10 +163,11 @@ async def file_complaint(
             if on_suspended is not None:
                 on_suspended(ent.enterprise_id)
     complaint["actions"] = actions
+    complaint["withdrawn_tokens"] = withdrawn
     complaint["complaints_30d"] = count
     complaint["complaint_threshold"] = threshold if ent is not None else None
     if actions:
         await api.add_complaint(complaint, filed_at=now, now=now)  # same id: the record now says what was done
     log.info("complaint %s (%s %s): %s -> %s, %d call(s) traced, actions %s",
-             complaint_id, channel, ref, caller_n, callee_n, len(rows), [a["action"] for a in actions])
+             complaint_id, channel, ref, caller_n, callee_n, len(rows), actions)
     return complaint

@@ -153,7 +153,7 @@ def test_consents_and_complaints_over_http_steer_the_running_gateway(
     assert traced and traced[0]["consent_token"] == c["token"] and traced[0]["evidence_ref"] == "crm://ticket/7"
     assert first["actions"] == []  # the consent was already revoked; one complaint is not over 1
     status, second = http("POST", "/v1/complaints", admin, {**report, "ref": "12321-0002"})
-    assert {"action": "enterprise_suspended", "enterprise_id": "E1"} in second["actions"], second
+    assert second["actions"] == ["enterprise_suspended"], second
 
     # The next call from E1, with a valid consent, is refused: 403 enterprise_suspended.
     time.sleep(1.5)  # suspensions reach the workers within 1 s
