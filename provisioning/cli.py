@@ -67,7 +67,6 @@ def _options(p: argparse.ArgumentParser, *, leaf: bool) -> None:
 
 def _run(args: argparse.Namespace, name: str, body: Callable[[Any, Any], Awaitable[int]]) -> int:
     """Settings, store, body(settings, store); one stderr line and an exit code for any failure."""
-    from gateway.embedded_redis import EmbeddedRedisError
     from policy.store import PolicyStore, StoreError
 
     async def main() -> int:
@@ -84,7 +83,7 @@ def _run(args: argparse.Namespace, name: str, body: Callable[[Any, Any], Awaitab
     except _Usage as e:
         print(f"cag {name}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (StoreError, EmbeddedRedisError, OSError) as e:
+    except (StoreError, RuntimeError, OSError) as e:  # RuntimeError: the embedded server did not start
         print(f"cag {name}: {e}", file=sys.stderr)
         return EXIT_FAIL
 
