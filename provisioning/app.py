@@ -15,6 +15,7 @@ is RFC 9457 problem JSON (``provisioning.problems``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -185,7 +186,8 @@ class ApiState:
         await self.policy.ensure_functions()
         self.api = ApiStore(self.policy.client)
         self.changes = ChangeLog(self.policy.client)
-        cfg = engine_config_from_settings(self.settings)
+        # Only explain() is used here (nothing counted); like `cag explain`, never a shadow decision.
+        cfg = dataclasses.replace(engine_config_from_settings(self.settings), shadow=False)
         self.engine = AdmissionEngine(self.policy, cfg)
         await self.engine.start()
 
@@ -388,6 +390,11 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         log.error("store error on %s %s: %s", request.method, request.url.path, exc)
         return problems.response(Problem(503, "the policy store is unavailable", retry_after=1), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers with this, then re-raises: the guard below logs the traceback.
+        return problems.response(Problem(500, f"internal error ({type(exc).__name__})"), request.url.path)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSONResponse:
@@ -704,13 +711,17 @@ class _Guard:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(label, scope.get("method", ""), str(status[0])).inc()
+            method = scope.get("method", "")
+            metrics.REQUESTS.labels(label, method if method in _METHODS else "other", str(status[0])).inc()
             metrics.SECONDS.labels(label).observe(time.perf_counter() - start)
 
     @staticmethod
     async def _too_large(scope: dict[str, Any], send: Any) -> None:
         await _send_problem(send, problems.body(413, f"request body over {MAX_BODY} bytes", instance=scope.get("path")),
                             413)
+
+
+_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})  # bounded label
 
 
 def _content_length(scope: dict[str, Any]) -> int | None:

@@ -463,3 +463,16 @@ async def test_api_store_on_redis_cluster(redis_cluster: str) -> None:
     finally:
         await store.client.flushall()
         await store.close()
+
+
+async def test_a_bug_answers_500_problem_json(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The only fake here is the fault itself: a store method that raises what no handler expects."""
+    assert api.state.policy is not None
+
+    async def broken(token: str) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(api.state.policy, "get_consent", broken)
+    r = await api.req("GET", f"/v1/consents/{TOKEN}")
+    p = problem(r, 500)
+    assert p["detail"] == "internal error (KeyError)"
