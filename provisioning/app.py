@@ -438,10 +438,25 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
             raise Problem(422, "invalid request", errors=[{"field": "enterprise_id", "message": "unknown enterprise"}])
         purpose = body.purpose.strip().lower()
         allowed = [p.strip().lower() for p in ent.purposes]
+        errors: list[dict[str, str]] = []
         if purpose == "marketing" or purpose not in allowed:
             why = "marketing calls need no consent: they are not allowed (R1)" if purpose == "marketing" else \
                 f"not one of the enterprise's purposes ({' '.join(allowed)})"
-            raise Problem(422, "invalid request", errors=[{"field": "purpose", "message": why}])
+            errors.append({"field": "purpose", "message": why})
+        # The same rules as a consents file row (number normalised, expiry after grant); the
+        # token is set once the request is known to be valid, so every bad field is named at once.
+        row = {
+            "token": "-", "callee": body.callee, "enterprise_id": ent_id, "purpose": purpose,
+            "granted_at": body.granted_at or _now(), "expires_at": body.expires_at,
+            "max_calls": body.max_calls, "evidence_ref": body.evidence_ref,
+        }
+        try:
+            valid = validate_row("consents", row, region=st.settings.region)
+        except RowError as e:
+            errors += problems.row_errors(e.reasons)
+        if errors:
+            raise Problem(422, "invalid request", errors=errors)
+        assert isinstance(valid, Consent)
 
         async def work() -> tuple[int, Any]:
             token = body.token
@@ -455,16 +470,7 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
                 existing = await policy.get_consent(token)
                 if existing is not None and existing.enterprise_id != ent_id:
                     raise Problem(409, "this token is not available; omit token to have one generated")
-            row = {
-                "token": token, "callee": body.callee, "enterprise_id": ent_id, "purpose": purpose,
-                "granted_at": body.granted_at or _now(), "expires_at": body.expires_at,
-                "max_calls": body.max_calls, "evidence_ref": body.evidence_ref,
-            }
-            try:
-                consent = validate_row("consents", row, region=st.settings.region)
-            except RowError as e:
-                raise Problem(422, "invalid request", errors=problems.row_errors(e.reasons)) from None
-            assert isinstance(consent, Consent)
+            consent = valid.model_copy(update={"token": token})
             await policy.grant_consent(consent)
             await changes.record(_actor(key), "consent_grant", enterprise_id=ent_id, callee=consent.callee,
                                  consent_token=token, evidence_ref=consent.evidence_ref)

@@ -226,6 +226,7 @@ async def test_token_of_another_enterprise_is_not_taken_over(api: Api) -> None:
         (consent_body(evidence_ref=""), {"evidence_ref"}),
         (consent_body(surprise=1), {"surprise"}),
         (consent_body(granted_at="2031-01-01T00:00:00Z"), {"expires_at"}),  # expiry before grant
+        (consent_body(callee="x", purpose="marketing"), {"callee", "purpose"}),  # both named at once
     ],
 )
 async def test_invalid_consent_is_422_naming_each_field(api: Api, body: dict[str, Any], fields: set[str]) -> None:
