@@ -553,10 +553,12 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
         st = _state(request)
         policy, api, changes = _stores(st)
         region = st.settings.region
-        _normalized(body.callee, "callee", region)
-        _normalized(body.caller, "caller", region)
+        errors = [{"field": f, "message": f"not a phone number {v!r}"}
+                  for f, v in (("callee", body.callee), ("caller", body.caller)) if normalize_number(v, region) is None]
         if body.reported_at > _now() + FUTURE_SLACK:
-            raise Problem(422, "invalid request", errors=[{"field": "reported_at", "message": "in the future"}])
+            errors.append({"field": "reported_at", "message": "in the future"})
+        if errors:
+            raise Problem(422, "invalid request", errors=errors)
 
         async def work() -> tuple[int, Any]:
             out = await complaint_service(st, policy, api, changes, body, actor=_actor(key))
