@@ -41,6 +41,7 @@ from policy.model import CallAttempt, Consent, DncEntry
 from policy.numbers import normalize_number
 from policy.store import PolicyStore, StoreError
 from provisioning import metrics, problems
+from provisioning.batch import Coalescer
 from provisioning.changes import ChangeLog
 from provisioning.complaints import channel_label, file_complaint
 from provisioning.problems import Problem
@@ -175,6 +176,7 @@ class ApiState:
     changes: ChangeLog | None = None
     engine: Any = None
     sync_client: Any = None
+    consents: Coalescer[Consent] | None = None
     keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
     buckets: dict[str, _Bucket] = field(default_factory=dict)
 
@@ -186,6 +188,8 @@ class ApiState:
         await self.policy.ensure_functions()
         self.api = ApiStore(self.policy.client)
         self.changes = ChangeLog(self.policy.client)
+        policy = self.policy
+        self.consents = Coalescer(lambda batch: policy.put_records("consents", batch))
         # Only explain() is used here (nothing counted); like `cag explain`, never a shadow decision.
         cfg = dataclasses.replace(engine_config_from_settings(self.settings), shadow=False)
         self.engine = AdmissionEngine(self.policy, cfg)
@@ -255,7 +259,7 @@ async def principal(
         key = cached[0]
     if key is None or key.revoked_at is not None or not key.matches(secret):
         raise Problem(401, "unknown API key", headers=unauthorized)
-    _take(st, key, now)
+    _take(st, key, time.monotonic())
     request.state.key = key
     return key
 
@@ -265,8 +269,10 @@ def _take(st: ApiState, key: ApiKey, now: float) -> None:
     b = st.buckets.get(key.key_id)
     if b is None:
         b = st.buckets[key.key_id] = _Bucket(key.rate, now)
-    b.tokens = min(key.rate, b.tokens + (now - b.at) * key.rate)
-    b.at = now
+    # Requests that awaited Redis for their key reach here out of order: time never runs back.
+    if now > b.at:
+        b.tokens = min(key.rate, b.tokens + (now - b.at) * key.rate)
+        b.at = now
     if b.tokens < 1.0:
         raise Problem(429, f"rate limit of key {key.key_id}: {key.rate:g} requests/s",
                       retry_after=(1.0 - b.tokens) / key.rate)
@@ -471,7 +477,8 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
                 if existing is not None and existing.enterprise_id != ent_id:
                     raise Problem(409, "this token is not available; omit token to have one generated")
             consent = valid.model_copy(update={"token": token})
-            await policy.grant_consent(consent)
+            assert st.consents is not None
+            await st.consents.submit(consent)  # PolicyStore.put_records, shared with this loop turn's others
             await changes.record(_actor(key), "consent_grant", enterprise_id=ent_id, callee=consent.callee,
                                  consent_token=token, evidence_ref=consent.evidence_ref)
             # A re-grant keeps the calls already counted; a new token has counted none.

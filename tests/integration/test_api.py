@@ -477,3 +477,15 @@ async def test_a_bug_answers_500_problem_json(api: Api, monkeypatch: pytest.Monk
     r = await api.req("GET", f"/v1/consents/{TOKEN}")
     p = problem(r, 500)
     assert p["detail"] == "internal error (KeyError)"
+
+
+async def test_concurrent_consents_are_each_stored(api: Api) -> None:
+    """Consents registered in the same instant share one store write; each is there on its own."""
+    rs = await asyncio.gather(*(
+        api.req("POST", "/v1/consents", json=consent_body(callee=f"1390013{i:04d}", evidence_ref=f"crm://{i}"))
+        for i in range(20)
+    ))
+    assert [r.status_code for r in rs] == [201] * 20
+    for i, r in enumerate(rs):
+        got = (await api.req("GET", f"/v1/consents/{r.json()['token']}")).json()
+        assert (got["callee"], got["evidence_ref"]) == (f"+861390013{i:04d}", f"crm://{i}")

@@ -53,6 +53,14 @@ def test_token_bucket_allows_a_second_of_burst_then_429_with_retry_after() -> No
     _take(st, k, 100.5)  # half a second refills one request at 2/s
 
 
+def test_token_bucket_never_runs_time_backwards() -> None:
+    """A request that awaited Redis for its key arrives with an older clock reading."""
+    st = ApiState(load_settings(None), "unix:///nowhere", [])
+    k = _key(rate=1e9)
+    _take(st, k, 100.0)
+    _take(st, k, 99.0)  # before the fix: tokens fell by 1e9 and this was a 429
+
+
 def test_problem_fields_name_what_the_client_sent() -> None:
     errs = problems.validation_errors([
         {"loc": ("body", "callee"), "msg": "Field required"},
