@@ -23,6 +23,26 @@ async def test_items_of_one_loop_turn_are_written_together() -> None:
     assert calls[-1] == [9]
 
 
+async def test_items_arriving_during_a_write_go_out_together_next() -> None:
+    calls: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def write(items: list[int]) -> None:
+        calls.append(items)
+        if len(calls) == 1:
+            await release.wait()
+
+    c: Coalescer[int] = Coalescer(write)
+    first = asyncio.ensure_future(c.submit(0))
+    await asyncio.sleep(0.01)  # the first write is in flight
+    later = [asyncio.ensure_future(c.submit(i)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    assert calls == [[0]] and not any(f.done() for f in later)
+    release.set()
+    await asyncio.gather(first, *later)
+    assert calls == [[0], [1, 2, 3]]
+
+
 async def test_a_failed_write_fails_every_waiter_of_that_batch() -> None:
     async def write(items: list[int]) -> None:
         raise OSError("redis went away")
