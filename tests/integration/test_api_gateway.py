@@ -7,6 +7,8 @@ gateway does to the very next INVITE (SPEC §10, R11, R12).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -179,3 +181,18 @@ def test_consents_and_complaints_over_http_steer_the_running_gateway(
     api_rows = [r["reason"] for r in rows if r["decision"] == "api"]
     assert api_rows[:2] == ["consent_grant", "consent_revoke"] and api_rows.count("complaint") == 2, rows
     assert [r["decision"] for r in rows if r["decision"] != "api"] == ["admit", "reject"]
+
+
+def test_the_api_child_is_restarted_when_it_dies(gateway: tuple[GatewayProc, Http]) -> None:
+    gw, http = gateway
+    assert gw.proc is not None
+    out = subprocess.run(["pgrep", "-P", str(gw.proc.pid), "-f", "gateway.cli api"],
+                         capture_output=True, text=True).stdout.split()
+    assert len(out) == 1, out
+    os.kill(int(out[0]), signal.SIGKILL)
+    time.sleep(0.3)
+    http.wait(timeout=20)  # the supervisor starts a new one after its back-off
+    again = subprocess.run(["pgrep", "-P", str(gw.proc.pid), "-f", "gateway.cli api"],
+                           capture_output=True, text=True).stdout.split()
+    assert again and again != out
+    assert gw.http("/readyz")[0] == 200  # the workers never noticed
