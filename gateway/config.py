@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     )
     unconsented_threshold: int = Field(100, ge=1, description="unconsented attempts per window that suspend an enterprise")
     unconsented_window: int = Field(3600, ge=1, description="window (s) for the automatic restriction")
+    complaint_threshold: int = Field(
+        10, ge=1, description="complaints per rolling 30 days over which an enterprise is suspended (R12); "
+        "an enterprise's complaint_threshold column replaces it"
+    )
+    api: str | None = Field(
+        None, description="HOST:PORT of the provisioning API started beside the workers (cag api); none = not started"
+    )
     max_transactions: int = Field(100_000, ge=10, description="INVITE transactions per worker before 503 overload")
     max_pending: int = Field(
         2000, ge=1, description="decisions in flight per worker before new INVITEs get 503 overload"
@@ -229,6 +236,13 @@ class Settings(BaseSettings):
             unconsented_threshold=self.unconsented_threshold,
             unconsented_window_s=self.unconsented_window,
         )
+
+    @field_validator("api")
+    @classmethod
+    def _api(cls, v: str | None) -> str | None:
+        if v:
+            split_host_port(v, v)
+        return v or None
 
     @classmethod
     def settings_customise_sources(

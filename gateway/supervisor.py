@@ -325,6 +325,12 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
             retention_days=settings.audit_retention_days, log_level=settings.log_level,
         )
         archiver.start()
+    api = None
+    if settings.api:  # the provisioning API beside the workers (SPEC §10)
+        from provisioning.service import ApiChild
+
+        api = ApiChild(settings, url, state_dir)
+        api.start()
 
     restarts: dict[int, int] = {}
     due: list[tuple[float, int]] = []
@@ -337,6 +343,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
                 log.warning("SIGHUP ignored: no configuration source to reload")
         if archiver is not None:
             archiver.poll()
+        if api is not None:
+            api.poll()
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -376,6 +384,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     metrics_server.shutdown()
+    if api is not None:
+        api.stop()
     if archiver is not None:  # after the workers: it archives what their drain flushed
         archiver.stop()
     if embedded:

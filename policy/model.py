@@ -135,6 +135,9 @@ class Enterprise(Record):
     purposes: tuple[str, ...] = DEFAULT_PURPOSES
     quiet_hours: QuietHours | None = None
     callee_daily_cap: int | None = Field(None, ge=0)
+    # Complaints per rolling 30 days before automatic suspension (R12); None: the
+    # `complaint_threshold` setting.
+    complaint_threshold: int | None = Field(None, ge=1)
     # Set by automatic restriction (R6/R9); cleared by `cag policy resume`.
     suspended_at: datetime | None = None
     suspended_cause: str | None = None

@@ -5,7 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh || exit 1
 .venv/bin/ruff check . || exit 1
-.venv/bin/mypy gateway policy || exit 1
+.venv/bin/mypy gateway policy provisioning || exit 1
 .venv/bin/lint-imports || exit 1
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

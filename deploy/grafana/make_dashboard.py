@@ -67,21 +67,51 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
 ]
 
 
+# A row of its own: the provisioning API (cag api, SPEC §10), its metrics in the same scrape
+# when `cag serve --api` runs it beside the workers.
+API_ROW = "Provisioning API"
+API_PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("API requests/s by route and status", "reqps", [
+        ("{{method}} {{route}} {{status}}",
+         'sum by (method, route, status) (rate(cag_api_requests_total[1m]))'),
+    ]),
+    ("API latency p99 by route", "s", [
+        ("{{route}}", 'histogram_quantile(0.99, sum by (route, le) (rate(cag_api_request_seconds_bucket[1m])))'),
+    ]),
+    ("Complaints/h by channel and complaint suspensions", "short", [
+        ("{{channel}}", 'sum by (channel) (increase(cag_api_complaints_total[1h]))'),
+        ("suspended (complaints)", 'sum(increase(cag_api_complaint_suspensions_total[1h]))'),
+    ]),
+    ("API errors/s: 401, 403, 422, 429, 5xx", "reqps", [
+        ("{{status}}", 'sum by (status) (rate(cag_api_requests_total{status=~"401|403|422|429|5.."}[1m]))'),
+    ]),
+]
+
+
+def _panel(pid: int, title: str, unit: str, targets: list[tuple[str, str]], x: int, y: int) -> dict[str, object]:
+    return {
+        "id": pid,
+        "type": "timeseries",
+        "title": title,
+        "datasource": DS,
+        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {"refId": chr(65 + j), "datasource": DS, "expr": expr, "legendFormat": legend}
+            for j, (legend, expr) in enumerate(targets)
+        ],
+    }
+
+
 def dashboard() -> dict[str, object]:
-    panels = []
+    panels: list[dict[str, object]] = []
     for i, (title, unit, targets) in enumerate(PANELS):
-        panels.append({
-            "id": i + 1,
-            "type": "timeseries",
-            "title": title,
-            "datasource": DS,
-            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "targets": [
-                {"refId": chr(65 + j), "datasource": DS, "expr": expr, "legendFormat": legend}
-                for j, (legend, expr) in enumerate(targets)
-            ],
-        })
+        panels.append(_panel(i + 1, title, unit, targets, 12 * (i % 2), 8 * (i // 2)))
+    y = 8 * ((len(PANELS) + 1) // 2)
+    panels.append({"id": len(panels) + 1, "type": "row", "title": API_ROW, "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+    for i, (title, unit, targets) in enumerate(API_PANELS):
+        panels.append(_panel(len(panels) + 1, title, unit, targets, 12 * (i % 2), y + 1 + 8 * (i // 2)))
     return {
         "uid": "cag-gateway",
         "title": "cag — call admission gateway",

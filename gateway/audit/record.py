@@ -5,7 +5,11 @@ Two kinds of entry travel the same path (stream → segment files):
 - a *decision* entry (``k = "d"``), one per admission decision, written by the
   worker that decided;
 - an *outcome* entry (``k = "o"``), written when an admitted call is
-  answered, fails, or ends (the BYE may reach another worker or node).
+  answered, fails, or ends (the BYE may reach another worker or node);
+- a *change* entry (``k = "a"``), one per change made through the
+  provisioning API or the complaint intake (who, what, when: R12, SPEC §10).
+  It exports as a row of the same columns: ``decision`` = ``"api"``,
+  ``reason`` = the action, ``node`` = ``api:<key id>`` (the actor).
 
 An outcome carries ``dt``, the time of its decision, so both kinds sort on
 the same key ``(decision time, record id, kind)``: the archiver files an
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 Entry = dict[str, Any]
 SortKey = tuple[int, str, int, int, int, int, int]
 
-DECISION, OUTCOME = "d", "o"
+DECISION, OUTCOME, CHANGE = "d", "o", "a"
 
 # The export's columns, in order (AuditRecord's fields, SPEC §7).
 COLUMNS = (
@@ -124,7 +128,7 @@ def sort_key(e: Entry) -> SortKey:
     drops one), so an outcome's key also holds its fields: an answer and a
     BYE in the same microsecond stay two entries.
     """
-    if e["k"] == DECISION:
+    if e["k"] != OUTCOME:  # a decision, or a change (alone in its group)
         return (e["t"], e["rid"], 0, 0, 0, 0, 0)
     return (
         e["dt"] if "dt" in e else e["t"], e["rid"], 1, e["t"],
@@ -138,7 +142,7 @@ def pack(e: Entry) -> bytes:
 
 def unpack(data: bytes) -> Entry:
     e = msgpack.unpackb(data, raw=False)
-    if not isinstance(e, dict) or e.get("k") not in (DECISION, OUTCOME) or "rid" not in e or "t" not in e:
+    if not isinstance(e, dict) or e.get("k") not in (DECISION, OUTCOME, CHANGE) or "rid" not in e or "t" not in e:
         raise ValueError("not an audit entry")
     return e
 
@@ -149,6 +153,8 @@ def join(group: list[Entry]) -> Entry | None:
     ``None`` when the group holds no decision (an outcome whose decision is
     outside the range, or was lost before this design could see it).
     """
+    if group[0]["k"] == CHANGE:
+        return change_row(group[0])
     d = next((e for e in group if e["k"] == DECISION), None)
     if d is None:
         return None
@@ -168,4 +174,26 @@ def join(group: list[Entry]) -> Entry | None:
             row["answered_at"] = iso_us(o["answered_at"])
         if row["ended_at"] is None and o.get("ended_at") is not None:
             row["ended_at"] = iso_us(o["ended_at"])
+    return row
+
+
+# Entry fields of a change that become export columns as they are.
+_CHANGE_COLUMNS = ("enterprise_id", "caller", "callee", "consent_token", "evidence_ref")
+
+
+def change_entry(record_id: str, t_us: int, actor: str, action: str, **fields: Any) -> Entry:
+    """A change made through the API (``actor`` = key id, or ``cli`` for the complaint command)."""
+    e: Entry = {"k": CHANGE, "rid": record_id, "t": t_us, "actor": actor, "action": action}
+    e.update({k: v for k, v in fields.items() if v is not None})
+    return e
+
+
+def change_row(e: Entry) -> Entry:
+    """A change entry as an export row: same columns as a decision, so CSV stays one table."""
+    row: Entry = {c: None for c in COLUMNS}
+    row.update(record_id=e["rid"], time=iso_us(e["t"]), decision="api", reason=e.get("action"),
+               node=f"api:{e.get('actor', '')}")
+    for c in _CHANGE_COLUMNS:
+        if e.get(c) is not None:
+            row[c] = e[c]
     return row

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.policy import register as register_policy
 
     register_policy(sub)
+    from provisioning.cli import register as register_api  # cag api (SPEC §10)
+
+    register_api(sub)
     from gateway.cli.audit import register as register_audit
 
     register_audit(sub)

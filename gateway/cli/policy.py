@@ -502,6 +502,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("--cause", default=None, help="why (shown by explain)")
         _redis_options(p)
         p.set_defaults(func=_command(f"policy {verb}", _cmd_status))
+    from provisioning.cli import register_complaint  # cag policy complaint add (R12)
+
+    register_complaint(psub)
 
     p = sub.add_parser(
         "explain",

@@ -65,10 +65,25 @@ def test_systemd_unit_verifies() -> None:
 def _expressions() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        out += [(f"panel {panel['title']!r}", t["expr"]) for t in panel["targets"]]
+        out += [(f"panel {panel['title']!r}", t["expr"]) for t in panel.get("targets", [])]  # rows have none
     for group in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]:
         out += [(f"alert {rule['alert']}", rule["expr"]) for rule in group["rules"]]
     return out
+
+
+def _api_request(port: int, path: str, timeout: float = 20.0) -> int:
+    """Status of one unauthenticated GET, once the API (a child of cag serve) answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _query(port: int, expr: str) -> dict[str, Any]:
@@ -85,7 +100,9 @@ def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path
     prometheus = _need("prometheus")
     rows = standard_policy(redis_url, callees=20)
     uas = SippUas(tmp_path).start()
-    gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], workers=2, extra=("--log-keep-digits", "4"))
+    api_port = free_port(__import__("socket").SOCK_STREAM)  # the provisioning API's metrics join the scrape
+    gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], workers=2,
+                     extra=("--log-keep-digits", "4", "--api", f"127.0.0.1:{api_port}"))
     prom: subprocess.Popen[bytes] | None = None
     try:
         gw.start()
@@ -107,6 +124,9 @@ def test_real_prometheus_scrapes_the_gateway_and_reads_the_reject_ratio(tmp_path
         assert gw.metric("cag_messages_total", direction="in", transport="udp") >= 100 * 4
         assert gw.metric("cag_messages_total", direction="out", transport="udp") >= 100 * 4
         assert gw.metric("cag_refdata_age_seconds") < 30
+        assert _api_request(api_port, "/v1/consents/x") == 401  # a request: the API's series exist
+        time.sleep(0.2)
+        assert gw.metric("cag_api_requests_total", route="/v1/consents/{token}", status="401") == 1
         exported = {name for (name, _labels) in gw.metrics()}
 
         port = free_port(__import__("socket").SOCK_STREAM)
