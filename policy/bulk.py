@@ -122,7 +122,7 @@ class LayerWriter:
     async def _send(self, cmds: list[tuple[Any, ...]], expect: dict[int, list[str]]) -> None:
         assert self._sem is not None
         try:
-            results = await self.store._pipeline(cmds)
+            results = await self.store.bulk_pipeline(cmds)
             for i, r in enumerate(results):
                 if isinstance(r, Exception):
                     raise layout_error(r)
@@ -144,13 +144,17 @@ class LayerWriter:
     def _dnc_commands(self, rows: Sequence[DncRow]) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
         buckets: dict[str, dict[str, int]] = {}
         names: dict[str, list[str]] = {}
+        cut = -layout.SUFFIX_DIGITS
         for number, value in rows:
-            b, s = split(number)
-            fields = buckets.setdefault(b, {})
-            if s in fields:
+            b, s = (number[:cut], number[cut:]) if len(number) > layout.SUFFIX_DIGITS + 2 else split(number)
+            fields = buckets.get(b)
+            if fields is None:
+                fields = buckets[b] = {}
+                names[b] = []
+            elif s in fields:
                 self._suspect([number])
             fields[s] = value
-            names.setdefault(b, []).append(number)
+            names[b].append(number)
         cmds: list[tuple[Any, ...]] = []
         expect: dict[int, list[str]] = {}
         for b, fields in buckets.items():
@@ -196,7 +200,7 @@ class LayerWriter:
         for token, _, _ in rows:
             keys = [token_layer_key(token_shard(token), g) for g in lower]
             cmds.append(("FCALL_RO", "cag_token", len(keys), *keys, token))
-        owners = await self.store._pipeline(cmds)
+        owners = await self.store.bulk_pipeline(cmds)
         for (token, callee, _), owner in zip(rows, owners, strict=True):
             if isinstance(owner, Exception):
                 raise layout_error(owner)

@@ -27,11 +27,13 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from policy.layout import dnc_value, pack_consent
 from policy.model import KIND_KEYS, KIND_MODELS, Consent, DncEntry, Record
 from policy.numbers import normalize_number
 
@@ -324,19 +326,56 @@ class _Lines:
             yield from self._text_lines(enc)
 
     def _bytes_lines(self, enc: str) -> Iterator[str]:
-        label = "UTF-8" if enc == "utf-8" else enc.upper()
+        """Blocks of ~1 MiB decoded at once (a line at a time only in a block that fails to decode)."""
+        n = 0
+        rest = b""
+        first = True
         with open(self.path, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                self.consumed += len(raw)
-                if n == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[3:]
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    if not rest:
+                        return
+                    block, rest = rest, b""
+                else:
+                    block = rest + block
+                    cut = block.rfind(b"\n")
+                    if cut < 0:
+                        rest = block
+                        continue
+                    rest, block = block[cut + 1 :], block[: cut + 1]
+                self.consumed += len(block)
+                if first:
+                    first = False
+                    if block.startswith(codecs.BOM_UTF8):
+                        block = block[3:]
                 try:
-                    yield raw.decode(enc)
-                except UnicodeDecodeError as e:
-                    hint = "; try --encoding gb18030" if enc == "utf-8" else ""
-                    self.errors.add(n, f"not valid {label} (byte {e.start + 1}){hint}")
-                    self.errors.bad_lines.add(n)
-                    yield raw.decode(enc, errors="replace")
+                    text = block.decode(enc)
+                except UnicodeDecodeError:
+                    for line in self._lines_of(block, n, enc):
+                        n += 1
+                        yield line
+                    continue
+                lines = text.split("\n")
+                last = lines.pop()  # "" after the final newline, or an unterminated last line
+                for line in lines:
+                    n += 1
+                    yield line + "\n"
+                if last:
+                    n += 1
+                    yield last
+
+    def _lines_of(self, block: bytes, n: int, enc: str) -> Iterator[str]:
+        label = "UTF-8" if enc == "utf-8" else enc.upper()
+        for raw in block.splitlines(keepends=True):
+            n += 1
+            try:
+                yield raw.decode(enc)
+            except UnicodeDecodeError as e:
+                hint = "; try --encoding gb18030" if enc == "utf-8" else ""
+                self.errors.add(n, f"not valid {label} (byte {e.start + 1}){hint}")
+                self.errors.bad_lines.add(n)
+                yield raw.decode(enc, errors="replace")
 
     def _text_lines(self, enc: str) -> Iterator[str]:
         n = 0
@@ -381,6 +420,7 @@ def _csv_rows(lines: _Lines, kind: str, errors: _Errors) -> Iterator[tuple[int, 
     reader = csv.reader(lines)
     last = 0  # physical lines consumed so far
     header: list[str] | None = None
+    plain = True  # no unnamed column: rows map straight onto the header
     while True:
         try:
             cells = next(reader)
@@ -396,6 +436,7 @@ def _csv_rows(lines: _Lines, kind: str, errors: _Errors) -> Iterator[tuple[int, 
             header = [c.strip().lower() for c in cells]
             if not _check_header(header, kind, start, errors):
                 return
+            plain = all(header)
             continue
         if len(cells) != len(header):
             errors.add(
@@ -406,7 +447,7 @@ def _csv_rows(lines: _Lines, kind: str, errors: _Errors) -> Iterator[tuple[int, 
             continue
         if errors.bad_lines and any(n in errors.bad_lines for n in range(start, last + 1)):
             continue
-        yield start, {h: c for h, c in zip(header, cells, strict=True) if h}
+        yield start, dict(zip(header, cells, strict=True)) if plain else {h: c for h, c in zip(header, cells, strict=True) if h}
     if header is None:
         errors.add(1, f"no header row: a {kind} CSV starts with its column names")
 
@@ -534,8 +575,6 @@ LAYERED = frozenset({"dnc", "consents"})
 
 
 def _row_of(rec: Record) -> Any:
-    from policy.layout import dnc_value, pack_consent
-
     if isinstance(rec, DncEntry):
         return (rec.number, dnc_value(rec.scope, rec.registered_at))
     assert isinstance(rec, Consent)
@@ -580,19 +619,38 @@ def _fast_time(text: str, tz: tzinfo | None) -> datetime | bool | None:
 
 
 def _fast_dnc(row: dict[str, Any], region: str, tz: tzinfo | None) -> Any:
-    from policy.layout import dnc_value
-
-    number = _fast_number(row, "number", region)
-    scope = _cell(row, "scope")
-    at = _fast_time(_cell(row, "registered_at") or "", tz)
-    if number is None or scope not in ("", "all", "commercial") or at is False:
+    """The common DNC row (E.164 CN mobile, all/commercial, ISO time) without pydantic; else None."""
+    number = row.get("number")
+    if number.__class__ is not str or region != "CN":
         return None
-    return (number, dnc_value(scope or "all", at))  # type: ignore[arg-type]
+    number = number.strip()  # type: ignore[union-attr]
+    if not _CN_MOBILE_E164.fullmatch(number):
+        return None
+    scope = row.get("scope") or ""
+    if scope.__class__ is not str:
+        return None
+    scope = scope.strip()
+    if scope and scope != "all" and scope != "commercial":
+        return None
+    reg = row.get("registered_at") or ""
+    if reg.__class__ is not str:
+        return None
+    secs = _fast_secs(reg, tz)
+    if secs is None:
+        return None
+    return (number, secs * 2 + (1 if scope == "commercial" else 0))
+
+
+@lru_cache(maxsize=4096)
+def _fast_secs(text: str, tz: tzinfo | None) -> int | None:
+    """Epoch seconds of a registration time (0: none), cached: a list repeats few distinct values."""
+    at = _fast_time(text.strip(), tz)
+    if at is False:
+        return None
+    return dnc_value("all", at) // 2  # type: ignore[arg-type]
 
 
 def _fast_consent(row: dict[str, Any], region: str, tz: tzinfo | None) -> Any:
-    from policy.layout import pack_consent
-
     callee = _fast_number(row, "callee", region)
     token = _cell(row, "token")
     ent = _cell(row, "enterprise_id")
