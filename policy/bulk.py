@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -174,13 +175,24 @@ class LayerWriter:
     ) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
         buckets: dict[str, dict[str, bytes]] = {}
         shards: dict[int, dict[str, str]] = {}
+        crc = zlib.crc32
+        cut = -layout.SUFFIX_DIGITS
         for token, callee, packed in rows:
-            sh = shards.setdefault(token_shard(token), {})
-            if token in sh:
+            shard = crc(token.encode()) % TOKEN_SHARDS
+            sh = shards.get(shard)
+            if sh is None:
+                sh = shards[shard] = {}
+            elif token in sh:
                 self._suspect([token])
             sh[token] = callee
-            b, _ = split(callee)
-            buckets.setdefault(b, {})[layout.consent_field(callee, token)] = packed
+            if len(callee) > layout.SUFFIX_DIGITS + 2:
+                b, field = callee[:cut], f"{callee[cut:]}:{token}"
+            else:
+                b, field = callee, f":{token}"
+            fields = buckets.get(b)
+            if fields is None:
+                fields = buckets[b] = {}
+            fields[field] = packed
         if len(self.new) > 1:
             await self._tombstones(rows, buckets)
         cmds: list[tuple[Any, ...]] = []
