@@ -100,6 +100,7 @@ from policy.model import (
     Trunk,
 )
 from policy.redact import redact_url
+from policy.redis_client import async_client
 
 _hiredis: Any
 try:
@@ -386,14 +387,22 @@ class PolicyStore:
     # ------------------------------------------------------------------ setup
     @classmethod
     async def connect(cls, url: str) -> PolicyStore:
-        """Connect to ``url`` (redis://, rediss://, unix://); Cluster is detected with INFO cluster."""
+        """Connect to ``url`` (redis://, rediss://, unix://, redis+sentinel://); Cluster is detected with INFO cluster.
+
+        Sentinel (policy/redis_client.py): the client asks the sentinels for
+        the primary and again after a connection breaks, so a failover needs
+        no virtual IP; in the gap the engine's breaker applies the fail mode.
+        """
         opts: dict[str, Any] = {
             "socket_timeout": SOCKET_TIMEOUT,
             "socket_connect_timeout": 1.0,
             # One quick retry: a pipeline of FCALLs is safe to resend (txn idempotency).
             "retry": Retry(NoBackoff(), 1),
         }
-        client = aioredis.Redis.from_url(url, **opts)
+        try:
+            client = async_client(url, **opts)
+        except ValueError as e:  # a malformed URL (the password is never in the message)
+            raise StoreError(f"bad redis URL {redact_url(url)}: {e}") from e
         pool = client.connection_pool
         pool.connection_class = _hiredis_packer(pool.connection_class)
         try:
