@@ -1180,10 +1180,10 @@ class RefWriter:
             if not self.staged:
                 pipe = store.client.pipeline(transaction=True)
                 if self.replace:
-                    pipe.unlink(live)
+                    pipe.execute_command("UNLINK", live)  # freed in the background, however big
                 if self.pending:
-                    pipe.hset(live, mapping=self.pending)  # type: ignore[arg-type]
-                pipe.incr(REF_VERSION)
+                    pipe.execute_command("HSET", live, *[x for kv in self.pending.items() for x in kv])
+                pipe.execute_command("INCR", REF_VERSION)
                 res = await pipe.execute()
                 await store._publish(int(res[-1]))
                 return int(res[-1])
@@ -1207,12 +1207,12 @@ class RefWriter:
             exists = int(await store.client.exists(live))
             pipe = store.client.pipeline(transaction=True)
             if exists:
-                pipe.rename(live, old)
+                pipe.execute_command("RENAME", live, old)
             if int(await store.client.exists(self.staging)):
-                pipe.rename(self.staging, live)
-            pipe.incr(REF_VERSION)
+                pipe.execute_command("RENAME", self.staging, live)
+            pipe.execute_command("INCR", REF_VERSION)
             res = await pipe.execute()
-            await store.client.unlink(old)
+            await store.client.execute_command("UNLINK", old)  # freed in the background
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
         await store._publish(int(res[-1]))
