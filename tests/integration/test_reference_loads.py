@@ -77,7 +77,7 @@ def layers(url: str, kind: str) -> list[int]:
     r = raw(url)
     try:
         v = r.hget(GEN_POINTER, kind)
-        return [int(x) for x in v.decode().split(",")] if v else []
+        return [int(x) for x in bytes(v).decode().split(",")] if v else []  # type: ignore[arg-type]
     finally:
         r.close()
 
