@@ -152,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
             rig_redis = EmbeddedRedis(work / "redis-state")
             rig_redis.start()
             sock, url = str(rig_redis.sock), rig_redis.url
+        # The noise floor: the same PING loop with nothing loading (a shared box preempts Redis too).
+        control = Pinger(sock, url)
+        control.start()
+        time.sleep(args.control_seconds)
+        control.stop_ev.set()
+        control.join()
         before = used_memory(sock)
         pinger = Pinger(sock, url)
         pinger.start()
@@ -193,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
             "longest_ping_ms": round(pinger.max_ms, 2),
             "pings_over_5ms": pinger.over_5ms,
             "pings": pinger.count,
+            "control_longest_ping_ms": round(control.max_ms, 2),
+            "control_pings_over_5ms": control.over_5ms,
+            "control_pings": control.count,
             **sample_usage(sock, args.kind),
         }
         if gw is not None:
@@ -263,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-consents", dest="world_consents", type=int, default=100_000,
                    help="consents of the benchmark world the calls use")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--control-seconds", dest="control_seconds", type=float, default=5.0,
+                   help="PING loop with nothing loading first: the box's own noise floor")
     p.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp"))
     return run(p.parse_args(argv))
 
