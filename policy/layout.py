@@ -5,11 +5,15 @@ hash per number costs ~200 B of key overhead each (22 GB); one set holding a
 whole kind is a multi-GB key no Cluster can move and no command can touch
 without stalling. So numbers are bucketed:
 
-* a callee's **bucket** is its number without the last two digits, its
-  **suffix** those two digits (``+8613800138000`` → ``+86138001380`` / ``00``);
-  at most 100 numbers share a bucket, below the 128 entries up to which Redis
-  keeps a small hash as a listpack (a few bytes per entry, no per-entry
-  pointers);
+* a callee's **bucket** is its number without the last three digits, its
+  **suffix** those three digits (``+8613800138000`` → ``+8613800138`` /
+  ``000``). A national list covers a few per cent of the numbers in use, so a
+  bucket holds tens of numbers: below the 128 entries up to which Redis keeps
+  a small hash as a listpack (a few bytes per entry, no per-entry pointers),
+  and enough of them that the per-key overhead (~90 B) is shared. Measured
+  (docs/reference-data.md): 16 B per number at 6 % density, 32 B at 1 %, 64 B
+  for a block where every number is registered (over 128 entries the bucket
+  becomes a hashtable; ``hash-max-listpack-entries 1024`` keeps it compact);
 * every per-callee key carries the bucket as its hash tag
   (``{c:+86138001380}00:day:…``), so the per-INVITE script still touches one
   slot per callee, bucket hashes included;
@@ -48,7 +52,7 @@ OPS = "{cag:ref}:ops"  # hash "trunk:<id>" / "enterprise:<id>" -> msgpack operat
 LAYERED_KINDS = ("dnc", "consents")
 TOKEN_SHARDS = 4096
 INDEX_SHARDS = 256
-SUFFIX_DIGITS = 2
+SUFFIX_DIGITS = 3  # 1,000 numbers per bucket (see the module doc)
 MAX_LAYERS = 2
 
 

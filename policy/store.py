@@ -12,8 +12,8 @@ server and on Redis Cluster; every counter has a TTL):
     with the new value so workers reload at once (polling is the back-stop).
 Consents and DNC (policy/layout.py has the whole story and the encodings):
 ``{c:<bucket>}:dnc:<gen>`` / ``{c:<bucket>}:cs:<gen>``
-    hashes of at most 100 numbers (bucket = the number without its last two
-    digits), one per generation; ``{cag:ref}:gen`` names the live layers
+    hashes of the numbers of one 1,000-number block (bucket = the number
+    without its last three digits), one per generation; ``{cag:ref}:gen`` names the live layers
     (``base[,overlay]``) and is switched atomically by a load
     (policy/bulk.py), so loads are all-or-nothing on Cluster too.
 ``{c:<bucket>}:cu`` / ``{c:<bucket>}:crv``

@@ -287,6 +287,7 @@ async def _load_layered(
                 await writer.add(batch)
                 batch = []
                 progress.update(stream.rows, stream.consumed)
+                await _pace(args, stream.rows, progress.t0)
         if not stream.errors.count:
             await writer.add(batch)
             await writer.finish()
@@ -346,6 +347,15 @@ async def _load_ref(
     await writer.commit()
     outcome["rows"] = stream.rows
     return EXIT_OK
+
+
+async def _pace(args: argparse.Namespace, rows: int, t0: float) -> None:
+    """--max-rate: stay at or below N rows/s (a load beside a busy gateway on a small box)."""
+    rate = getattr(args, "max_rate", None)
+    if rate:
+        ahead = rows / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
 
 def _error_lines(errors: Any) -> list[str]:
@@ -679,6 +689,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=5.0,
         help="seconds the replaced consent/DNC generation stays readable before it is deleted "
         "(default 5; negative: leave it to `cag policy gc`)",
+    )
+    p.add_argument(
+        "--max-rate",
+        dest="max_rate",
+        type=float,
+        default=None,
+        help="rows per second at most (default: as fast as Redis takes them)",
     )
     _redis_options(p)
     p.set_defaults(func=_command("policy load", _cmd_load))

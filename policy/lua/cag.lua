@@ -322,7 +322,7 @@ end
 
 --[[ cag_merge: copy the fields of KEYS[1] that KEYS[2] lacks (an upsert layer
 taking over the layer it replaces: the file's rows win). Bounded: a bucket
-holds at most 100 numbers. Returns the number of fields copied. --]]
+holds the numbers of one 1,000-number block. Returns the number of fields copied. --]]
 local function cag_merge(keys, args)
   local flat = redis.call('HGETALL', keys[1])
   local n = 0

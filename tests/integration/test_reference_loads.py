@@ -309,7 +309,7 @@ def test_no_long_command_and_bounded_loader_memory(redis_url: str, tmp_path: Pat
         r.close()
     assert all(us < 50_000 for us, _ in slow), slow
     assert all(_argc(cmd) <= 2 + 2 * BATCH_ROWS for _, cmd in slow), slow
-    assert max(sizes) <= 100 and len(sizes) > n // 100, (max(sizes), len(sizes))  # small buckets
+    assert max(sizes) <= 1000 and len(sizes) >= n * 16 // 1000, (max(sizes), len(sizes))  # small buckets
     assert before / 1024 < 200 and rss_mib < 200, rss_mib
 
 
@@ -338,7 +338,7 @@ def test_generation_switch_on_cluster(redis_cluster: str, tmp_path: Path) -> Non
 
     in_old, in_bad, consent, owner = with_store(redis_cluster, check)
     assert in_old is not None and in_bad is None and consent is not None and owner == "+8613800000007"
-    assert callee_tag("+8613800000007") == "{c:+86138000000}07"
+    assert callee_tag("+8613800000007") == "{c:+8613800000}007"
     good = dnc_file(tmp_path, "g.csv", ["+8613900139000"])
     assert cag("policy", "load", "dnc", str(good), "--replace", "--gc-grace", "0", "--redis-url", redis_cluster) == 0
     in_old, in_new, *_ = with_store(redis_cluster, check)

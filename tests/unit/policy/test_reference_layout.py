@@ -25,11 +25,11 @@ SH = zoneinfo.ZoneInfo("Asia/Shanghai")
 
 
 def test_bucket_and_tags() -> None:
-    assert layout.split("+8613800138000") == ("+86138001380", "00")
-    assert layout.callee_tag("+8613800138000") == "{c:+86138001380}00"
+    assert layout.split("+8613800138000") == ("+8613800138", "000")
+    assert layout.callee_tag("+8613800138000") == "{c:+8613800138}000"
     assert layout.split("110") == ("110", "")  # short numbers are a bucket of their own
-    assert layout.consent_field("+8613800138000", "tok") == "00:tok"
-    assert layout.dnc_layer_key("+86138001380", 7) == "{c:+86138001380}:dnc:7"
+    assert layout.consent_field("+8613800138000", "tok") == "000:tok"
+    assert layout.dnc_layer_key("+8613800138", 7) == "{c:+8613800138}:dnc:7"
     assert 0 <= layout.token_shard("tok") < layout.TOKEN_SHARDS
 
 
