@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -167,20 +166,31 @@ def run(args: argparse.Namespace) -> int:
             calls = _start_calls(work, gw, args)
             uac = calls.pop("thread")
             time.sleep(2.0)  # calls flowing before the load starts
+        control_decisions: dict[str, int] = {}
+        if gw is not None and args.control_seconds:
+            c0 = _decisions(gw)
+            time.sleep(args.control_seconds)  # the same calls, nothing loading
+            c1 = _decisions(gw)
+            control_decisions = {k: int(c1[k] - c0.get(k, 0)) for k in c1 if c1[k] != c0.get(k, 0)}
         d0 = _decisions(gw) if gw is not None else {}
         ready_fail = [0]
         ready_stop = threading.Event()
         if gw is not None:
             threading.Thread(target=_watch_ready, args=(gw, ready_fail, ready_stop), daemon=True).start()
         t0 = time.monotonic()
-        proc = subprocess.run(
+        child = subprocess.Popen(
             [CAG, "policy", "load", args.kind, str(data), "--redis-url", url, "--gc-grace", "1",
-             *(["--replace"] if args.replace else [])],
-            capture_output=True, text=True,
+             *(["--replace"] if args.replace else []), *args.loader_arg],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+        rss_kib = 0
+        while child.poll() is None:  # VmHWM: the loader's own peak, not other children's
+            rss_kib = max(rss_kib, _hwm_kib(child.pid))
+            time.sleep(0.2)
+        out, err = child.communicate()
+        proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
         took = time.monotonic() - t0
         ready_stop.set()
-        rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         pinger.stop_ev.set()
         pinger.join()
         after = used_memory(sock)
@@ -211,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
                 sum(v for k, v in report["decisions_during_load"].items() if k in ("store_unavailable", "overload", "not_ready"))
             )
             report["readyz_failures"] = ready_fail[0]
+            report["control_decisions"] = control_decisions
+            report["control_503"] = sum(v for k, v in control_decisions.items()
+                                        if k in ("store_unavailable", "overload", "not_ready"))
             report["sipp"] = calls
         if proc.returncode != 0:
             report["stderr"] = proc.stderr[-2000:]
@@ -222,6 +235,17 @@ def run(args: argparse.Namespace) -> int:
         if rig is not None:
             rig.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _decisions(gw: Any) -> dict[str, float]:
@@ -272,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-consents", dest="world_consents", type=int, default=100_000,
                    help="consents of the benchmark world the calls use")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--loader-arg", dest="loader_arg", action="append", default=[],
+                   help="extra argument for cag policy load (repeatable), e.g. --loader-arg=--max-rate=50000")
     p.add_argument("--control-seconds", dest="control_seconds", type=float, default=5.0,
                    help="PING loop with nothing loading first: the box's own noise floor")
     p.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp"))
