@@ -251,8 +251,9 @@ class LayerWriter:
     async def commit(self, grace_s: float = GC_GRACE_S) -> int:
         """The switch: one script on one key. Returns the reference version (unchanged).
 
-        Workers pick the new layers up with their next version poll (every
-        0.5 s by default), well inside ``grace_s``.
+        Workers re-read the layer pointer on the ``layers`` message that
+        follows (and with every version poll, 0.5 s, should they miss it),
+        well inside ``grace_s``.
         """
         version = await self.store.fcall(
             "cag_gen_switch",
@@ -266,6 +267,7 @@ class LayerWriter:
                 "nothing of this file is visible: run the load again"
             )
         await self.store.refresh_layers()
+        await self.store.publish_layers()
         return int(version)
 
     async def abort(self) -> None:

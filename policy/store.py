@@ -112,6 +112,7 @@ log = logging.getLogger(__name__)
 
 LIBRARY = "cag"
 CHANNEL = "cag:ref:changed"
+LAYERS_CHANGED = "layers"  # message on CHANNEL: the consent/DNC layer pointer moved
 REF_VERSION = "{cag:ref}:version"
 REF_KINDS = ("trunks", "enterprises", "filings")
 REF_MULTI_MAX = 5000  # reference records written in one MULTI; more are staged (RefWriter)
@@ -810,6 +811,13 @@ class PolicyStore:
         except (RedisError, OSError) as e:  # workers still poll the version
             log.warning("publish %s failed: %s", CHANNEL, e)
 
+    async def publish_layers(self) -> None:
+        """Tell every worker the consent/DNC layers moved (they re-read the pointer at once)."""
+        try:
+            await self.client.publish(CHANNEL, LAYERS_CHANGED)
+        except (RedisError, OSError) as e:  # workers still poll
+            log.warning("publish %s failed: %s", CHANNEL, e)
+
     async def subscribe_changes(
         self, on_change: Callable[[int], None], stop: asyncio.Event
     ) -> None:
@@ -821,6 +829,14 @@ class PolicyStore:
                 while not stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if msg and msg.get("type") == "message":
+                        if _s(msg["data"]) == LAYERS_CHANGED:
+                            # A consent/DNC switch: re-read the layer pointer (one HGETALL),
+                            # not all reference data (which a version change would cause).
+                            try:
+                                await self.refresh_layers()
+                            except StoreError as e:
+                                log.debug("layer refresh failed (the version poll retries): %s", e)
+                            continue
                         try:
                             on_change(int(msg["data"]))
                         except ValueError:
@@ -919,7 +935,7 @@ class PolicyStore:
         # pointer with every version poll (refresh interval, 0.5 s) and on the publish.
         gen = int(await self._call("INCR", GEN_SEQ))
         await self._call("HSETNX", GEN_POINTER, kind, str(gen))
-        await self._publish(await self.ref_version())
+        await self.publish_layers()
         return (await self.refresh_layers()).get(kind, ())
 
     async def _token_owner(self, token: str, layers: tuple[int, ...]) -> str | None:
