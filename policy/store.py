@@ -1058,6 +1058,65 @@ class PolicyStore:
                     out.append(c)
         return out
 
+    async def export_layered(self, kind: str) -> AsyncIterator[Record]:
+        """Every live DNC entry or consent, bucket by bucket (bounded reads; ``policy export``).
+
+        Overlay buckets first (their entries shadow the base's), then the base
+        buckets the overlay did not have. Consents carry an operator revocation
+        as ``revoked_at``, like ``get_consent``.
+        """
+        from policy.bulk import bucket_batches
+
+        layers = (await self.refresh_layers()).get(kind, ())
+        layer_key = dnc_layer_key if kind == "dnc" else consent_layer_key
+        done: set[str] = set()  # buckets already written (those of the overlay: small)
+        for i, gen in enumerate(layers):
+            async for batch in bucket_batches(self, kind, gen):
+                todo = [b for b in batch if b not in done]
+                cmds: list[tuple[Any, ...]] = []
+                for b in todo:
+                    cmds += [("HGETALL", layer_key(b, g)) for g in layers]
+                    if kind == "consents":
+                        cmds.append(("HGETALL", revoked_key(b)))
+                replies = await self._checked(cmds)
+                per = len(layers) + (1 if kind == "consents" else 0)
+                for j, b in enumerate(todo):
+                    got = replies[j * per : (j + 1) * per]
+                    merged: dict[str, Any] = {}
+                    for h in got[: len(layers)]:
+                        for f, v in _pairs(h).items():
+                            merged.setdefault(f, v)
+                    rvo = _pairs(got[-1]) if kind == "consents" else {}
+                    for f in sorted(merged):
+                        rec = self._exported(kind, b, f, merged[f], rvo)
+                        if rec is not None:
+                            yield rec
+                if i < len(layers) - 1:
+                    done.update(todo)
+
+    def _exported(self, kind: str, bucket: str, field: str, value: Any, rvo: dict[str, Any]) -> Record | None:
+        if kind == "dnc":
+            scope, at = dnc_decode(value)
+            return DncEntry(number=bucket + field, scope=scope, registered_at=at)  # type: ignore[arg-type]
+        if not value:
+            return None  # a tombstone
+        suffix, _, token = field.partition(":")
+        d = unpack_consent(value)
+        r = rvo.get(field)
+        if r is not None and (d.get("rv") in ("", None) or int(r) < int(d["rv"])):
+            d["rv"] = int(r)
+        return Consent(
+            token=token,
+            callee=bucket + suffix,
+            enterprise_id=d.get("ent", ""),
+            purpose=d.get("pur") or "callback",
+            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
+            expires_at=from_ms(d.get("ex")),
+            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
+            evidence_ref=d.get("ev", ""),
+            revoked_at=from_ms(d.get("rv")),
+        )
+
     async def dnc_add(self, entry: DncEntry) -> None:
         """Register one number in the top DNC layer (effective on the next INVITE)."""
         layers = await self._ensure_layer("dnc")

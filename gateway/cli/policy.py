@@ -452,6 +452,25 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Every live record of a kind as JSONL on stdout (``policy load`` reads it back), in bounded reads."""
+
+    async def body(store: PolicyStore) -> int:
+        n = 0
+        if args.kind in ("dnc", "consents"):
+            async for rec in store.export_layered(args.kind):
+                print(_dump(rec))
+                n += 1
+        else:
+            async for rec in store.scan_ref(args.kind):
+                print(_dump(rec))
+                n += 1
+        print(f"cag policy export: {n} {args.kind}", file=sys.stderr)
+        return EXIT_OK
+
+    return _run(args, body, unavailable=EXIT_UNAVAILABLE)
+
+
 def _key(kind: str) -> str:
     from policy.model import KIND_KEYS
 
@@ -726,6 +745,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--region", default=None, help=argparse.SUPPRESS)
     _redis_options(p)
     p.set_defaults(func=_command("policy show", _cmd_show))
+
+    p = psub.add_parser("export", help="print every record of a kind as JSONL (bounded reads; reloadable)")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help=" / ".join(KINDS))
+    _redis_options(p)
+    p.set_defaults(func=_command("policy export", _cmd_export))
 
     consent = psub.add_parser("consent", help="grant or revoke one consent")
     csub = consent.add_subparsers(dest="consent_command", required=True, metavar="COMMAND")

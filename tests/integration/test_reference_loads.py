@@ -7,6 +7,7 @@ Real redis-server (and the real Cluster for the generation switch there);
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import resource
 import subprocess
@@ -343,3 +344,32 @@ def test_generation_switch_on_cluster(redis_cluster: str, tmp_path: Path) -> Non
     assert cag("policy", "load", "dnc", str(good), "--replace", "--gc-grace", "0", "--redis-url", redis_cluster) == 0
     in_old, in_new, *_ = with_store(redis_cluster, check)
     assert in_old is None and in_new is not None
+
+
+def test_export_round_trips_through_load(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    numbers = [f"+86138{i * 7:08d}" for i in range(3000)]
+    assert cag("policy", "load", "dnc", str(dnc_file(tmp_path, "d.csv", numbers)), "--redis-url", redis_url) == 0
+    assert cag("policy", "load", "dnc", str(dnc_file(tmp_path, "o.csv", ["+8613900139000"])), "--redis-url", redis_url) == 0
+    base = write(tmp_path, "c.csv", CONSENTS + "a,+8613800138000,E1,,2026-01-01T00:00:00Z,,,\n"
+                 "b,+8613800138001,E1,,2026-01-01T00:00:00Z,,2,ev\n")
+    moved = write(tmp_path, "m.csv", CONSENTS + "b,+8613700137000,E1,,2026-01-01T00:00:00Z,,2,ev\n")
+    for f in (base, moved):
+        assert cag("policy", "load", "consents", str(f), "--redis-url", redis_url) == 0
+    assert cag("policy", "consent", "revoke", "a", "--at", "2026-02-01T00:00:00Z", "--redis-url", redis_url) == 0
+    capsys.readouterr()
+    assert cag("policy", "export", "dnc", "--redis-url", redis_url) == 0
+    out, _ = capsys.readouterr()
+    got = sorted(json.loads(line)["number"] for line in out.splitlines())
+    assert got == sorted([*numbers, "+8613900139000"])
+    assert cag("policy", "export", "consents", "--redis-url", redis_url) == 0
+    out, _ = capsys.readouterr()
+    rows = {d["token"]: d for d in map(json.loads, out.splitlines())}
+    assert set(rows) == {"a", "b"} and rows["b"]["callee"] == "+8613700137000"  # the tombstone hid the old one
+    assert rows["a"]["revoked_at"].startswith("2026-02-01") and rows["b"]["max_calls"] == 2
+    exported = tmp_path / "export.jsonl"
+    exported.write_text(out)
+    assert cag("policy", "load", "consents", str(exported), "--replace", "--gc-grace", "0", "--redis-url", redis_url) == 0
+    again = with_store(redis_url, lambda s: s.get_consent("b"))
+    assert again is not None and again.callee == "+8613700137000"
