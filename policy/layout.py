@@ -24,7 +24,7 @@ without stalling. So numbers are bucketed:
   array (see ``pack_consent``); ``""`` is a tombstone (a token moved to
   another callee by an upsert layer hides the copy below);
 * the token index (token → callee, for ``consent_other_callee`` and
-  ``show``) is ``{k:<shard>}:tok:<gen>``, 4,096 shards by CRC32 of the token.
+  ``show``) is ``{k:<shard>}:tok:<gen>``, 1,024 shards by CRC32 of the token.
 
 Generations (``gen``) are what make a load all-or-nothing on Cluster too: a
 load writes a new generation beside the live one and then switches one
@@ -50,7 +50,7 @@ GEN_SEQ = "{cag:ref}:genseq"  # generation ids
 GC_QUEUE = "{cag:ref}:gc"  # zset "kind:gen" -> epoch s from which it may be deleted
 OPS = "{cag:ref}:ops"  # hash "trunk:<id>" / "enterprise:<id>" -> msgpack operator status
 LAYERED_KINDS = ("dnc", "consents")
-TOKEN_SHARDS = 4096
+TOKEN_SHARDS = 1024
 INDEX_SHARDS = 256
 SUFFIX_DIGITS = 3  # 1,000 numbers per bucket (see the module doc)
 MAX_LAYERS = 2
