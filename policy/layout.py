@@ -8,12 +8,13 @@ without stalling. So numbers are bucketed:
 * a callee's **bucket** is its number without the last three digits, its
   **suffix** those three digits (``+8613800138000`` → ``+8613800138`` /
   ``000``). A national list covers a few per cent of the numbers in use, so a
-  bucket holds tens of numbers: below the 128 entries up to which Redis keeps
+  bucket holds tens of numbers: below the ``hash-max-listpack-entries`` (128
+  to 512 depending on the build) up to which Redis keeps
   a small hash as a listpack (a few bytes per entry, no per-entry pointers),
   and enough of them that the per-key overhead (~90 B) is shared. Measured
   (docs/reference-data.md): 16 B per number at 6 % density, 32 B at 1 %, 64 B
-  for a block where every number is registered (over 128 entries the bucket
-  becomes a hashtable; ``hash-max-listpack-entries 1024`` keeps it compact);
+  for a block where every number is registered (1,000 entries make the
+  bucket a hashtable; ``hash-max-listpack-entries 1024`` keeps it compact);
 * every per-callee key carries the bucket as its hash tag
   (``{c:+86138001380}00:day:…``), so the per-INVITE script still touches one
   slot per callee, bucket hashes included;
@@ -24,7 +25,7 @@ without stalling. So numbers are bucketed:
   array (see ``pack_consent``); ``""`` is a tombstone (a token moved to
   another callee by an upsert layer hides the copy below);
 * the token index (token → callee, for ``consent_other_callee`` and
-  ``show``) is ``{k:<shard>}:tok:<gen>``, 1,024 shards by CRC32 of the token.
+  ``show``) is ``{k:<shard>}:tok:<gen>``, 4,096 shards by CRC32 of the token (a listpack each up to ~2M consents).
 
 Generations (``gen``) are what make a load all-or-nothing on Cluster too: a
 load writes a new generation beside the live one and then switches one
@@ -50,7 +51,7 @@ GEN_SEQ = "{cag:ref}:genseq"  # generation ids
 GC_QUEUE = "{cag:ref}:gc"  # zset "kind:gen" -> epoch s from which it may be deleted
 OPS = "{cag:ref}:ops"  # hash "trunk:<id>" / "enterprise:<id>" -> msgpack operator status
 LAYERED_KINDS = ("dnc", "consents")
-TOKEN_SHARDS = 1024
+TOKEN_SHARDS = 4096
 INDEX_SHARDS = 256
 SUFFIX_DIGITS = 3  # 1,000 numbers per bucket (see the module doc)
 MAX_LAYERS = 2
