@@ -9,14 +9,14 @@ without stalling. So numbers are bucketed:
   **suffix** those three digits (``+8613800138000`` → ``+8613800138`` /
   ``000``). A national list covers a few per cent of the numbers in use, so a
   bucket holds tens of numbers: below the ``hash-max-listpack-entries`` (128
-  to 512 depending on the build) up to which Redis keeps
-  a small hash as a listpack (a few bytes per entry, no per-entry pointers),
+  to 512 depending on the build) up to which Redis keeps a small hash as a
+  listpack (a few bytes per entry, no per-entry pointers),
   and enough of them that the per-key overhead (~90 B) is shared. Measured
   (docs/reference-data.md): 16 B per number at 6 % density, 32 B at 1 %, 64 B
   for a block where every number is registered (1,000 entries make the
   bucket a hashtable; ``hash-max-listpack-entries 1024`` keeps it compact);
 * every per-callee key carries the bucket as its hash tag
-  (``{c:+86138001380}00:day:…``), so the per-INVITE script still touches one
+  (``{c:+8613800138}000:day:…``), so the per-INVITE script still touches one
   slot per callee, bucket hashes included;
 * DNC data is ``{c:<bucket>}:dnc:<gen>`` → ``suffix`` → an integer
   (``registered_at`` epoch seconds times 2, plus 1 for scope ``commercial``), so the
@@ -25,7 +25,8 @@ without stalling. So numbers are bucketed:
   array (see ``pack_consent``); ``""`` is a tombstone (a token moved to
   another callee by an upsert layer hides the copy below);
 * the token index (token → callee, for ``consent_other_callee`` and
-  ``show``) is ``{k:<shard>}:tok:<gen>``, 4,096 shards by CRC32 of the token (a listpack each up to ~2M consents).
+  ``show``) is ``{k:<shard>}:tok:<gen>``, 4,096 shards by CRC32 of the
+  token (a listpack each up to ~2M consents).
 
 Generations (``gen``) are what make a load all-or-nothing on Cluster too: a
 load writes a new generation beside the live one and then switches one
