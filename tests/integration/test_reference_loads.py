@@ -373,3 +373,41 @@ def test_export_round_trips_through_load(
     assert cag("policy", "load", "consents", str(exported), "--replace", "--gc-grace", "0", "--redis-url", redis_url) == 0
     again = with_store(redis_url, lambda s: s.get_consent("b"))
     assert again is not None and again.callee == "+8613700137000"
+
+
+async def test_switch_race_and_workers_follow_a_switch(redis_url: str, make_engine: Any) -> None:
+    """Two loads of one kind: the later switch loses (nothing of it visible). A worker's engine
+    follows a switch through the `layers` message, without a reference-version change."""
+    from policy.bulk import LayerWriter, SwitchConflict
+    from policy.model import DncEntry
+    from policy.store import row_of
+    from tests.integration.conftest import call
+
+    s = await PolicyStore.connect(redis_url)
+    other = await PolicyStore.connect(redis_url)
+    try:
+        e = await make_engine(on=s, refresh_interval_s=60.0)  # no poll: only the message can tell it
+        assert (await e.admit(call(callee="13800138000"))).admit
+        version = await s.ref_version()
+        a = LayerWriter(other, "dnc", replace=True)
+        b = LayerWriter(other, "dnc", replace=True)
+        await a.begin()
+        await b.begin()
+        await b.add([row_of(DncEntry(number="+8613800138000"))])
+        await b.finish()
+        await b.commit(grace_s=0)
+        await a.add([row_of(DncEntry(number="+8613900139000"))])
+        await a.finish()
+        with pytest.raises(SwitchConflict):
+            await a.commit(grace_s=0)
+        assert await other.get_dnc("+8613900139000") is None
+        assert await other.ref_version() == version  # no full reference reload for a switch
+        for _ in range(40):  # the engine's store re-reads the layers on the message
+            d = await e.admit(call(callee="13800138000"))
+            if d.reason == "callee_dnc":
+                break
+            await asyncio.sleep(0.05)
+        assert d.reason == "callee_dnc"
+    finally:
+        await s.close()
+        await other.close()
