@@ -55,6 +55,10 @@ def _proxy(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["load"]:  # reference-data loads (issue 14): its own parser, own --help
+        from bench import load
+
+        return load.main(argv[1:])
     if argv and argv[0] in MICRO:
         import importlib
 
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, module in MICRO.items():
         sub.add_parser(name, help=f"micro-benchmark ({module}); arguments are passed on")
+    sub.add_parser("load", help="a consent/DNC file through cag policy load: rows/s, RSS, bytes/row, stalls")
 
     args = ap.parse_args(argv)
     if args.cmd == "gen-pcap":

@@ -248,13 +248,10 @@ async def load(url: str, spec: DatasetSpec, progress: Callable[[str], None] = pr
     """Bulk-load the world through ``PolicyStore.put_records``; returns seconds per kind.
 
     Through the store, not a hand-written pipeline, so the keys are whatever
-    the store writes today. Chunks of 20,000 consents keep each MULTI/EXEC
-    short (Redis serves nothing else while one runs) and memory flat. The
-    client (redis-py parsing one reply per queued command) is the bottleneck,
-    about 15,000 consents/s on the reference machine; a second loader process
-    does not help on two cores, where it competes with redis-server.
+    the store writes today. Consents and DNC stream into one new generation
+    each (policy/bulk.py), in chunks of 20,000 so memory stays flat.
     """
-    from policy.store import PolicyStore
+    from policy.store import PolicyStore, row_of
 
     took: dict[str, float] = {}
     store = await PolicyStore.connect(url)
@@ -265,16 +262,23 @@ async def load(url: str, spec: DatasetSpec, progress: Callable[[str], None] = pr
         await store.put_records("enterprises", enterprises(), replace=True)
         await store.put_records("filings", filings(spec), replace=True)
         dnc = dnc_entries(spec)
+        writer = await store.layer_writer("dnc", replace=True)
         for k in range(0, len(dnc), CHUNK):
-            await store.put_records("dnc", dnc[k : k + CHUNK])
+            await writer.add([row_of(d) for d in dnc[k : k + CHUNK]])
+        await writer.finish()
+        await writer.commit(grace_s=0)
         took["reference_and_dnc"] = time.monotonic() - t0
         t0 = last = time.monotonic()
+        # One generation for all consents (chunked upserts would each start an overlay).
+        writer = await store.layer_writer("consents", replace=True)
         for lo in range(0, spec.consents, CHUNK):
-            await store.put_records("consents", consent_range(lo, min(lo + CHUNK, spec.consents)))
+            await writer.add([row_of(c) for c in consent_range(lo, min(lo + CHUNK, spec.consents))])
             if time.monotonic() - last > 5:
                 last = time.monotonic()
                 done = min(lo + CHUNK, spec.consents)
                 progress(f"  consents {done:,}/{spec.consents:,} ({done / (last - t0):,.0f}/s)")
+        await writer.finish()
+        await writer.commit(grace_s=0)
         took["consents"] = time.monotonic() - t0
     finally:
         await store.close()

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     audit_dir: Path | None = Field(None, description="archive directory for the archiver child; none = state_dir/audit")
     audit_retention_days: int = Field(30, ge=30, description="days of archived audit partitions kept (R8: at least 30)")
     log_level: str = Field("info", description="debug, info, warning, error")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="log lines: json, text (for a person), auto = text when stderr is a terminal"
+    )
     metrics_max_enterprises: int = Field(
         200, ge=0, description="enterprise ids given their own metrics label per worker; the rest count as 'other'"
     )
@@ -188,6 +191,14 @@ class Settings(BaseSettings):
     log_keep_digits: int = Field(
         -1, ge=-1, description="digits of caller/callee kept in log lines (the rest masked); -1 = whole numbers"
     )
+
+    @field_validator("log_format")
+    @classmethod
+    def _export_log_format(cls, v: str) -> str:
+        # gateway.logs.setup is called with the level only (supervisor, workers, archiver);
+        # the format reaches it, and the processes forked from this one, through the environment.
+        os.environ["CAG_LOG_FORMAT"] = v
+        return v
 
     @field_validator("listen")
     @classmethod

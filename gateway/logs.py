@@ -1,4 +1,8 @@
-"""Structured JSON log lines, written by a thread, and the rate-limited rejection line.
+"""Structured JSON log lines (or text lines on a terminal), written by a thread, and the rate-limited rejection line.
+
+JSON is what a machine reads (journald, a shipper); a person at a terminal
+gets one readable line per record (``log_format``: auto picks text when
+stderr is a TTY, so ``scripts/demo.sh`` is not drowned in JSON).
 
 Why a thread: a log line is a ``write()`` to stderr (a pipe to journald, a
 file, a terminal) and any of them can block; on the INVITE path that would
@@ -23,8 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,8 +59,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=True, default=str)
 
 
-def setup(level: str, *, threaded: bool = True) -> None:
-    """Install the JSON handler on the root logger (again after a fork: see the module doc)."""
+class TextFormatter(logging.Formatter):
+    """One line for a person: ``12:00:01 INFO  policy.engine: message key=value …``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{t} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        # Control characters from a header value must not rewrite the terminal.
+        return "".join(c if c.isprintable() or c == "\n" else "?" for c in line)
+
+
+def formatter_for(fmt: str | None = None, stream: Any = None) -> logging.Formatter:
+    """``json`` / ``text`` / ``auto`` (text when the stream is a terminal); default $CAG_LOG_FORMAT or auto."""
+    fmt = (fmt or os.environ.get("CAG_LOG_FORMAT") or "auto").lower()
+    if fmt == "auto":
+        target = stream if stream is not None else sys.stderr
+        try:
+            fmt = "text" if target.isatty() else "json"
+        except (AttributeError, ValueError):  # closed or not a file
+            fmt = "json"
+    return TextFormatter() if fmt == "text" else JsonFormatter()
+
+
+def setup(level: str, *, threaded: bool = True, fmt: str | None = None) -> None:
+    """Install the log handler on the root logger (again after a fork: see the module doc).
+
+    ``fmt``: json (machines: journald, a log shipper), text (a person at a
+    terminal), auto (text when stderr is a terminal); default the
+    ``log_format`` setting, which reaches every process as $CAG_LOG_FORMAT.
+    """
     global _listener
     if _listener is not None:
         try:
@@ -63,7 +101,7 @@ def setup(level: str, *, threaded: bool = True) -> None:
             pass
         _listener = None
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(JsonFormatter())
+    stream.setFormatter(formatter_for(fmt, sys.stderr))
     root = logging.getLogger()
     if threaded:
         q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

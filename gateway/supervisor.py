@@ -127,10 +127,10 @@ class _Health:
         return all(bool(v) for v in detail.values()), detail
 
     def _ping(self) -> bool:
-        import redis
-
         try:
-            client = redis.Redis.from_url(self.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+            from policy.redis_client import sync_client  # redis+sentinel:// too
+
+            client = sync_client(self.url, socket_timeout=0.3, socket_connect_timeout=0.3)
             try:
                 if client.ping():
                     return True

@@ -10,20 +10,25 @@ server and on Redis Cluster; every counter has a TTL):
 ``{cag:ref}:version``
     counter bumped by every reference write; ``cag:ref:changed`` is PUBLISHed
     with the new value so workers reload at once (polling is the back-stop).
-``{c:<callee>}:consent:<token>``
-    hash: ``ent pur np gr ex max ev rv used`` (``np``: normalised purpose) (times in epoch ms, ``""`` = none);
-    ``used`` is counted by ``cag_admit``.
-``{c:<callee>}:dnc``
-    hash: ``scope at``.
-``{c:<callee>}:day:<enterprise>:<YYYYMMDD>`` / ``{c:<callee>}:day:*:<YYYYMMDD>``
+Consents and DNC (policy/layout.py has the whole story and the encodings):
+``{c:<bucket>}:dnc:<gen>`` / ``{c:<bucket>}:cs:<gen>``
+    hashes of the numbers of one 1,000-number block (bucket = the number
+    without its last three digits), one per generation; ``{cag:ref}:gen`` names the live layers
+    (``base[,overlay]``) and is switched atomically by a load
+    (policy/bulk.py), so loads are all-or-nothing on Cluster too.
+``{c:<bucket>}:cu`` / ``{c:<bucket>}:crv``
+    consent use counts (counted by ``cag_admit``) and operator revocations:
+    operator state outside the generations, which no reload undoes.
+``{k:<shard>}:tok:<gen>``
+    token -> callee (``consent_other_callee``, revoke, show).
+``{g:<kind>:<gen>:<shard>}:b``
+    the buckets a generation wrote, so deleting it needs no SCAN.
+``{c:<bucket>}<suffix>:day:<enterprise>:<YYYYMMDD>`` / ``…:day:*:<YYYYMMDD>``
     daily counters (callee-local day), TTL = seconds to callee-local midnight
     + ``DAY_TTL_SLACK``.
-``{c:<callee>}:txn:<call-id|branch>``, ``{n:<caller>}:txn:…``, ``{t:<trunk>}:txn:…``
+``{c:<bucket>}<suffix>:txn:<call-id|branch>``, ``{n:<caller>}:txn:…``, ``{t:<trunk>}:txn:…``
     per-transaction result (hash ``r`` msgpack result, ``c`` counted, ``f``
-    refunded), TTL ``TXN_TTL`` (64 s, above the 32 s of SPEC section 4).
-``{k:<token>}:callee``
-    token index: the callee a token was granted for (``consent_other_callee``,
-    moving a token, ``--replace``).
+    refunded, ``u`` the consent counted), TTL ``TXN_TTL`` (64 s, above the 32 s of SPEC section 4).
 ``{n:<caller>}:rate:<epoch s>`` / ``{t:<trunk>}:rate:<epoch s>``
     per-second counters, TTL 2 s.
 ``{t:<trunk>}:conc``
@@ -31,10 +36,9 @@ server and on Redis Cluster; every counter has a TTL):
     engine's ``concurrency_timeout_s`` even if no BYE is ever seen.
 ``{e:<enterprise>}:unconsented``
     unconsented attempts in the current window (R6), TTL = the window.
-``{cag:idx}:consents`` / ``{cag:idx}:dnc``
-    sets of every stored token / DNC number. Chosen over SCAN because SCAN
-    on Cluster must visit every node and is not a snapshot; a set is one
-    read, so ``--replace`` knows exactly what to delete.
+``{cag:ref}:ops``
+    operator statuses of trunks and enterprises (suspend/resume, manual or
+    automatic), applied over the loaded records: a reload does not lift them.
 
 The hot path does not await Redis call by call: ``admit_callee``, ``rate``,
 ``token_callee`` … return futures, and every call made during one event-loop
@@ -47,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -62,6 +66,29 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
+from policy.bulk import BATCH_ROWS, GC_GRACE_S, LayerWriter
+from policy.layout import (
+    GEN_POINTER,
+    GEN_SEQ,
+    OPS,
+    callee_tag,
+    consent_field,
+    consent_layer_key,
+    dnc_decode,
+    dnc_layer_key,
+    dnc_value,
+    from_ms,
+    index_key,
+    index_shard,
+    pack_consent,
+    parse_layers,
+    revoked_key,
+    split,
+    token_layer_key,
+    token_shard,
+    unpack_consent,
+    used_key,
+)
 from policy.model import (
     KIND_KEYS,
     KIND_MODELS,
@@ -73,6 +100,7 @@ from policy.model import (
     Trunk,
 )
 from policy.redact import redact_url
+from policy.redis_client import async_client
 from policy.rules.purpose import normalize_purpose
 
 _hiredis: Any
@@ -85,10 +113,10 @@ log = logging.getLogger(__name__)
 
 LIBRARY = "cag"
 CHANNEL = "cag:ref:changed"
+LAYERS_CHANGED = "layers"  # message on CHANNEL: the consent/DNC layer pointer moved
 REF_VERSION = "{cag:ref}:version"
 REF_KINDS = ("trunks", "enterprises", "filings")
-IDX_CONSENTS = "{cag:idx}:consents"
-IDX_DNC = "{cag:idx}:dnc"
+REF_MULTI_MAX = 5000  # reference records written in one MULTI; more are staged (RefWriter)
 TXN_TTL = 64  # s; SPEC section 4 asks for >= 32 s
 DAY_TTL_SLACK = 3600  # s kept after callee-local midnight (clock skew, late refunds)
 SOCKET_TIMEOUT = 2.0  # s; the engine's budget cuts a decision much earlier
@@ -98,24 +126,16 @@ def ref_key(kind: str) -> str:
     return f"{{cag:ref}}:{kind}"
 
 
-def consent_key(callee: str, token: str) -> str:
-    return f"{{c:{callee}}}:consent:{token}"
-
-
-def dnc_key(callee: str) -> str:
-    return f"{{c:{callee}}}:dnc"
-
-
 def day_key(callee: str, enterprise_id: str, day: str) -> str:
-    return f"{{c:{callee}}}:day:{enterprise_id}:{day}"
+    return f"{callee_tag(callee)}:day:{enterprise_id}:{day}"
 
 
 def total_day_key(callee: str, day: str) -> str:
-    return f"{{c:{callee}}}:day:*:{day}"
+    return f"{callee_tag(callee)}:day:*:{day}"
 
 
-def token_key(token: str) -> str:
-    return f"{{k:{token}}}:callee"
+def callee_txn_key(callee: str, txn: str) -> str:
+    return f"{callee_tag(callee)}:txn:{txn}"
 
 
 def txn_key(tag: str, txn: str) -> str:
@@ -208,11 +228,6 @@ def _ms(t: datetime | None) -> str:
     return "" if t is None else str(round(t.timestamp() * 1000))
 
 
-def _from_ms(v: Any) -> datetime | None:
-    s = _s(v) if v is not None else ""
-    return datetime.fromtimestamp(int(s) / 1000, UTC) if s else None
-
-
 def _normalize(number: str) -> str:
     """Keys use the same normalised form as the engine's callee (E.164)."""
     try:
@@ -226,19 +241,6 @@ def _normalize(number: str) -> str:
 def _purposes_arg(purposes: tuple[str, ...]) -> str:
     """An enterprise's purposes as ``cag_admit`` takes them: normalised, space-separated."""
     return " ".join(p for p in map(normalize_purpose, purposes) if p)
-
-
-def _consent_fields(c: Consent) -> dict[str, str]:
-    return {
-        "ent": c.enterprise_id,
-        "pur": c.purpose,
-        "np": (c.purpose or "").strip().lower(),  # normalize_purpose, compared by cag_admit
-        "gr": _ms(c.granted_at),
-        "ex": _ms(c.expires_at),
-        "max": "" if c.max_calls is None else str(c.max_calls),
-        "ev": c.evidence_ref,
-        "rv": _ms(c.revoked_at),
-    }
 
 
 def _load_library() -> str:
@@ -381,18 +383,28 @@ class PolicyStore:
         self._functions_ok = False
         self._functions_lock = asyncio.Lock()
         self._batcher = _Batcher(self)
+        # Consent/DNC layer pointers ({cag:ref}:gen), refreshed by ref_version/load_refdata.
+        self._gens: dict[str, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ setup
     @classmethod
     async def connect(cls, url: str) -> PolicyStore:
-        """Connect to ``url`` (redis://, rediss://, unix://); Cluster is detected with INFO cluster."""
+        """Connect to ``url`` (redis://, rediss://, unix://, redis+sentinel://); Cluster is detected with INFO cluster.
+
+        Sentinel (policy/redis_client.py): the client asks the sentinels for
+        the primary and again after a connection breaks, so a failover needs
+        no virtual IP; in the gap the engine's breaker applies the fail mode.
+        """
         opts: dict[str, Any] = {
             "socket_timeout": SOCKET_TIMEOUT,
             "socket_connect_timeout": 1.0,
             # One quick retry: a pipeline of FCALLs is safe to resend (txn idempotency).
             "retry": Retry(NoBackoff(), 1),
         }
-        client = aioredis.Redis.from_url(url, **opts)
+        try:
+            client = async_client(url, **opts)
+        except ValueError as e:  # a malformed URL (the password is never in the message)
+            raise StoreError(f"bad redis URL {redact_url(url)}: {e}") from e
         pool = client.connection_pool
         pool.connection_class = _hiredis_packer(pool.connection_class)
         try:
@@ -478,7 +490,7 @@ class PolicyStore:
         object's per-command bookkeeping (~13 µs less client CPU per
         admission at 200 concurrent calls).
         """
-        if any(c[0] == "FCALL" for c in commands):
+        if any(c[0] in ("FCALL", "FCALL_RO") for c in commands):
             await self.ensure_functions()
         if self.cluster or _hiredis is None:
             pipe = self.client.pipeline(transaction=False)
@@ -514,6 +526,51 @@ class PolicyStore:
                 await pool.release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def bulk_pipeline(self, commands: Sequence[tuple[Any, ...]], timeout: float = 30.0) -> list[Any]:
+        """Like ``_pipeline`` for loads: thousands of commands, replies drained straight from hiredis.
+
+        redis-py's ``read_response`` costs ~30 µs a reply (a timeout context
+        each); a load reads ~50,000 replies a second, so on a single server the
+        replies are parsed in one loop over the connection's hiredis reader.
+        Cluster (and no hiredis): ``_pipeline``.
+        """
+        if self.cluster or _hiredis is None or not commands:
+            return await self._pipeline(commands)
+        if any(c[0] in ("FCALL", "FCALL_RO") for c in commands):
+            await self.ensure_functions()
+        from redis._parsers.hiredis import NOT_ENOUGH_DATA
+
+        assert isinstance(self.client, aioredis.Redis)
+        pool = self.client.connection_pool
+        packed = b"".join([_hiredis.pack_command(c) for c in commands])
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            parser: Any = conn._parser
+            reader = getattr(parser, "_reader", None)
+            out: list[Any] = []
+            async with asyncio.timeout(timeout):
+                if reader is None or not hasattr(parser, "read_from_socket"):
+                    for _ in commands:
+                        try:
+                            out.append(await conn.read_response())
+                        except ResponseError as e:
+                            out.append(e)
+                    return out
+                n = len(commands)
+                while len(out) < n:
+                    r = reader.gets()
+                    if r is NOT_ENOUGH_DATA:
+                        await parser.read_from_socket()
+                        continue
+                    out.append(r)
+            return out
+        except BaseException:
+            await conn.disconnect()  # replies may be half read: never reuse
+            raise
+        finally:
+            await pool.release(conn)
+
     async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One FCALL outside the hot path (batched like the others all the same)."""
         return await self._batcher.submit(("FCALL", name, len(keys), *keys, *args))
@@ -542,12 +599,22 @@ class PolicyStore:
         enterprise's purposes, against which the script judges the call's
         effective purpose (declared, else the consent's).
         """
+        gens = self._gens
+        if gens is None:  # first call of this store: learn the layer pointers, then ask
+            return asyncio.ensure_future(self._admit_after_refresh(locals()))
+        bucket, _ = split(callee)
+        clayers = gens.get("consents", ())
+        dlayers = gens.get("dnc", ())
         keys = (
-            txn_key(f"c:{callee}", txn),
-            consent_key(callee, token or ""),
-            dnc_key(callee),
+            callee_txn_key(callee, txn),
             day_key(callee, enterprise_id, day),
             total_day_key(callee, day),
+            used_key(bucket),
+        )
+        layer_keys = (
+            revoked_key(bucket),
+            *[consent_layer_key(bucket, g) for g in clayers],
+            *[dnc_layer_key(bucket, g) for g in dlayers],
         )
         args = (
             token or "",
@@ -561,12 +628,38 @@ class PolicyStore:
             1 if dry_run else 0,
             TXN_TTL,
             _purposes_arg(allowed_purposes),
+            consent_field(callee, token or ""),
+            split(callee)[1],
+            len(clayers),
+            len(dlayers),
         )
-        return self._batcher.submit(("FCALL", "cag_admit", 5, *keys, *args), _parse_callee(keys))
+        nkeys = len(keys) + len(layer_keys)
+        return self._batcher.submit(
+            ("FCALL", "cag_admit", nkeys, *keys, *layer_keys, *args), _parse_callee(keys)
+        )
+
+    async def _admit_after_refresh(self, kw: dict[str, Any]) -> CalleeResult:
+        await self.refresh_layers()
+        kw = {k: v for k, v in kw.items() if k not in ("self", "gens")}
+        return await self.admit_callee(**kw)
 
     def token_callee(self, token: str) -> asyncio.Future[str | None]:
         """The callee a token was granted for (other slot than the callee's)."""
-        return self._batcher.submit(("GET", token_key(token)), _opt)
+        gens = self._gens
+        if gens is None:
+            return asyncio.ensure_future(self._token_after_refresh(token))
+        layers = gens.get("consents", ())
+        if not layers:
+            fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+        shard = token_shard(token)
+        keys = [token_layer_key(shard, g) for g in layers]
+        return self._batcher.submit(("FCALL_RO", "cag_token", len(keys), *keys, token), _opt)
+
+    async def _token_after_refresh(self, token: str) -> str | None:
+        await self.refresh_layers()
+        return await self.token_callee(token)
 
     def rate(
         self,
@@ -620,33 +713,110 @@ class PolicyStore:
 
     # --------------------------------------------------------- reference data
     async def ref_version(self) -> int:
+        """The reference version; also refreshes the consent/DNC layer pointers (same slot, one trip).
+
+        The engine polls this (and is notified on change), so a worker sees a
+        load's generation switch within its refresh interval; the loader waits
+        ``GC_GRACE_S`` before deleting the generation it replaced.
+        """
         try:
-            v = await self.client.get(REF_VERSION)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(REF_VERSION)
+            pipe.hgetall(GEN_POINTER)
+            v, gens = await pipe.execute()
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
         return int(v or 0)
 
+    async def refresh_layers(self) -> dict[str, tuple[int, ...]]:
+        """Read the consent/DNC layer pointers now (first admission, CLI look-ups)."""
+        try:
+            gens = await self.client.hgetall(GEN_POINTER)
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        return self._set_layers(gens)
+
+    def _set_layers(self, raw: Any) -> dict[str, tuple[int, ...]]:
+        gens = {_s(k): parse_layers(v) for k, v in (raw or {}).items()}
+        self._gens = gens
+        return gens
+
     async def load_refdata(self) -> tuple[list[Trunk], list[Enterprise], list[NumberFiling], int]:
-        """A consistent snapshot (one MULTI/EXEC) of all reference data and its version."""
+        """A consistent snapshot (one MULTI/EXEC) of all reference data and its version.
+
+        Operator statuses (``OPS``: suspend/resume by hand or by the engine)
+        are applied over the loaded records here, which is why reloading a
+        trunks or enterprises file does not lift a suspension.
+        """
         try:
             pipe = self.client.pipeline(transaction=True)
             for kind in REF_KINDS:
                 pipe.hgetall(ref_key(kind))
             pipe.get(REF_VERSION)
-            trunks, ents, filings, version = await pipe.execute()
+            pipe.hgetall(OPS)
+            pipe.hgetall(GEN_POINTER)
+            trunks, ents, filings, version, ops, gens = await pipe.execute()
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
+        opmap = {_s(k): msgpack.unpackb(v) for k, v in (ops or {}).items()}
         return (
-            [Trunk.model_validate(msgpack.unpackb(v)) for v in trunks.values()],
-            [Enterprise.model_validate(msgpack.unpackb(v)) for v in ents.values()],
+            [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
+            [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
             [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
             int(version or 0),
         )
+
+    async def get_ref(self, kind: str, ident: str) -> Record | None:
+        """One reference record (operator status applied), without reading the whole kind."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(ref_key(kind), ident)
+            pipe.hget(OPS, f"{_OP_PREFIX.get(kind, '')}:{ident}")
+            raw, op = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        if raw is None:
+            return None
+        opmap = {f"{_OP_PREFIX.get(kind, '')}:{ident}": msgpack.unpackb(op)} if op else {}
+        if kind in _OP_PREFIX:
+            return _with_op(KIND_MODELS[kind], _OP_PREFIX[kind], ident, raw, opmap)
+        return KIND_MODELS[kind].model_validate(msgpack.unpackb(raw))
+
+    async def scan_ref(self, kind: str, count: int = 1000) -> AsyncIterator[Record]:
+        """Every record of a reference kind, read in bounded HSCAN steps (``show`` of a big kind)."""
+        opmap: dict[str, Any] = {}
+        if kind in _OP_PREFIX:
+            try:
+                opmap = {_s(k): msgpack.unpackb(v) for k, v in (await self.client.hgetall(OPS)).items()}
+            except (RedisError, OSError) as e:
+                raise StoreError(f"redis: {e}") from e
+        cursor = 0
+        while True:
+            try:
+                cursor, items = await self.client.hscan(ref_key(kind), cursor, count=count)
+            except (RedisError, OSError) as e:
+                raise StoreError(f"redis: {e}") from e
+            for k, v in _pairs(items).items():
+                if kind in _OP_PREFIX:
+                    yield _with_op(KIND_MODELS[kind], _OP_PREFIX[kind], k, v, opmap)
+                else:
+                    yield KIND_MODELS[kind].model_validate(msgpack.unpackb(v))
+            if not cursor:
+                return
 
     async def _publish(self, version: int) -> None:
         try:
             await self.client.publish(CHANNEL, version)
         except (RedisError, OSError) as e:  # workers still poll the version
+            log.warning("publish %s failed: %s", CHANNEL, e)
+
+    async def publish_layers(self) -> None:
+        """Tell every worker the consent/DNC layers moved (they re-read the pointer at once)."""
+        try:
+            await self.client.publish(CHANNEL, LAYERS_CHANGED)
+        except (RedisError, OSError) as e:  # workers still poll
             log.warning("publish %s failed: %s", CHANNEL, e)
 
     async def subscribe_changes(
@@ -660,6 +830,14 @@ class PolicyStore:
                 while not stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if msg and msg.get("type") == "message":
+                        if _s(msg["data"]) == LAYERS_CHANGED:
+                            # A consent/DNC switch: re-read the layer pointer (one HGETALL),
+                            # not all reference data (which a version change would cause).
+                            try:
+                                await self.refresh_layers()
+                            except StoreError as e:
+                                log.debug("layer refresh failed (the version poll retries): %s", e)
+                            continue
                         try:
                             on_change(int(msg["data"]))
                         except ValueError:
@@ -678,21 +856,44 @@ class PolicyStore:
                 except Exception:  # already broken
                     pass
 
+    # ------------------------------------------------------------------ plumbing
+    async def _call(self, *args: Any) -> Any:
+        """One command outside the hot path; errors become StoreError."""
+        try:
+            return await self.client.execute_command(*args)
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+
+    _call_raw = _call
+
+    async def _checked(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """A non-transactional pipeline whose every reply must be a success."""
+        if not commands:
+            return []
+        try:
+            results = await self.bulk_pipeline(commands)
+        except (RedisError, OSError, TimeoutError) as e:
+            raise StoreError(f"redis: {e}") from e
+        for r in results:
+            if isinstance(r, Exception):
+                raise StoreError(f"redis: {r}")
+        return results
+
+    async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return await self._checked(commands)
+
     # ------------------------------------------------------------------ writes
     async def put_records(
         self, kind: str, records: Sequence[Record], *, replace: bool = False
     ) -> int:
         """Upsert ``records`` of ``kind`` (``replace``: they become the whole set). Returns the count.
 
-        Reference kinds: one MULTI/EXEC on the ``{cag:ref}`` slot, so the file
-        applies entirely or not at all (Cluster included), then PUBLISH.
-        Consents and DNC: validate first (the loader does); a single server
-        applies them in one MULTI/EXEC (all-or-nothing). On Cluster the keys
-        live on many slots, so they go out as one non-transactional pipeline:
-        each record is written atomically, a failure half-way leaves the
-        earlier records written (reloading the same file is idempotent).
-        The reads that plan a consent/DNC write (token owners, the index for
-        ``--replace``) precede the MULTI: run one loader per kind at a time.
+        All-or-nothing on a single server and on Cluster alike. Reference
+        kinds: one MULTI/EXEC on the ``{cag:ref}`` slot (a staged hash swapped
+        in for big sets, so no single command runs long). Consents and DNC: a
+        new generation switched in by one script (policy/bulk.py); a
+        duplicate key raises ValueError and switches nothing. Streaming file
+        loads use ``LayerWriter`` / ``RefWriter`` directly.
         """
         if kind not in KIND_MODELS:
             raise ValueError(f"unknown kind {kind!r}")
@@ -701,171 +902,252 @@ class PolicyStore:
         if wrong:
             raise TypeError(f"{kind}: expected {model.__name__} records, got {type(wrong[0]).__name__}")
         if kind in REF_KINDS:
-            return await self._put_ref(kind, records, replace)
-        if kind == "consents":
-            return await self._put_consents([r for r in records if isinstance(r, Consent)], replace)
-        if kind == "dnc":
-            return await self._put_dnc([r for r in records if isinstance(r, DncEntry)], replace)
-        raise ValueError(f"unknown kind {kind!r}")  # pragma: no cover
-
-    async def _put_ref(self, kind: str, records: Sequence[Record], replace: bool) -> int:
-        field = KIND_KEYS[kind]
-        mapping = {getattr(r, field): msgpack.packb(r.model_dump(mode="json")) for r in records}
+            w = RefWriter(self, kind, replace=replace)
+            await w.begin()
+            await w.add(records)
+            await w.commit()
+            return len(records)
+        lw = LayerWriter(self, kind, replace=replace)
+        await lw.begin()
         try:
-            pipe = self.client.pipeline(transaction=True)
-            if replace:
-                pipe.delete(ref_key(kind))
-            if mapping:
-                pipe.hset(ref_key(kind), mapping=mapping)
-            pipe.incr(REF_VERSION)
-            res = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        await self._publish(int(res[-1]))
-        return len(mapping)
+            for i in range(0, len(records), BATCH_ROWS):
+                await lw.add([row_of(r) for r in records[i : i + BATCH_ROWS]])
+            await lw.finish()
+            if lw.suspects:
+                raise ValueError(f"{kind}: duplicate keys in the records: {sorted(lw.suspects)[:5]}")
+        except BaseException:
+            await lw.abort()
+            raise
+        await lw.commit(grace_s=GC_GRACE_S)
+        return len(records)
 
-    async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        if not commands:
-            return []
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for c in commands:
-                pipe.execute_command(*c)
-            return list(await pipe.execute())
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
+    async def layer_writer(self, kind: str, *, replace: bool) -> LayerWriter:
+        """A started streaming load of ``dnc`` or ``consents`` (``add`` rows from ``row_of``, ``finish``, ``commit``)."""
+        w = LayerWriter(self, kind, replace=replace)
+        await w.begin()
+        return w
 
-    async def _write(self, commands: Sequence[tuple[Any, ...]]) -> None:
-        """Single server: one MULTI/EXEC; Cluster: one pipeline grouped per node."""
-        if not commands:
-            return
-        try:
-            pipe = self.client.pipeline(transaction=not self.cluster)
-            for c in commands:
-                pipe.execute_command(*c)
-            await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
+    async def _ensure_layer(self, kind: str) -> tuple[int, ...]:
+        """The kind's layers; a first base generation when none exists (single-record writes)."""
+        layers = (await self.refresh_layers()).get(kind, ())
+        if layers:
+            return layers
+        # No version bump: an empty kind has nothing to switch from; workers read the
+        # pointer with every version poll (refresh interval, 0.5 s) and on the publish.
+        gen = int(await self._call("INCR", GEN_SEQ))
+        await self._call("HSETNX", GEN_POINTER, kind, str(gen))
+        await self.publish_layers()
+        return (await self.refresh_layers()).get(kind, ())
 
-    async def _put_consents(self, consents: list[Consent], replace: bool) -> int:
-        tokens = [c.token for c in consents]
-        current = await self._read([("GET", token_key(t)) for t in tokens])
-        cmds: list[tuple[Any, ...]] = []
-        if replace:
-            (members,) = await self._read([("SMEMBERS", IDX_CONSENTS)])
-            gone = sorted({_s(m) for m in members} - set(tokens))
-            owners = await self._read([("GET", token_key(t)) for t in gone])
-            for t, owner in zip(gone, owners, strict=True):
-                if owner is not None:
-                    cmds.append(("DEL", consent_key(_s(owner), t)))
-                cmds.append(("DEL", token_key(t)))
-            if gone:
-                cmds.append(("SREM", IDX_CONSENTS, *gone))
-        for c, old in zip(consents, current, strict=True):
-            callee = _normalize(c.callee)
-            if old is not None and _s(old) != callee:  # the token moved to another callee
-                cmds.append(("DEL", consent_key(_s(old), c.token)))
-            fields = _consent_fields(c)
-            cmds.append(
-                ("HSET", consent_key(callee, c.token), *[x for kv in fields.items() for x in kv])
-            )
-            cmds.append(("SET", token_key(c.token), callee))
-        if tokens:
-            cmds.append(("SADD", IDX_CONSENTS, *tokens))
-        await self._write(cmds)
-        return len(consents)
-
-    async def _put_dnc(self, entries: list[DncEntry], replace: bool) -> int:
-        numbers = [_normalize(e.number) for e in entries]
-        cmds: list[tuple[Any, ...]] = []
-        if replace:
-            (members,) = await self._read([("SMEMBERS", IDX_DNC)])
-            gone = sorted({_s(m) for m in members} - set(numbers))
-            cmds += [("DEL", dnc_key(n)) for n in gone]
-            if gone:
-                cmds.append(("SREM", IDX_DNC, *gone))
-        for e, n in zip(entries, numbers, strict=True):
-            at = e.registered_at.isoformat() if e.registered_at else ""
-            cmds.append(("HSET", dnc_key(n), "scope", e.scope, "at", at))
-        if numbers:
-            cmds.append(("SADD", IDX_DNC, *numbers))
-        await self._write(cmds)
-        return len(entries)
+    async def _token_owner(self, token: str, layers: tuple[int, ...]) -> str | None:
+        if not layers:
+            return None
+        keys = [token_layer_key(token_shard(token), g) for g in layers]
+        (owner,) = await self._checked([("FCALL_RO", "cag_token", len(keys), *keys, token)])
+        return _opt(owner)
 
     async def grant_consent(self, consent: Consent) -> None:
-        """Grant (or re-grant) one consent; its use count survives a re-grant of the same token."""
-        await self._put_consents([consent], replace=False)
+        """Grant (or re-grant) one consent in the top layer: effective on the next INVITE.
+
+        Its use count (operator state) survives; an explicit re-grant clears
+        an operator revocation of the same token (a file reload does not).
+        A token granted before for another callee is removed there.
+        """
+        layers = await self._ensure_layer("consents")
+        top = layers[0]
+        callee = _normalize(consent.callee)
+        token = consent.token
+        old = await self._token_owner(token, layers)
+        cmds: list[tuple[Any, ...]] = []
+        if old is not None and old != callee:
+            ob, _ = split(old)
+            cmds += [("HDEL", consent_layer_key(ob, g), consent_field(old, token)) for g in layers]
+        bucket, _ = split(callee)
+        field = consent_field(callee, token)
+        cmds += [
+            ("HSET", consent_layer_key(bucket, top), field, _pack(consent)),
+            ("HSET", token_layer_key(token_shard(token), top), token, callee),
+            ("SADD", index_key("consents", top, index_shard(bucket)), bucket),
+            ("HDEL", revoked_key(bucket), field),
+        ]
+        await self._checked(cmds)
 
     async def revoke_consent(self, token: str, at: datetime) -> bool:
-        """Mark a consent revoked at ``at``; effective on the next INVITE. False: unknown token."""
-        (owner,) = await self._read([("GET", token_key(token))])
-        if owner is None:
+        """Record an operator revocation at ``at``; effective on the next INVITE. False: unknown token.
+
+        Kept apart from the loaded consent (``{c:<bucket>}:crv``), so reloading
+        the consent file does not re-grant it.
+        """
+        layers = (await self.refresh_layers()).get("consents", ())
+        callee = await self._token_owner(token, layers)
+        if callee is None:
             return False
-        key = consent_key(_s(owner), token)
-        # HSET only while the hash exists, atomically: never recreate a consent deleted meanwhile.
-        try:
-            res = await self.client.eval(
-                "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'rv', ARGV[1]) return 1 end return 0",
-                1,
-                key,
-                _ms(at),
-            )
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        return bool(res)
+        bucket, _ = split(callee)
+        keys = [revoked_key(bucket), *[consent_layer_key(bucket, g) for g in layers]]
+        res = await self.fcall("cag_revoke", keys, (consent_field(callee, token), _ms(at)))
+        return bool(int(res))
+
+    async def _consent_raw(self, token: str) -> tuple[str, dict[str, Any], str] | None:
+        layers = (await self.refresh_layers()).get("consents", ())
+        callee = await self._token_owner(token, layers)
+        if callee is None:
+            return None
+        bucket, _ = split(callee)
+        field = consent_field(callee, token)
+        replies = await self._checked(
+            [("HGET", consent_layer_key(bucket, g), field) for g in layers]
+            + [("HGET", revoked_key(bucket), field), ("HGET", used_key(bucket), field)]
+        )
+        *found, rvo, used = replies
+        value = next((v for v in found if v is not None), None)
+        if not value:  # absent, or a tombstone
+            return None
+        d = unpack_consent(value)
+        if rvo is not None and (d.get("rv") in ("", None) or int(rvo) < int(d["rv"])):
+            d["rv"] = int(rvo)
+        return callee, d, _s(used) if used is not None else "0"
 
     async def get_consent(self, token: str) -> Consent | None:
-        (owner,) = await self._read([("GET", token_key(token))])
-        if owner is None:
+        """The consent as the gateway judges it (an operator revocation shown as ``revoked_at``)."""
+        raw = await self._consent_raw(token)
+        if raw is None:
             return None
-        callee = _s(owner)
-        (h,) = await self._read([("HGETALL", consent_key(callee, token))])
-        if not h:
-            return None
-        d = {_s(k): _s(v) for k, v in h.items()}
-        granted = _from_ms(d.get("gr"))
+        callee, d, _ = raw
         return Consent(
             token=token,
             callee=callee,
             enterprise_id=d.get("ent", ""),
-            purpose=d.get("pur", "callback"),
-            granted_at=granted or datetime.fromtimestamp(0, UTC),
-            expires_at=_from_ms(d.get("ex")),
-            max_calls=int(d["max"]) if d.get("max") else None,
+            purpose=d.get("pur") or "callback",
+            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
+            expires_at=from_ms(d.get("ex")),
+            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
             evidence_ref=d.get("ev", ""),
-            revoked_at=_from_ms(d.get("rv")),
+            revoked_at=from_ms(d.get("rv")),
         )
 
     async def consent_used(self, token: str) -> int:
         """How many admitted calls a consent has counted (for explain / tests)."""
-        (owner,) = await self._read([("GET", token_key(token))])
-        if owner is None:
-            return 0
-        (v,) = await self._read([("HGET", consent_key(_s(owner), token), "used")])
-        return int(v or 0)
+        raw = await self._consent_raw(token)
+        return int(raw[2]) if raw is not None else 0
+
+    async def set_consent_used(self, token: str, used: int) -> bool:
+        """Set a consent's use count (operator correction; tests). False: unknown token."""
+        layers = (await self.refresh_layers()).get("consents", ())
+        callee = await self._token_owner(token, layers)
+        if callee is None:
+            return False
+        await self._checked([("HSET", used_key(split(callee)[0]), consent_field(callee, token), used)])
+        return True
+
+    async def consents_for(self, callee: str) -> list[Consent]:
+        """Every consent granted for one callee (one bucket read per layer)."""
+        n = _normalize(callee)
+        bucket, suffix = split(n)
+        layers = (await self.refresh_layers()).get("consents", ())
+        seen: dict[str, bytes] = {}
+        for g in layers:
+            (h,) = await self._checked([("HGETALL", consent_layer_key(bucket, g))])
+            for k, v in (h or {}).items():
+                f = _s(k)
+                if f.startswith(suffix + ":") and f not in seen:
+                    seen[f] = v
+        out = []
+        for f, v in sorted(seen.items()):
+            if v:
+                c = await self.get_consent(f.split(":", 1)[1])
+                if c is not None and c.callee == n:
+                    out.append(c)
+        return out
+
+    async def export_layered(self, kind: str) -> AsyncIterator[Record]:
+        """Every live DNC entry or consent, bucket by bucket (bounded reads; ``policy export``).
+
+        Overlay buckets first (their entries shadow the base's), then the base
+        buckets the overlay did not have. Consents carry an operator revocation
+        as ``revoked_at``, like ``get_consent``.
+        """
+        from policy.bulk import bucket_batches
+
+        layers = (await self.refresh_layers()).get(kind, ())
+        layer_key = dnc_layer_key if kind == "dnc" else consent_layer_key
+        done: set[str] = set()  # buckets already written (those of the overlay: small)
+        for i, gen in enumerate(layers):
+            async for batch in bucket_batches(self, kind, gen):
+                todo = [b for b in batch if b not in done]
+                cmds: list[tuple[Any, ...]] = []
+                for b in todo:
+                    cmds += [("HGETALL", layer_key(b, g)) for g in layers]
+                    if kind == "consents":
+                        cmds.append(("HGETALL", revoked_key(b)))
+                replies = await self._checked(cmds)
+                per = len(layers) + (1 if kind == "consents" else 0)
+                for j, b in enumerate(todo):
+                    got = replies[j * per : (j + 1) * per]
+                    merged: dict[str, Any] = {}
+                    for h in got[: len(layers)]:
+                        for f, v in _pairs(h).items():
+                            merged.setdefault(f, v)
+                    rvo = _pairs(got[-1]) if kind == "consents" else {}
+                    for f in sorted(merged):
+                        rec = self._exported(kind, b, f, merged[f], rvo)
+                        if rec is not None:
+                            yield rec
+                if i < len(layers) - 1:
+                    done.update(todo)
+
+    def _exported(self, kind: str, bucket: str, field: str, value: Any, rvo: dict[str, Any]) -> Record | None:
+        if kind == "dnc":
+            scope, at = dnc_decode(value)
+            return DncEntry(number=bucket + field, scope=scope, registered_at=at)  # type: ignore[arg-type]
+        if not value:
+            return None  # a tombstone
+        suffix, _, token = field.partition(":")
+        d = unpack_consent(value)
+        r = rvo.get(field)
+        if r is not None and (d.get("rv") in ("", None) or int(r) < int(d["rv"])):
+            d["rv"] = int(r)
+        return Consent(
+            token=token,
+            callee=bucket + suffix,
+            enterprise_id=d.get("ent", ""),
+            purpose=d.get("pur") or "callback",
+            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
+            expires_at=from_ms(d.get("ex")),
+            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
+            evidence_ref=d.get("ev", ""),
+            revoked_at=from_ms(d.get("rv")),
+        )
 
     async def dnc_add(self, entry: DncEntry) -> None:
-        await self._put_dnc([entry], replace=False)
+        """Register one number in the top DNC layer (effective on the next INVITE)."""
+        layers = await self._ensure_layer("dnc")
+        n = _normalize(entry.number)
+        bucket, suffix = split(n)
+        await self._checked(
+            [
+                ("HSET", dnc_layer_key(bucket, layers[0]), suffix, dnc_value(entry.scope, entry.registered_at)),
+                ("SADD", index_key("dnc", layers[0], index_shard(bucket)), bucket),
+            ]
+        )
 
     async def dnc_remove(self, number: str) -> bool:
+        """Remove a number from every DNC layer (True when it was registered)."""
         n = _normalize(number)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.delete(dnc_key(n))
-            pipe.srem(IDX_DNC, n)
-            deleted, _ = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        return bool(deleted)
+        bucket, suffix = split(n)
+        layers = (await self.refresh_layers()).get("dnc", ())
+        res = await self._checked([("HDEL", dnc_layer_key(bucket, g), suffix) for g in layers])
+        return any(int(r) for r in res)
 
     async def get_dnc(self, number: str) -> DncEntry | None:
         n = _normalize(number)
-        (h,) = await self._read([("HGETALL", dnc_key(n))])
-        if not h:
+        bucket, suffix = split(n)
+        layers = (await self.refresh_layers()).get("dnc", ())
+        res = await self._checked([("HGET", dnc_layer_key(bucket, g), suffix) for g in layers])
+        value = next((v for v in res if v is not None), None)
+        if value is None:
             return None
-        d = {_s(k): _s(v) for k, v in h.items()}
-        at = d.get("at") or None
-        return DncEntry(number=n, scope=d.get("scope", "all"), registered_at=at)  # type: ignore[arg-type]
+        scope, at = dnc_decode(value)
+        return DncEntry(number=n, scope=scope, registered_at=at)  # type: ignore[arg-type]
 
     async def set_status(
         self,
@@ -876,36 +1158,141 @@ class PolicyStore:
         cause: str | None = None,
         at: datetime | None = None,
     ) -> bool:
-        """Suspend / resume / blacklist one trunk or enterprise; False when it does not exist.
+        """Suspend / resume one trunk or enterprise; False when it does not exist.
 
-        Compare-and-set in Lua (``cag_ref_cas``) so a suspension racing with a
-        file load never resurrects an old record. For an enterprise,
-        ``suspended`` records ``at`` and ``cause`` (shown by explain);
-        ``active`` clears them.
+        Operator state of its own (``{cag:ref}:ops``), applied over the loaded
+        record by ``load_refdata``: reloading the trunks or enterprises file
+        does not lift a suspension, manual or automatic. ``active`` over a
+        record loaded as active simply drops the operator entry. Checked in
+        Lua (``cag_ref_op``) against the record's existence, atomically.
         """
         plural = "enterprises" if kind == "enterprise" else "trunks"
         model = KIND_MODELS[plural]
         key = ref_key(plural)
-        for _ in range(20):
-            (old,) = await self._read([("HGET", key, ident)])
-            if old is None:
-                return False
-            data = msgpack.unpackb(old)
-            data["status"] = status
-            if kind == "enterprise":
-                if status == "active":
-                    data["suspended_at"] = None
-                    data["suspended_cause"] = None
-                else:
-                    data["suspended_at"] = (at or datetime.now(UTC)).isoformat()
-                    data["suspended_cause"] = cause
-            rec = model.model_validate(data)  # raises ValueError on a bad status
-            new = msgpack.packb(rec.model_dump(mode="json"))
-            version = await self.fcall("cag_ref_cas", (key, REF_VERSION), (ident, old, new))
-            if int(version) >= 0:
-                await self._publish(int(version))
-                return True
-        raise StoreError(f"{kind} {ident}: too many concurrent changes")
+        (old,) = await self._read([("HGET", key, ident)])
+        if old is None:
+            return False
+        data = msgpack.unpackb(old)
+        op: dict[str, Any] = {"status": status}
+        if kind == "enterprise" and status != "active":
+            op["suspended_at"] = (at or datetime.now(UTC)).isoformat()
+            op["suspended_cause"] = cause
+        model.model_validate({**data, **op})  # raises ValueError on a bad status
+        value = b"" if status == data.get("status", "active") == "active" else msgpack.packb(op)
+        version = await self.fcall("cag_ref_op", (key, OPS, REF_VERSION), (ident, f"{kind}:{ident}", value))
+        if int(version) < 0:
+            return False
+        await self._publish(int(version))
+        return True
+
+
+_OP_PREFIX = {"trunks": "trunk", "enterprises": "enterprise"}
+
+
+def _with_op(model: type[Record], prefix: str, key: Any, raw: bytes, opmap: dict[str, Any]) -> Any:
+    """A loaded record with its operator status applied (a blacklisting in the file always wins)."""
+    data = msgpack.unpackb(raw)
+    op = opmap.get(f"{prefix}:{_s(key)}")
+    if op and data.get("status") != "blacklisted":
+        data = {**data, "suspended_at": None, "suspended_cause": None, **op} if prefix == "enterprise" else {**data, **op}
+    return model.model_validate(data)
+
+
+def _pack(c: Consent) -> bytes:
+    return pack_consent(
+        c.enterprise_id, c.purpose, c.granted_at, c.expires_at, c.max_calls, c.evidence_ref, c.revoked_at
+    )
+
+
+def row_of(r: Record) -> Any:
+    """A validated record as the row LayerWriter takes."""
+    if isinstance(r, DncEntry):
+        return (_normalize(r.number), dnc_value(r.scope, r.registered_at))
+    if isinstance(r, Consent):
+        return (r.token, _normalize(r.callee), _pack(r))
+    raise TypeError(f"not a layered record: {type(r).__name__}")
+
+
+class RefWriter:
+    """A trunks / enterprises / filings load: all-or-nothing on the ``{cag:ref}`` slot.
+
+    Up to ``REF_MULTI_MAX`` records: one MULTI/EXEC (what it always was).
+    More: the rows go to a staging hash in bounded HSETs (an upsert first
+    copies the live entries the file does not override, in HSCAN steps), then
+    one MULTI renames staging over the live hash and bumps the version, and the
+    replaced hash is UNLINKed (freed in the background). No single command
+    touches more than a batch.
+    """
+
+    def __init__(self, store: PolicyStore, kind: str, *, replace: bool) -> None:
+        self.store, self.kind, self.replace = store, kind, replace
+        self.field = KIND_KEYS[kind]
+        self.pending: dict[str, bytes] = {}
+        self.staged = False
+        self.staging = f"{ref_key(kind)}:staging"
+        self.rows = 0
+
+    async def begin(self) -> None:
+        await self.store._call("UNLINK", self.staging)
+
+    async def add(self, records: Sequence[Record]) -> None:
+        for r in records:
+            self.pending[getattr(r, self.field)] = msgpack.packb(r.model_dump(mode="json"))
+        self.rows += len(records)
+        if len(self.pending) > REF_MULTI_MAX or (self.staged and len(self.pending) >= BATCH_ROWS):
+            await self._stage()
+
+    async def _stage(self) -> None:
+        items = list(self.pending.items())
+        self.pending.clear()
+        self.staged = True
+        for i in range(0, len(items), BATCH_ROWS):
+            chunk = items[i : i + BATCH_ROWS]
+            await self.store._checked([("HSET", self.staging, *[x for kv in chunk for x in kv])])
+
+    async def commit(self) -> int:
+        store, live = self.store, ref_key(self.kind)
+        try:
+            if not self.staged:
+                pipe = store.client.pipeline(transaction=True)
+                if self.replace:
+                    pipe.execute_command("UNLINK", live)  # freed in the background, however big
+                if self.pending:
+                    pipe.execute_command("HSET", live, *[x for kv in self.pending.items() for x in kv])
+                pipe.execute_command("INCR", REF_VERSION)
+                res = await pipe.execute()
+                await store._publish(int(res[-1]))
+                return int(res[-1])
+            await self._stage()
+            if not self.replace:
+                cursor = 0
+                while True:
+                    cursor, items = await store.client.hscan(live, cursor, count=BATCH_ROWS)
+                    if items:
+                        flat = [x for kv in _pairs(items).items() for x in kv]
+                        await store._checked([("FCALL", "cag_hsetnx", 1, self.staging, *flat)])
+                    if not cursor:
+                        break
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        return await self._swap(live, f"{live}:old")
+
+    async def _swap(self, live: str, old: str) -> int:
+        store = self.store
+        try:
+            exists = int(await store.client.exists(live))
+            pipe = store.client.pipeline(transaction=True)
+            if exists:
+                pipe.execute_command("RENAME", live, old)
+            if int(await store.client.exists(self.staging)):
+                pipe.execute_command("RENAME", self.staging, live)
+            pipe.execute_command("INCR", REF_VERSION)
+            res = await pipe.execute()
+            await store.client.execute_command("UNLINK", old)  # freed in the background
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        await store._publish(int(res[-1]))
+        return int(res[-1])
 
 
 def _pairs(flat: Any) -> dict[str, Any]:

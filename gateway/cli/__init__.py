@@ -24,19 +24,21 @@ def _serve_parser(sub: Any) -> None:
         flag = "--" + name.replace("_", "-")
         origin = typing.get_origin(field.annotation)
         args = typing.get_args(field.annotation)
+        # argparse %-formats help strings: a literal % (e.g. "crc32 % workers") must be doubled.
+        helptext = (field.description or "").replace("%", "%%")
         if field.annotation is bool:
             # --shadow / --no-shadow: default None so an unset flag leaves env/TOML alone
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                           help=field.description)
+                           help=helptext)
         elif origin is list or (args and typing.get_origin(args[0]) is list):
-            p.add_argument(flag, dest=name, action="append", help=f"{field.description} (repeatable)")
+            p.add_argument(flag, dest=name, action="append", help=f"{helptext} (repeatable)")
         elif origin is typing.Literal:
             kind = type(args[0])
-            p.add_argument(flag, dest=name, type=kind, choices=list(args), help=field.description)
+            p.add_argument(flag, dest=name, type=kind, choices=list(args), help=helptext)
         elif field.annotation in (int, float):
-            p.add_argument(flag, dest=name, type=field.annotation, help=field.description)
+            p.add_argument(flag, dest=name, type=field.annotation, help=helptext)
         else:
-            p.add_argument(flag, dest=name, help=field.description)
+            p.add_argument(flag, dest=name, help=helptext)
     p.set_defaults(func=_serve)
 
 
@@ -95,8 +97,20 @@ def _bench_argv(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def version() -> str:
+    """The installed distribution's version (the checkout's pyproject when run from source)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("cag")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled checkout
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cag", description="Outbound call admission gateway")
+    parser.add_argument("--version", action="version", version=f"cag {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     from gateway.cli.policy import register as register_policy

@@ -9,8 +9,9 @@ Function library itself: data can be provisioned before ``serve`` ever ran.
 Exit codes: 0 done (``explain``: admitted), 1 refused or failed (bad rows,
 unknown id or token; ``explain``: rejected), 2 usage error (argparse's
 own code; also bad option values such as an unparseable ``--at``), 3
-``explain`` could not decide (Redis unreachable), so a script never takes
-an outage for a rejection.
+Redis unavailable (``explain`` could not decide; a load wrote nothing
+visible), so a script never takes an outage for a rejection or for bad
+data, 4 a load lost a race with another load of the same kind (run it again).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policy.loader import LoadError, RowError, load_file, validate_row
+from policy.loader import LoadError, RowError, validate_row
 from policy.model import KIND_MODELS, Consent, DncEntry, Record
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 KINDS = tuple(KIND_MODELS)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
 
 class _UsageError(Exception):
@@ -161,31 +163,248 @@ def _redis_options(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- policy load / show
 
 
-def _cmd_load(args: argparse.Namespace) -> int:
-    """Validate the whole file first (no Redis needed for that), then write it in one go."""
-    path = Path(args.file)
+def _tz(args: argparse.Namespace) -> tzinfo | None:
+    """Zone for times written without an offset: --tz, else the deployment's default_tz."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = getattr(args, "tz", None)
+    if not name:
+        name = _settings(args).default_tz if getattr(args, "config", None) else (
+            os.environ.get("CAG_DEFAULT_TZ") or "Asia/Shanghai"
+        )
+    if name.lower() in ("none", "require"):
+        return None
+    if name.upper() == "UTC":
+        return UTC
     try:
-        records = load_file(args.kind, path, region=_region(args))
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _UsageError(f"--tz: unknown time zone {name!r} (e.g. Asia/Shanghai, UTC, or none to refuse)") from None
+
+
+class _Progress:
+    """``rows, rows/s, %, ETA`` on one self-rewriting stderr line, only when stderr is a terminal."""
+
+    def __init__(self, total_bytes: int, enabled: bool | None = None) -> None:
+        self.total = total_bytes
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def update(self, rows: int, consumed: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.5):
+            return
+        self.last = now
+        elapsed = max(now - self.t0, 1e-6)
+        rate = rows / elapsed
+        line = f"  {rows:,} rows  {rate:,.0f} rows/s"
+        if self.total and consumed:
+            frac = min(consumed / self.total, 1.0)
+            eta = elapsed * (1 - frac) / max(frac, 1e-6)
+            line += f"  {frac:.0%}  ETA {int(eta // 60)}:{int(eta % 60):02d}"
+        sys.stderr.write("\r" + line.ljust(60))
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.shown = False
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    """Stream the file once: validate every row and write it into a new generation (or staging) as it goes.
+
+    Nothing is visible until the whole file proved good: then one switch
+    (consents, DNC) or one MULTI (reference kinds) makes all of it live.
+    """
+    from policy.loader import FileStream
+
+    path = Path(args.file)
+    if args.nice:
+        # On the gateway's own box the loader must lose every fight for a CPU against Redis
+        # and the workers: a load may take longer, a call may not (issue 14).
+        try:
+            os.nice(args.nice)
+        except OSError:
+            pass
+    stream = FileStream(args.kind, path, region=_region(args), tz=_tz(args), encoding=args.encoding)
+    if stream.note:
+        print(f"cag policy load: {stream.note}", file=sys.stderr)
+    if stream.errors.count:  # the file cannot be read at all: no need for Redis
+        return _report(stream.errors.shown, stream.errors)
+    progress = _Progress(stream.size)
+    outcome: dict[str, Any] = {}
+
+    async def body(store: PolicyStore) -> int:
+        if args.kind in ("dnc", "consents"):
+            return await _load_layered(args, store, stream, progress, outcome)
+        return await _load_ref(args, store, stream, progress, outcome)
+
+    rc = _run(args, body, unavailable=EXIT_UNAVAILABLE)
+    progress.done()
+    if outcome.get("errors"):
+        for line in outcome["errors"]:
+            print(line, file=sys.stderr)
+    if rc == EXIT_OK:
+        n = outcome.get("rows", 0)
+        if not n:
+            what = "every" if args.replace else "nothing"
+            print(f"cag policy load: {path} has no data rows: {what} {args.kind} record{' was removed' if args.replace else ' to load'}", file=sys.stderr)
+        print(f"loaded {n} {args.kind} from {path}{' (replace)' if args.replace else ''}")
+        if outcome.get("gc"):
+            return _gc_after(args, outcome["gc"])
+    return rc
+
+
+def _report(shown: list[str], errors: Any) -> int:
+    try:
+        errors.raise_if_any()
     except LoadError as e:
-        # Only FILE:LINE: reason lines: scripts and editors parse them; exit 1 says nothing was loaded.
         for line in e.errors:
             print(line, file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _empty_refusal(args: argparse.Namespace, path: Path) -> str:
+    return (
+        f"cag policy load: {path} has no data rows: refusing to --replace every {args.kind} record "
+        "with nothing (pass --allow-empty to really empty it)"
+    )
+
+
+async def _load_layered(
+    args: argparse.Namespace, store: PolicyStore, stream: Any, progress: _Progress, outcome: dict[str, Any]
+) -> int:
+    from policy.bulk import BATCH_ROWS, LayerWriter, SwitchConflict
+    from policy.loader import duplicate_lines
+
+    writer = LayerWriter(store, args.kind, replace=args.replace)
+    await writer.begin()
+    try:
+        batch: list[Any] = []
+        for _, row in stream:
+            if stream.errors.count:
+                continue  # the file is bad: keep validating to name every bad row, write nothing more
+            batch.append(row)
+            if len(batch) >= BATCH_ROWS:
+                await writer.add(batch)
+                batch = []
+                progress.update(stream.rows, stream.consumed)
+                await _pace(args, stream.rows, progress.t0)
+        if not stream.errors.count:
+            await writer.add(batch)
+            await writer.finish()
+        progress.update(stream.rows, stream.consumed, force=True)
+        progress.done()
+        if stream.errors.count or writer.suspects:
+            await writer.abort()
+            lines = _error_lines(stream.errors)
+            if writer.suspects and not stream.errors.count:
+                lines = duplicate_lines(stream, writer.suspects) or [
+                    f"{stream.path}:1: duplicate {args.kind} keys (could not locate them again: was the file changed?)"
+                ]
+            outcome["errors"] = lines
+            return EXIT_FAIL
+        if not stream.rows and args.replace and not args.allow_empty:
+            await writer.abort()
+            outcome["errors"] = [_empty_refusal(args, stream.path)]
+            return EXIT_FAIL
+        try:
+            await writer.commit(grace_s=args.gc_grace)
+        except SwitchConflict as e:
+            outcome["errors"] = [f"cag policy load: {e}"]
+            return EXIT_CONFLICT
+    except BaseException:
+        await writer.abort()
+        raise
+    outcome["rows"] = stream.rows
+    outcome["gc"] = bool(writer.retire)
+    return EXIT_OK
+
+
+async def _load_ref(
+    args: argparse.Namespace, store: PolicyStore, stream: Any, progress: _Progress, outcome: dict[str, Any]
+) -> int:
+    from policy.store import RefWriter
+
+    writer = RefWriter(store, args.kind, replace=args.replace)
+    await writer.begin()
+    batch: list[Any] = []
+    for _, rec in stream:
+        if stream.errors.count:
+            continue
+        batch.append(rec)
+        if len(batch) >= 1000:
+            await writer.add(batch)
+            batch = []
+            progress.update(stream.rows, stream.consumed)
+    progress.done()
+    if stream.errors.count:
+        await store._call("UNLINK", writer.staging)
+        outcome["errors"] = _error_lines(stream.errors)
         return EXIT_FAIL
-    if not records and not args.replace:
-        print(f"cag policy load: {path} has no data rows: nothing to load", file=sys.stderr)
-        print(f"loaded 0 {args.kind} from {path}")
+    if not stream.rows and args.replace and not args.allow_empty:
+        outcome["errors"] = [_empty_refusal(args, stream.path)]
+        return EXIT_FAIL
+    await writer.add(batch)
+    await writer.commit()
+    outcome["rows"] = stream.rows
+    return EXIT_OK
+
+
+async def _pace(args: argparse.Namespace, rows: int, t0: float) -> None:
+    """--max-rate: stay at or below N rows/s (a load beside a busy gateway on a small box)."""
+    rate = getattr(args, "max_rate", None)
+    if rate:
+        ahead = rows / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def _error_lines(errors: Any) -> list[str]:
+    try:
+        errors.raise_if_any()
+    except LoadError as e:
+        return list(e.errors)
+    return []
+
+
+def _gc_after(args: argparse.Namespace, _: Any) -> int:
+    """Delete the replaced generation once workers have moved off it (in bounded UNLINK steps)."""
+    if args.gc_grace < 0:
+        print("cag policy load: the replaced generation is left for `cag policy gc`", file=sys.stderr)
         return EXIT_OK
 
     async def body(store: PolicyStore) -> int:
-        await store.put_records(args.kind, records, replace=args.replace)
+        from policy.bulk import collect_garbage
+
+        await asyncio.sleep(args.gc_grace)
+        await collect_garbage(store)
         return EXIT_OK
 
-    rc = _run(args, body)
-    if rc == EXIT_OK:
-        if not records:
-            print(f"cag policy load: {path} has no data rows: every {args.kind} record was removed", file=sys.stderr)
-        print(f"loaded {len(records)} {args.kind} from {path}{' (replace)' if args.replace else ''}")
+    rc = _run(args, body, unavailable=EXIT_UNAVAILABLE)
+    if rc != EXIT_OK:
+        print("cag policy load: the data is loaded; deleting the replaced generation failed, "
+              "`cag policy gc` will retry", file=sys.stderr)
+        return EXIT_OK
     return rc
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    """Delete retired or abandoned consent/DNC generations that are due."""
+
+    async def body(store: PolicyStore) -> int:
+        from policy.bulk import collect_garbage
+
+        n = await collect_garbage(store, now=time.time() + (args.now_plus or 0))
+        print(f"deleted {n} buckets of retired generations")
+        return EXIT_OK
+
+    return _run(args, body, unavailable=EXIT_UNAVAILABLE)
 
 
 def _dump(rec: Record) -> str:
@@ -195,39 +414,61 @@ def _dump(rec: Record) -> str:
 def _cmd_show(args: argparse.Namespace) -> int:
     """Print stored records as JSONL (the loader reads this back)."""
     kind, ident = args.kind, args.id
-    if kind in ("consents", "dnc") and not ident:
-        raise _UsageError(f"{kind}: give the {'token' if kind == 'consents' else 'number'} to show")
+    callee = getattr(args, "callee", None)
+    if kind in ("consents", "dnc") and not ident and not (kind == "consents" and callee):
+        raise _UsageError(
+            f"{kind}: give the {'token (or --callee NUMBER)' if kind == 'consents' else 'number'} to show"
+        )
 
     async def body(store: PolicyStore) -> int:
         found: list[Record] = []
-        if kind == "consents":
+        if kind == "consents" and callee:
+            found = list(await store.consents_for(callee))
+        elif kind == "consents":
             c = await store.get_consent(ident)
             found = [c] if c else []
         elif kind == "dnc":
             d = await store.get_dnc(ident)
             found = [d] if d else []
-        else:
-            trunks, enterprises, filings, _ = await store.load_refdata()
-            pools: dict[str, list[Any]] = {"trunks": trunks, "enterprises": enterprises, "filings": filings}
-            pool = pools[kind]
-            if ident:
-                from policy.loader import NUMBER_FIELDS
-                from policy.model import KIND_KEYS
-                from policy.numbers import normalize_number
+        elif ident:
+            # One record: one HGET, however big the kind (not a read of every filing).
+            from policy.loader import NUMBER_FIELDS
+            from policy.numbers import normalize_number
 
-                want = ident
-                if kind in NUMBER_FIELDS:
-                    want = normalize_number(ident, _region(args)) or ident
-                pool = [r for r in pool if getattr(r, KIND_KEYS[kind]) == want]
-            found = sorted(pool, key=lambda r: str(getattr(r, _key(kind))))
+            want = ident
+            if kind in NUMBER_FIELDS:
+                want = normalize_number(ident, _region(args)) or ident
+            rec = await store.get_ref(kind, want)
+            found = [rec] if rec else []
+        else:
+            found = sorted([r async for r in store.scan_ref(kind)], key=lambda r: str(getattr(r, _key(kind))))
         for rec in found:
             print(_dump(rec))
-        if ident and not found:
-            _err(args, f"no {kind} record {ident!r}")
+        if (ident or callee) and not found:
+            _err(args, f"no {kind} record {ident or callee!r}")
             return EXIT_FAIL
         return EXIT_OK
 
     return _run(args, body)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Every live record of a kind as JSONL on stdout (``policy load`` reads it back), in bounded reads."""
+
+    async def body(store: PolicyStore) -> int:
+        n = 0
+        if args.kind in ("dnc", "consents"):
+            async for rec in store.export_layered(args.kind):
+                print(_dump(rec))
+                n += 1
+        else:
+            async for rec in store.scan_ref(args.kind):
+                print(_dump(rec))
+                n += 1
+        print(f"cag policy export: {n} {args.kind}", file=sys.stderr)
+        return EXIT_OK
+
+    return _run(args, body, unavailable=EXIT_UNAVAILABLE)
 
 
 def _key(kind: str) -> str:
@@ -327,9 +568,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     async def body(store: PolicyStore) -> int:
         if args.target == "enterprise":
-            _, enterprises, _, _ = await store.load_refdata()
-            current = next((e for e in enterprises if e.enterprise_id == args.id), None)
-            if current is not None and current.status == "blacklisted":
+            current = await store.get_ref("enterprises", args.id)
+            if current is not None and getattr(current, "status", None) == "blacklisted":
                 # The bad-actor list (R10) is carrier data, changed by loading it: neither a
                 # resume nor a suspend (which would downgrade it to "suspended") may touch it.
                 if status == "suspended":
@@ -443,21 +683,73 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="load trunks, enterprises, filings, consents or dnc from CSV/JSONL",
         description="Load a CSV or JSONL file (by extension). All-or-nothing per file: bad rows are "
         "reported as FILE:LINE: reason and nothing is written. Upsert by key; --replace makes "
-        "the file the whole set of that kind.",
+        "the file the whole set of that kind. Exit 0 loaded, 1 bad data (nothing loaded), "
+        "2 usage, 3 Redis unavailable, 4 another load switched the same kind meanwhile. "
+        "See docs/reference-data.md.",
     )
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=" / ".join(KINDS))
     p.add_argument("file", metavar="FILE", help=".csv, .jsonl or .ndjson")
     p.add_argument("--replace", action="store_true", help="records absent from the file are removed")
+    p.add_argument(
+        "--allow-empty",
+        dest="allow_empty",
+        action="store_true",
+        help="with --replace, accept a file with no data rows (it empties the kind)",
+    )
     p.add_argument("--region", default=None, help="default region for numbers (default $CAG_REGION or CN)")
+    p.add_argument(
+        "--encoding",
+        default=None,
+        help="file encoding, e.g. utf-8, gb18030, utf-16 (default: detected from a BOM, else UTF-8, else GB18030)",
+    )
+    p.add_argument(
+        "--tz",
+        default=None,
+        help="zone of times written without an offset (default the deployment's default_tz, "
+        "$CAG_DEFAULT_TZ or Asia/Shanghai; 'none' refuses such times)",
+    )
+    p.add_argument(
+        "--gc-grace",
+        dest="gc_grace",
+        type=float,
+        default=5.0,
+        help="seconds the replaced consent/DNC generation stays readable before it is deleted "
+        "(default 5; negative: leave it to `cag policy gc`)",
+    )
+    p.add_argument(
+        "--max-rate",
+        dest="max_rate",
+        type=float,
+        default=None,
+        help="rows per second at most (default: as fast as Redis takes them)",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        help="lower the loader's CPU priority by this much (default 10: Redis and the gateway "
+        "come first on a shared box; 0 keeps it)",
+    )
     _redis_options(p)
     p.set_defaults(func=_command("policy load", _cmd_load))
+
+    p = psub.add_parser("gc", help="delete retired or abandoned consent/DNC generations that are due")
+    p.add_argument("--now-plus", dest="now_plus", type=float, default=0.0, help=argparse.SUPPRESS)
+    _redis_options(p)
+    p.set_defaults(func=_command("policy gc", _cmd_gc))
 
     p = psub.add_parser("show", help="print stored records as JSONL")
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=" / ".join(KINDS))
     p.add_argument("id", nargs="?", metavar="ID", help="one record (required for consents and dnc)")
+    p.add_argument("--callee", default=None, help="consents: every consent of this callee")
     p.add_argument("--region", default=None, help=argparse.SUPPRESS)
     _redis_options(p)
     p.set_defaults(func=_command("policy show", _cmd_show))
+
+    p = psub.add_parser("export", help="print every record of a kind as JSONL (bounded reads; reloadable)")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help=" / ".join(KINDS))
+    _redis_options(p)
+    p.set_defaults(func=_command("policy export", _cmd_export))
 
     consent = psub.add_parser("consent", help="grant or revoke one consent")
     csub = consent.add_subparsers(dest="consent_command", required=True, metavar="COMMAND")

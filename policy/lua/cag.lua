@@ -20,7 +20,7 @@ check_dnc) exactly: same order, same reason codes. tests/integration/
 test_store_parity.py runs one table of cases through both.
 --]]
 
-local LIB_VERSION = 3
+local LIB_VERSION = 4
 
 local function is_set(v)
   return v ~= false and v ~= nil and v ~= ''
@@ -101,14 +101,37 @@ local function replayed(key, at)
   return res
 end
 
+-- A consent from its stored msgpack array (policy/layout.py pack_consent).
+local function consent_of(v)
+  local a = cmsgpack.unpack(v)
+  return {ent = a[1], np = a[2], gr = a[4], ex = a[5], max = a[6], ev = a[7], rv = a[8]}
+end
+
+-- The first layer (top first) holding field: its value, or nil. A tombstone
+-- ('') hides the layers below it.
+local function layered(keys, first, count, field)
+  for i = first, first + count - 1 do
+    local v = redis.call('HGET', keys[i], field)
+    if v then
+      if v == '' then return nil end
+      return v
+    end
+  end
+  return nil
+end
+
 --[[ cag_admit: consent, DNC, quiet hours (flag computed by the caller) and the
 per-callee daily caps, counted atomically when everything passes.
-KEYS: 1 txn, 2 consent hash, 3 dnc hash, 4 day counter (callee, enterprise),
-      5 day counter (callee, all enterprises)
+KEYS: 1 txn, 2 day counter (callee, enterprise), 3 day counter (callee, all
+      enterprises), 4 consent use counts of the bucket, 5 operator
+      revocations of the bucket, then ARGV 14 consent layers and ARGV 15 DNC
+      layers of the bucket (top first; policy/layout.py)
 ARGV: 1 token, 2 enterprise id, 3 declared purpose, 4 now (epoch ms),
       5 quiet hours fail (0/1), 6 callee_daily limit (0 none),
       7 callee_total_daily limit (0 none), 8 day key ttl (s), 9 dry run (0/1),
-      10 txn ttl (s), 11 the enterprise's purposes (normalised, space-separated)
+      10 txn ttl (s), 11 the enterprise's purposes (normalised, space-separated),
+      12 consent field (suffix:token), 13 DNC field (suffix),
+      14 number of consent layers, 15 number of DNC layers
 Returns {consent_reason, dnc_reason, used, evidence_ref, consent_purpose,
          day_count, total_count, counted (0/1), replay (0/1), refunded (0/1)}
 Counts are the values BEFORE this call. A replay whose transaction was
@@ -123,8 +146,19 @@ local function cag_admit(keys, args)
   end
   local token, enterprise, purpose = args[1], args[2], args[3]
   local now_ms = tonumber(args[4])
+  local cfield, dfield = args[12], args[13]
+  local nc, nd = tonumber(args[14]) or 0, tonumber(args[15]) or 0
   local c = nil
-  if is_set(token) then c = hash_table(redis.call('HGETALL', keys[2])) end
+  if is_set(token) then
+    local v = layered(keys, 6, nc, cfield)
+    if v then
+      c = consent_of(v)
+      local rvo = num(redis.call('HGET', keys[5], cfield))
+      local rv = num(c.rv)
+      if rvo ~= nil and (rv == nil or rvo < rv) then c.rv = rvo end
+      c.used = redis.call('HGET', keys[4], cfield)
+    end
+  end
   local creason = consent_reason(c, token, enterprise, purpose, args[11], now_ms)
   local cpurpose = ''
   local used = 0
@@ -134,24 +168,32 @@ local function cag_admit(keys, args)
     used = tonumber(c.used) or 0
     evidence = c.ev or ''
   end
-  local dreason = dnc_reason(redis.call('HGET', keys[3], 'scope'), creason == '', cpurpose)
-  local day = tonumber(redis.call('GET', keys[4]) or '0')
-  local total = tonumber(redis.call('GET', keys[5]) or '0')
+  local scope = nil
+  local dv = layered(keys, 6 + nc, nd, dfield)
+  if dv then
+    if (tonumber(dv) or 0) % 2 == 1 then scope = 'commercial' else scope = 'all' end
+  end
+  local dreason = dnc_reason(scope, creason == '', cpurpose)
+  local day = tonumber(redis.call('GET', keys[2]) or '0')
+  local total = tonumber(redis.call('GET', keys[3]) or '0')
   local lim_day, lim_total = tonumber(args[6]), tonumber(args[7])
   local pass = creason == '' and dreason == '' and args[5] ~= '1'
       and (lim_day == 0 or day < lim_day) and (lim_total == 0 or total < lim_total)
   local counted = 0
   if pass and not dry then
     local ttl = tonumber(args[8])
-    redis.call('INCR', keys[4])
-    redis.call('EXPIRE', keys[4], ttl)
-    redis.call('INCR', keys[5])
-    redis.call('EXPIRE', keys[5], ttl)
-    if c ~= nil then redis.call('HINCRBY', keys[2], 'used', 1) end
+    redis.call('INCR', keys[2])
+    redis.call('EXPIRE', keys[2], ttl)
+    redis.call('INCR', keys[3])
+    redis.call('EXPIRE', keys[3], ttl)
+    if c ~= nil then redis.call('HINCRBY', keys[4], cfield, 1) end
     counted = 1
   end
   local res = {creason, dreason, used, evidence, cpurpose, day, total, counted, 0, 0}
-  if not dry then store_txn(keys[1], res, counted, tonumber(args[10])) end
+  if not dry then
+    store_txn(keys[1], res, counted, tonumber(args[10]))
+    if counted == 1 and c ~= nil then redis.call('HSET', keys[1], 'u', cfield) end
+  end
   return res
 end
 
@@ -198,7 +240,7 @@ end
 --[[ cag_refund: undo what a transaction counted when the overall decision was
 a rejection (e.g. the callee script counted but trunk_rate rejected).
 Marks the transaction so it never refunds twice.
-KEYS: the same keys as the counting call (cag_admit or cag_rate)
+KEYS: cag_rate's keys, or cag_admit's first four (txn, day, total, use counts)
 ARGV: 1 'admit' or 'rate', 2 call-id
 Returns 1 when something was refunded, else 0.
 --]]
@@ -211,10 +253,13 @@ local function cag_refund(keys, args)
     if v > 0 then redis.call('DECR', key) end
   end
   if args[1] == 'admit' then
-    decr(keys[4])
-    decr(keys[5])
-    local used = tonumber(redis.call('HGET', keys[2], 'used') or '0')
-    if used > 0 then redis.call('HINCRBY', keys[2], 'used', -1) end
+    decr(keys[2])
+    decr(keys[3])
+    local field = redis.call('HGET', keys[1], 'u')
+    if field then
+      local used = tonumber(redis.call('HGET', keys[4], field) or '0')
+      if used > 0 then redis.call('HINCRBY', keys[4], field, -1) end
+    end
   else
     decr(keys[2])
     if keys[3] then redis.call('ZREM', keys[3], args[2]) end
@@ -255,6 +300,85 @@ local function cag_ref_cas(keys, args)
   return redis.call('INCR', keys[2])
 end
 
+--[[ cag_token: the callee a token was granted for, from the token index
+layers (top first). KEYS: the layers of the token's shard. ARGV: 1 token.
+Returns the callee or false. --]]
+local function cag_token(keys, args)
+  local v = layered(keys, 1, #keys, args[1])
+  if v then return v end
+  return false
+end
+
+--[[ cag_revoke: record an operator revocation, only while the consent exists
+in some layer (never for an unknown token). Operator state: a reload of the
+consent file does not undo it.
+KEYS: 1 revocations of the bucket, then the consent layers.
+ARGV: 1 field (suffix:token), 2 revoked at (epoch ms). Returns 1, or 0. --]]
+local function cag_revoke(keys, args)
+  if not layered(keys, 2, #keys - 1, args[1]) then return 0 end
+  redis.call('HSET', keys[1], args[1], args[2])
+  return 1
+end
+
+--[[ cag_merge: copy the fields of KEYS[1] that KEYS[2] lacks (an upsert layer
+taking over the layer it replaces: the file's rows win). Bounded: a bucket
+holds the numbers of one 1,000-number block. Returns the number of fields copied. --]]
+local function cag_merge(keys, args)
+  local flat = redis.call('HGETALL', keys[1])
+  local n = 0
+  for i = 1, #flat, 2 do
+    n = n + redis.call('HSETNX', keys[2], flat[i], flat[i + 1])
+  end
+  return n
+end
+
+--[[ cag_hsetnx: HSETNX of many field/value pairs on one hash, one round trip.
+KEYS: 1 hash. ARGV: field, value, ... Returns the number set. --]]
+local function cag_hsetnx(keys, args)
+  local n = 0
+  for i = 1, #args, 2 do
+    n = n + redis.call('HSETNX', keys[1], args[i], args[i + 1])
+  end
+  return n
+end
+
+--[[ cag_gen_switch: the commit point of a consent/DNC load. Switches the
+kind's layer pointer from what the loader saw when it started to the new
+layers and queues the replaced layers for deletion after a grace period.
+The reference version is NOT bumped: that would make every worker re-read
+all reference data; workers re-read the pointer with every version poll.
+KEYS: 1 pointer hash, 2 gc zset, 3 version counter.
+ARGV: 1 kind, 2 expected layers, 3 new layers, 4 delete-after (epoch s),
+      then the generations to retire.
+Returns the reference version, or -1 when another load switched meanwhile. --]]
+local function cag_gen_switch(keys, args)
+  local cur = redis.call('HGET', keys[1], args[1]) or ''
+  if cur ~= args[2] then return -1 end
+  redis.call('HSET', keys[1], args[1], args[3])
+  for g in string.gmatch(args[3], '%d+') do  -- no longer pending (a dead loader's is deleted later)
+    redis.call('ZREM', keys[2], args[1] .. ':' .. g)
+  end
+  for i = 5, #args do
+    redis.call('ZADD', keys[2], tonumber(args[4]), args[1] .. ':' .. args[i])
+  end
+  return tonumber(redis.call('GET', keys[3]) or '0')
+end
+
+--[[ cag_ref_op: operator status of a trunk or enterprise (suspend/resume),
+kept apart from the loaded record so a reload does not lift it.
+KEYS: 1 record hash, 2 operator hash, 3 version counter.
+ARGV: 1 record id, 2 operator field, 3 new operator value ('' removes it).
+Returns the new version, or -1 when the record does not exist. --]]
+local function cag_ref_op(keys, args)
+  if redis.call('HEXISTS', keys[1], args[1]) == 0 then return -1 end
+  if args[3] == '' then
+    redis.call('HDEL', keys[2], args[2])
+  else
+    redis.call('HSET', keys[2], args[2], args[3])
+  end
+  return redis.call('INCR', keys[3])
+end
+
 local function cag_version()
   return LIB_VERSION
 end
@@ -265,4 +389,10 @@ redis.register_function('cag_refund', cag_refund)
 redis.register_function('cag_release', cag_release)
 redis.register_function('cag_unconsented', cag_unconsented)
 redis.register_function('cag_ref_cas', cag_ref_cas)
+redis.register_function{function_name = 'cag_token', callback = cag_token, flags = {'no-writes'}}
+redis.register_function('cag_revoke', cag_revoke)
+redis.register_function('cag_merge', cag_merge)
+redis.register_function('cag_hsetnx', cag_hsetnx)
+redis.register_function('cag_gen_switch', cag_gen_switch)
+redis.register_function('cag_ref_op', cag_ref_op)
 redis.register_function{function_name = 'cag_version', callback = cag_version, flags = {'no-writes'}}

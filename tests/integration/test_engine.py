@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 
 from policy.decision import Check, Decision
+from policy.layout import (
+    consent_layer_key,
+    index_key,
+    index_shard,
+    split,
+    token_layer_key,
+    token_shard,
+    used_key,
+)
 from policy.model import DncEntry, FrequencyCap
 from policy.rules import CHECK_ORDER, RuleConfig
-from policy.store import PolicyStore, consent_key, day_key, total_day_key
+from policy.store import PolicyStore, callee_txn_key, day_key, total_day_key
 from tests.integration.conftest import (
     CALLEE,
     NIGHT,
@@ -143,7 +152,7 @@ async def test_budget_timeout_rejects_refunds_and_repeats(
     async def refunded() -> bool:
         return (
             await day_count(store) == 0
-            and await store.client.exists(f"{{c:{CALLEE}}}:txn:{c.txn_id}") == 1
+            and await store.client.exists(callee_txn_key(CALLEE, c.txn_id)) == 1
         )
 
     await eventually(refunded)
@@ -425,7 +434,7 @@ async def test_function_library_reloaded_when_flushed(
     assert (await e.admit(call())).admit
     await store.client.execute_command("FUNCTION", "FLUSH")
     assert (await e.admit(call())).admit  # "Function not found" -> load -> retried
-    assert await store.client.hget(consent_key(CALLEE, TOKEN), "used") == b"2"
+    assert await store.consent_used(TOKEN) == 2
 
 
 async def test_every_counter_has_a_ttl(store: PolicyStore, make_engine: EngineFactory) -> None:
@@ -436,14 +445,19 @@ async def test_every_counter_has_a_ttl(store: PolicyStore, make_engine: EngineFa
         await e.admit(call(source_ip="198.51.100.1", consent_token=None))
     ).reason == "consent_missing"
     await asyncio.sleep(0.05)
+    (gen,) = (await store.refresh_layers())["consents"]
+    bucket, _ = split(CALLEE)
     persistent = {
         b"{cag:ref}:trunks",
         b"{cag:ref}:enterprises",
         b"{cag:ref}:filings",
         b"{cag:ref}:version",
-        b"{cag:idx}:consents",
-        f"{{k:{TOKEN}}}:callee".encode(),
-        consent_key(CALLEE, TOKEN).encode(),
+        b"{cag:ref}:gen",
+        b"{cag:ref}:genseq",
+        token_layer_key(token_shard(TOKEN), gen).encode(),
+        consent_layer_key(bucket, gen).encode(),
+        index_key("consents", gen, index_shard(bucket)).encode(),
+        used_key(bucket).encode(),
     }
     seen = set()
     async for k in store.client.scan_iter():

@@ -200,7 +200,12 @@ def test_header_only_file(redis_url: str, tmp_path: Path, capsys: pytest.Capture
     out, err = capsys.readouterr()
     assert "no data rows" in err and out == f"loaded 0 trunks from {empty}\n"
     assert set(refdata(redis_url)["trunks"]) == {"T1", "T2"}  # upsert of nothing changes nothing
-    assert cag("policy", "load", "trunks", str(empty), "--replace", "--redis-url", redis_url) == 0
+    # A header-only file with --replace would delete every record: refused unless asked for.
+    assert cag("policy", "load", "trunks", str(empty), "--replace", "--redis-url", redis_url) == 1
+    out, err = capsys.readouterr()
+    assert "no data rows" in err and "--allow-empty" in err and out == ""
+    assert set(refdata(redis_url)["trunks"]) == {"T1", "T2"}
+    assert cag("policy", "load", "trunks", str(empty), "--replace", "--allow-empty", "--redis-url", redis_url) == 0
     out, err = capsys.readouterr()
     assert "no data rows" in err and out == f"loaded 0 trunks from {empty} (replace)\n"
     assert refdata(redis_url)["trunks"] == {}
@@ -449,7 +454,8 @@ def test_installed_cag(redis_url: str, tmp_path: Path) -> None:
 
 def test_unreachable_redis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-    assert cag("policy", "load", "trunks", str(write(tmp_path, "t.csv", TRUNKS)), "--redis-url", url) == 1
+    # Redis down is not bad data: exit 3, as for explain (issue 14: distinct exit codes).
+    assert cag("policy", "load", "trunks", str(write(tmp_path, "t.csv", TRUNKS)), "--redis-url", url) == 3
     out, err = capsys.readouterr()
     assert out == "" and "cannot reach redis" in err
     rc = cag("explain", "--source", "127.0.0.1", "--caller", "95500", "--callee", "+8613800138000", "--redis-url", url)

@@ -10,12 +10,9 @@ import pytest
 from policy.model import DncEntry, Enterprise, Trunk
 from policy.store import (
     CHANNEL,
-    IDX_CONSENTS,
     LIBRARY,
     PolicyStore,
     StoreError,
-    consent_key,
-    token_key,
 )
 from tests.integration.conftest import CALLEE, OTHER_CALLEE, TOKEN, consent
 
@@ -94,7 +91,7 @@ async def test_set_status_records_and_clears_cause(store: PolicyStore) -> None:
 async def test_consent_roundtrip_regrant_keeps_use_count(store: PolicyStore) -> None:
     c = await store.get_consent(TOKEN)
     assert c == consent()
-    await store.client.hset(consent_key(CALLEE, TOKEN), "used", 2)
+    assert await store.set_consent_used(TOKEN, 2)
     await store.grant_consent(consent(max_calls=5))
     assert await store.consent_used(TOKEN) == 2
     assert (await store.get_consent(TOKEN)).max_calls == 5  # type: ignore[union-attr]
@@ -108,8 +105,9 @@ async def test_consent_roundtrip_regrant_keeps_use_count(store: PolicyStore) -> 
 
 async def test_consent_moved_to_another_callee(store: PolicyStore) -> None:
     await store.grant_consent(consent(callee="13900139000"))  # normalised on write
-    assert await store.client.exists(consent_key(CALLEE, TOKEN)) == 0
-    assert await store.client.get(token_key(TOKEN)) == OTHER_CALLEE.encode()
+    assert await store.consents_for(CALLEE) == []  # gone from the old callee's bucket
+    assert await store.token_callee(TOKEN) == OTHER_CALLEE
+    assert [c.token for c in await store.consents_for(OTHER_CALLEE)] == [TOKEN]
     assert (await store.get_consent(TOKEN)).callee == OTHER_CALLEE  # type: ignore[union-attr]
 
 
@@ -117,13 +115,13 @@ async def test_consents_replace(store: PolicyStore) -> None:
     await store.put_records(
         "consents", [consent(token="a"), consent(token="b", callee=OTHER_CALLEE)]
     )
-    assert await store.client.smembers(IDX_CONSENTS) == {TOKEN.encode(), b"a", b"b"}
+    assert {c.token for c in await store.consents_for(CALLEE)} == {TOKEN, "a"}
     n = await store.put_records("consents", [consent(token="b", callee=OTHER_CALLEE)], replace=True)
     assert n == 1
-    assert await store.client.smembers(IDX_CONSENTS) == {b"b"}
     for t in (TOKEN, "a"):
         assert await store.get_consent(t) is None
-        assert await store.client.exists(consent_key(CALLEE, t), token_key(t)) == 0
+        assert await store.token_callee(t) is None
+    assert await store.consents_for(CALLEE) == []
     assert await store.get_consent("b") is not None
 
 

@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.embedded_redis import EmbeddedRedis
-from policy.store import PolicyStore
+from policy.store import PolicyStore, callee_txn_key
 from tests.integration.conftest import TOKEN, EngineFactory, call, load_world
 from tests.integration.harness import (
     GatewayProc,
@@ -107,7 +107,7 @@ async def test_stalled_redis_late_scripts_count_once(
     await stall  # the server wakes and runs the queued script late
 
     async def settled() -> bool:
-        return await s.client.exists(f"{{c:+8613800138000}}:txn:{c.txn_id}") == 1
+        return await s.client.exists(callee_txn_key("+8613800138000", c.txn_id)) == 1
 
     await eventually(settled, timeout=5.0)
     await asyncio.sleep(0.2)  # a refund (closed) follows the late answer

@@ -16,7 +16,7 @@ from policy.decision import Check
 from policy.model import DEFAULT_PURPOSES, Consent, DncEntry, Enterprise
 from policy.rules.consent import check_consent, check_dnc
 from policy.rules.purpose import normalize_purpose
-from policy.store import PolicyStore, consent_key, day_key, dnc_key, total_day_key, txn_key
+from policy.store import PolicyStore, day_key, total_day_key
 from tests.integration.conftest import CALLEE, NOON, OTHER_CALLEE, EngineFactory, call
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ async def test_lua_matches_python(
         stored = _consent(case.consent)
         await store.grant_consent(stored)
         if case.used:
-            await store.client.hset(consent_key(stored.callee, T), "used", case.used)
+            assert await store.set_consent_used(T, case.used)
     if case.dnc:
         await store.dnc_add(DncEntry(number=case.callee, scope=case.dnc))  # type: ignore[arg-type]
     if case.purposes != DEFAULT_PURPOSES:
@@ -280,28 +280,3 @@ async def test_purpose_rejection_counts_nothing(
     again = await e.admit(c)
     assert again.reason == reason
     assert await store.consent_used(T) == 0
-
-
-@pytest.mark.parametrize(
-    ("purpose", "reason"), [("marketing", "purpose_marketing"), ("callback", "")]
-)
-async def test_script_called_without_purposes_still_refuses_marketing(
-    purpose: str, reason: str, store: PolicyStore
-) -> None:
-    """A gateway older than the library passes no ARGV 11 (rolling upgrade): marketing is still
-    refused, and other calls are not refused for want of the enterprise's purposes."""
-    await store.ensure_functions()
-    await store.grant_consent(_consent({"purpose": purpose}))
-    day = NOON.strftime("%Y%m%d")
-    keys = (
-        txn_key(f"c:{CALLEE}", f"old-{purpose}"),
-        consent_key(CALLEE, T),
-        dnc_key(CALLEE),
-        day_key(CALLEE, "ent-a", day),
-        total_day_key(CALLEE, day),
-    )
-    now_ms = int(NOON.timestamp() * 1000)
-    args = (T, "ent-a", "", now_ms, 0, 3, 0, 3600, 1, 64)  # ARGV 1-10, dry run
-    r = await store.client.fcall("cag_admit", len(keys), *keys, *args)
-    got = r[0].decode() if isinstance(r[0], bytes) else str(r[0])
-    assert got == reason
