@@ -31,7 +31,7 @@ def make_core(hops: tuple[tuple[str, int], ...] = (HOP1,), **kw: object) -> Prox
         rr_secret=SECRET,
         **kw,  # type: ignore[arg-type]
     )
-    return ProxyCore(cfg, lambda ip: ip == TRUNK_IP, rng=random.Random(7), clock=lambda: WALL)
+    return ProxyCore(cfg, lambda ip: ip == TRUNK_IP, rng=random.Random(7), wall_offset=WALL)
 
 
 def invite(

@@ -65,7 +65,7 @@ def test_admit_reads_the_call_attempt() -> None:
     assert not c.anonymous and not c.privacy_id
     assert c.consent_token == "tok-9" and c.purpose == "consultation"
     assert c.identity is not None and c.identity.startswith("abc")
-    assert c.received_at == WALL
+    assert c.received_at == WALL + T0  # loop time + the adapter's wall offset
     assert adm.record_id.startswith("gw-0-")
     assert core.in_flight() == 1 and core.stats["invites"] == 1
 
@@ -113,7 +113,7 @@ def test_full_admitted_call_flow() -> None:
     assert status_of(up.data) == 200 and hall(up.data, "Via") == [vias[1]]
     assert hget(up.data, "Record-Route") == rr
     (oc,) = [a for a in acts if isinstance(a, Outcome)]
-    assert oc.final_code == 200 and oc.answered_at == WALL and oc.record_id == adm.record_id
+    assert oc.final_code == 200 and oc.answered_at == WALL + T0 + 1 and oc.record_id == adm.record_id
 
     # ACK and BYE from the trunk follow the Route to the hop.
     route = rr
@@ -132,7 +132,7 @@ def test_full_admitted_call_flow() -> None:
     assert s.dest == HOP1 and first_line(s.data).startswith("BYE ")
     assert Release("t-a", "1-123@10.0.0.1") in acts
     (oc,) = [a for a in acts if isinstance(a, Outcome)]
-    assert oc.record_id == adm.record_id and oc.ended_at == WALL and oc.final_code is None
+    assert oc.record_id == adm.record_id and oc.ended_at == WALL + T0 + 5 and oc.final_code is None
 
     # A retransmitted BYE is forwarded again but releases nothing twice.
     acts = core.receive(bye, TRUNK, "udp", None, T0 + 5.5)
@@ -150,7 +150,7 @@ def test_full_admitted_call_flow() -> None:
     assert core.receive(invite(), TRUNK, "udp", None, T0 + 2) == []
 
     core.tick(T0 + 40)
-    assert core.in_flight() == 0 and not core._clients
+    assert core.in_flight() == 0 and not core.shared.clients
 
 
 def test_rejection_retransmission_and_ack() -> None:

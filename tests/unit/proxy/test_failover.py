@@ -226,9 +226,9 @@ def test_many_calls_leave_no_state_behind() -> None:
     assert core.in_flight() == 300
     for k in range(1, 300):
         core.tick(T0 + k * 0.25)
-    assert core.in_flight() == 0 and not core._clients
+    assert core.in_flight() == 0 and not core.shared.clients
     core.tick(T0 + 200)  # stale Timer C entries (keys only) drain by their due time
-    assert not core._heap
+    assert not core.shared.timers.entries()
 
 
 @pytest.mark.parametrize(
