@@ -28,6 +28,7 @@ T2 = 4.0  # cap of the non-INVITE / response retransmission interval (Timer G)
 T4 = 5.0  # how long a message may live in the network (Timer I)
 TIMER_H = 64 * T1  # 32 s: wait for the ACK of a non-2xx final; also the 2xx linger (RFC 6026)
 TIMER_D = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
+TIMER_F = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
 
 
 class TransactionError(RuntimeError):
@@ -252,6 +253,7 @@ class ClientTxn:
         "cancel_at",
         "cancel_iv",
         "cancel_pending",
+        "cancel_until",
         "data",
         "dead",
         "dest",
@@ -304,6 +306,7 @@ class ClientTxn:
         self.c_at = INF
         self.cancel_at = INF
         self.cancel_iv = T1
+        self.cancel_until = INF
         self.end_at = INF
         self.due = INF  # earliest deadline wanted
         self.heap_due = INF  # deadline of its live timer-heap entry (see timers.TimerHeap)
@@ -323,7 +326,7 @@ class ClientTxn:
         """Any 1xx: the hop is alive (no Timer A, no hop timeout); Timer C (re)starts."""
         self.a_at = INF
         self.hop_at = INF
-        if self.state == CState.CALLING:
+        if self.state != CState.PROCEEDING:  # Calling moves; any later state raises
             self._move(CState.PROCEEDING)
         self.got_response = True
         if status > 100:
@@ -367,16 +370,17 @@ class ClientTxn:
         self.a_at = now + self.a_iv
 
     def cancel_sent(self, cancel: bytes, now: float) -> None:
-        """Our CANCEL left; over UDP it is retransmitted (Timer E-like, capped at T2) until answered."""
+        """Our CANCEL left; over UDP it is retransmitted (Timer E, capped at T2) until answered or Timer F."""
         self.cancel_pending = False
         self.cancel = cancel
         if self.transport == "udp":
             self.cancel_iv = T1
             self.cancel_at = now + T1
+            self.cancel_until = now + TIMER_F
 
     def on_cancel_timer(self, now: float) -> bool:
-        """True: send the CANCEL again. Gives up after about half of Timer H."""
-        if self.cancel_iv >= TIMER_H / 2:
+        """True: send the CANCEL again. Gives up at Timer F (64·T1 after the first send)."""
+        if now >= self.cancel_until:
             self.cancel_at = INF
             return False
         self.cancel_iv = min(self.cancel_iv * 2, T2)

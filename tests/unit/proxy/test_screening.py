@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
+from gateway.proxy import Admit, ProxyCore
 from tests.unit.proxy._support import (
     HOP1,
     T0,
@@ -43,3 +48,38 @@ def test_malformed_requests_are_answered_with_their_status_or_dropped() -> None:
     assert core.receive(cases[0][0], ("6.6.6.6", 5060), "udp", None, T0) == []
     # The unknown source's request is dropped before parsing, so it counts as that.
     assert core.stats["dropped_malformed"] == 2 and core.stats["dropped_unknown_source"] == 1
+
+
+def _counting_core(**kw: object) -> tuple[ProxyCore, list[str]]:
+    asked: list[str] = []
+
+    def known(ip: str) -> bool:
+        asked.append(ip)
+        return ip == TRUNK[0]
+
+    base = make_core(**kw)
+    return ProxyCore(base.cfg, known, rng=random.Random(7)), asked
+
+
+@pytest.mark.parametrize("code", [0, 403])
+def test_the_trunk_directory_is_asked_once_per_message(code: int) -> None:
+    core, asked = _counting_core(unknown_source_code=code)
+    (a,) = core.receive(invite(), TRUNK, "udp", None, T0)
+    assert isinstance(a, Admit) and asked == [TRUNK[0]]
+    asked.clear()
+    core.receive(invite(call_id="other"), ("10.9.9.9", 5060), "udp", None, T0)
+    assert asked == ["10.9.9.9"]
+    asked.clear()
+    core.receive(b"INVITE nonsense\r\n\r\n", TRUNK, "udp", None, T0)  # malformed: one look-up too
+    assert asked == [TRUNK[0]]
+    asked.clear()
+    core.receive(invite(call_id="c3"), TRUNK, "udp", None, T0, True)  # steered in: not screened early
+    assert asked == [TRUNK[0]]
+
+
+def test_responses_and_next_hops_skip_the_early_look_up() -> None:
+    core, asked = _counting_core()
+    core.receive(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKx\r\n\r\n", ("10.9.9.9", 5060), "udp", None, T0)
+    assert asked == []
+    assert core.screen(invite(), HOP1[0], T0) is False and asked == []
+    assert core.screen(invite(), "10.9.9.9", T0) is True and asked == ["10.9.9.9"]

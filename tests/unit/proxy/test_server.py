@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.proxy import Admit, Release
+from gateway.proxy import Admit, Refused, Release
 from policy.decision import reject
 from tests.unit.proxy._support import (
     ADMIT,
     HOP1,
     T0,
     TRUNK,
+    WALL,
+    first_line,
+    headers,
     hget,
     invite,
     make_core,
@@ -156,3 +159,44 @@ def test_pending_transactions_expire() -> None:
     core.tick(T0 + 33)
     assert core.in_flight() == 0
     assert core.decided(a.key, ADMIT, T0 + 34) == [Release("t-a", "1-123@10.0.0.1")]
+
+
+def test_core_refusals_are_decisions_to_audit() -> None:
+    """400 / 482 / 483 / 503 answered by the core come out as ``Refused`` too (SPEC §7), without a transaction."""
+    looped = invite().replace(
+        b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123-1-0",
+        b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-123-1-0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.2:40000;branch=z9hG4bKcagt0x1abc;rport",
+    )
+    cases = [(invite(max_forwards="0"), 483, "too_many_hops", None), (looped, 482, "loop_detected", None)]
+    for data, code, reason, retry in cases:
+        core = make_core()
+        acts = core.receive(data, TRUNK, "udp", None, T0)
+        (s,) = sends(acts)
+        (r,) = [a for a in acts if isinstance(a, Refused)]
+        assert status_of(s.data) == code and r.decision.sip_code == code and r.decision.reason == reason
+        assert not r.decision.admit and r.decision.retry_after == retry
+        assert r.call.call_id == "1-123@10.0.0.1" and r.call.callee == "13800138000"
+        assert r.call.received_at == WALL + T0 and r.record_id.startswith("gw-0-")
+        assert core.in_flight() == 0
+        # A retransmission is refused (and audited) again: there is no transaction to absorb it.
+        again = core.receive(data, TRUNK, "udp", None, T0 + 0.5)
+        assert [status_of(x.data) for x in sends(again)] == [code]
+    core = make_core(max_transactions=1)
+    core.receive(invite(call_id="c1"), TRUNK, "udp", None, T0)
+    acts = core.receive(invite(call_id="c2"), TRUNK, "udp", None, T0)
+    (r,) = [a for a in acts if isinstance(a, Refused)]
+    assert (r.decision.reason, r.decision.sip_code, r.decision.retry_after) == ("overload", 503, 1)
+    assert core.in_flight() == 1
+
+
+def test_refusals_and_policy_rejections_build_the_same_response() -> None:
+    """One function turns a Decision into a response: the core's 503 and the worker's shed 503 match."""
+    core = make_core(max_transactions=1)
+    (a,) = core.receive(invite(call_id="c1"), TRUNK, "udp", None, T0)
+    assert isinstance(a, Admit)
+    shed = only_send(core.decided(a.key, reject("overload", retry_after=1), T0))
+    own = sends(core.receive(invite(call_id="c1", branch="z9hG4bK-other"), TRUNK, "udp", None, T0))[0]
+    strip = {"Call-ID", "To", "Via"}
+    assert first_line(shed.data) == first_line(own.data) == "SIP/2.0 503 Service Unavailable"
+    assert [h for h in headers(shed.data) if h[0] not in strip] == [h for h in headers(own.data) if h[0] not in strip]
