@@ -42,7 +42,7 @@ from .probing import Prober
 from .routing import AnyResponse, Dialogs
 from .screening import DROP, UNASKED, Screen, SourceKnown, Verdict
 from .server import ACKABLE, Servers, txn_key
-from .shared import ALLOW, MAGIC, PROBE_PREFIX, STATELESS_PREFIX, CoreConfig, Shared
+from .shared import ALLOW, MAGIC, PROBE_PREFIX, STATELESS_PREFIX, Arrival, CoreConfig, Shared
 from .transaction import ClientTxn, ServerTxn, SState
 
 log = logging.getLogger("cag.proxy")
@@ -240,9 +240,10 @@ class ProxyCore:
         if top is None:
             sh.stats["dropped_malformed"] += 1
             return []
+        arr = Arrival(top, source, transport, conn_id)
         known = self.screening.known(verdict, ip)  # the one directory look-up for this message
         if not known and not from_hop:
-            return self.screening.unknown_source(msg, top, source, transport, conn_id)
+            return self.screening.unknown_source(msg, arr)
         method = msg.method
         if method == "ACK":
             txn = sh.servers.get(txn_key(msg.call_id, top))
@@ -252,17 +253,17 @@ class ProxyCore:
                 sh.stats["dropped_stray_ack"] += 1
                 return []
         if msg.to_tag is not None:
-            return self.dialogs.request(msg, top, source, transport, conn_id, now, from_hop)
+            return self.dialogs.request(msg, arr, now, from_hop)
         if method == "INVITE":
             if not known:
-                return self.screening.unknown_source(msg, top, source, transport, conn_id)
-            return self.servers.invite(msg, top, source, transport, conn_id, now)
+                return self.screening.unknown_source(msg, arr)
+            return self.servers.invite(msg, arr, now)
         if method == "CANCEL":
-            return self.servers.cancel(msg, top, source, transport, conn_id, now)
+            return self.servers.cancel(msg, arr, now)
         extra = [("Allow", ALLOW)]
         if method == "OPTIONS" and self._to_us(msg):
-            return [sh.reply(msg, top, source, transport, conn_id, 200, extra=extra)]
-        return [sh.reply(msg, top, source, transport, conn_id, 405, extra=extra)]
+            return [sh.reply(msg, arr, 200, extra=extra)]
+        return [sh.reply(msg, arr, 405, extra=extra)]
 
     def _to_us(self, req: Request) -> bool:
         mf = req.get("Max-Forwards")

@@ -17,7 +17,7 @@ from functools import lru_cache
 from gateway.sip import QuickResponse, Request, Response, SipError, Via, header_uri, parse_uri
 
 from .actions import Action, Addr, Outcome, Release, Send
-from .shared import STATELESS_PREFIX, Shared, reason_header, reply_addr
+from .shared import STATELESS_PREFIX, Arrival, Shared, reason_header, reply_addr
 
 ROUTE_MAP_MAX = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
 ROUTE_MAP_TTL = 64.0
@@ -80,10 +80,7 @@ class Dialogs:
     def request(
         self,
         req: Request,
-        top: Via,
-        source: Addr,
-        transport: str,
-        conn_id: int | None,
+        arr: Arrival,
         now: float,
         from_hop: bool,
     ) -> list[Action]:
@@ -101,7 +98,7 @@ class Dialogs:
             sh.stats["in_dialog_rejected"] += 1
             if is_ack:
                 return []
-            return [sh.reply(req, top, source, transport, conn_id, 481)]
+            return [sh.reply(req, arr, 481)]
         info, which = verified
         from_callee = from_hop and which == 0
         mf = req.get("Max-Forwards")
@@ -114,7 +111,7 @@ class Dialogs:
             if n <= 0:
                 if is_ack:
                     return []
-                return [sh.reply(req, top, source, transport, conn_id, 483, extra=[reason_header(483, "too_many_hops")])]
+                return [sh.reply(req, arr, 483, extra=[reason_header(483, "too_many_hops")])]
             new_mf = str(n - 1)
         req.pop_first_route()
         if from_callee:
@@ -126,7 +123,7 @@ class Dialogs:
             if target is None or not _ip_literal(target.host):
                 if is_ack:
                     return []
-                return [sh.reply(req, top, source, transport, conn_id, 404)]
+                return [sh.reply(req, arr, 404)]
             dest: Addr = (target.host.strip("[]"), target.port or 5060)
             out_transport = (target.params.get("transport") or "udp").lower()
             if out_transport not in ("udp", "tcp"):
@@ -137,11 +134,11 @@ class Dialogs:
                 sh.stats["in_dialog_rejected"] += 1
                 if is_ack:
                     return []
-                return [sh.reply(req, top, source, transport, conn_id, 481)]
+                return [sh.reply(req, arr, 481)]
             hop = hops[info.hop]
             dest = hop.addr
             out_transport = hop.transport
-        branch = self.stateless_branch(req.call_id, top)
+        branch = self.stateless_branch(req.call_id, arr.top)
         via = sh.via[out_transport] + branch + (";rport" if out_transport == "udp" else "")
         if mf is None:
             req.append("Max-Forwards", new_mf)
@@ -156,8 +153,8 @@ class Dialogs:
         if branch not in routes:
             if len(routes) >= ROUTE_MAP_MAX:
                 del routes[next(iter(routes))]
-            back = source if transport == "tcp" else reply_addr(top, source)
-            routes[branch] = (back, transport, conn_id, now + ROUTE_MAP_TTL)
+            back = arr.source if arr.transport == "tcp" else reply_addr(arr.top, arr.source)
+            routes[branch] = (back, arr.transport, arr.conn_id, now + ROUTE_MAP_TTL)
             if req.method == "BYE":
                 sh.stats["byes"] += 1
                 if info.trunk_id:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gateway.sip import PHRASES, Request, SipError, Via
+from gateway.sip import PHRASES, Request, SipError
 
 from .actions import Action, Addr, Send
 from .pike import Pike
-from .shared import Shared, reason_header
+from .shared import Arrival, Shared, reason_header
 
 log = logging.getLogger("cag.proxy")
 
@@ -76,15 +76,13 @@ class Screen:
             return self.source_known(ip)
         return verdict == KNOWN
 
-    def unknown_source(
-        self, req: Request, top: Via, source: Addr, transport: str, conn_id: int | None
-    ) -> list[Action]:
+    def unknown_source(self, req: Request, arr: Arrival) -> list[Action]:
         """A request from no trunk's address that got past the early screen: 403 or drop (counted)."""
         sh = self.shared
         sh.stats["dropped_unknown_source"] += 1
         code = sh.cfg.unknown_source_code
         if code and req.method != "ACK":
-            return [sh.reply(req, top, source, transport, conn_id, code, extra=[reason_header(code, "unknown_source")])]
+            return [sh.reply(req, arr, code, extra=[reason_header(code, "unknown_source")])]
         return []
 
     def malformed(

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from gateway.sip import Request, SipError, Via, build_response
 from policy.decision import Decision, reject
 
-from .actions import Action, Addr, Admit, Outcome, Refused, Release
+from .actions import Action, Admit, Outcome, Refused, Release
 from .attempt import call_attempt
-from .shared import MAGIC, Shared, reason_header, refusal, reply_addr
+from .shared import MAGIC, Arrival, Shared, reason_header, refusal, reply_addr
 from .transaction import CState, ServerTxn, SState
 
 if TYPE_CHECKING:
@@ -44,10 +44,9 @@ class Servers:
 
     # ---- an initial INVITE
 
-    def invite(
-        self, req: Request, top: Via, source: Addr, transport: str, conn_id: int | None, now: float
-    ) -> list[Action]:
+    def invite(self, req: Request, arr: Arrival, now: float) -> list[Action]:
         sh = self.shared
+        top = arr.top
         servers = sh.servers
         key = txn_key(req.call_id, top)
         txn = servers.get(key)
@@ -59,24 +58,24 @@ class Servers:
             try:
                 mf_n = int(mf)
             except ValueError:  # the parser checks Max-Forwards; this is belt and braces
-                return self._refuse(req, top, source, transport, conn_id, now, "malformed")
+                return self._refuse(req, arr, now, "malformed")
             if mf_n <= 0:
-                return self._refuse(req, top, source, transport, conn_id, now, "too_many_hops")
+                return self._refuse(req, arr, now, "too_many_hops")
         ours = sh.ours
         looped = any(h[1] == "via" and MAGIC in h[2] for h in req.headers)  # else no Via of ours
         for v in req.vias() if looped else ():
             b = v.branch
             if b is not None and b.startswith(MAGIC) and (v.host, v.port or 5060) in ours:
-                return self._refuse(req, top, source, transport, conn_id, now, "loop_detected")
+                return self._refuse(req, arr, now, "loop_detected")
         if len(servers) >= sh.cfg.max_transactions:
             sh.stats["overload"] += 1
-            return self._refuse(req, top, source, transport, conn_id, now, "overload", retry_after=1)
+            return self._refuse(req, arr, now, "overload", retry_after=1)
         from_tag = req.from_tag or ""  # read now: a broken From fails here, not after the decision
         sh.stats["invites"] += 1
-        call = call_attempt(req, top, source, sh.wall(now))
+        call = call_attempt(req, top, arr.source, sh.wall(now))
         record_id = self._record_id()
         txn = ServerTxn(
-            key, req, call, record_id, reply_addr(top, source), source, transport, conn_id, sh.tag(), now
+            key, req, call, record_id, reply_addr(top, arr.source), arr.source, arr.transport, arr.conn_id, sh.tag(), now
         )
         txn.from_tag = from_tag
         txn.mf = mf_n
@@ -91,10 +90,7 @@ class Servers:
     def _refuse(
         self,
         req: Request,
-        top: Via,
-        source: Addr,
-        transport: str,
-        conn_id: int | None,
+        arr: Arrival,
         now: float,
         reason: str,
         retry_after: int | None = None,
@@ -107,10 +103,9 @@ class Servers:
         """
         sh = self.shared
         decision = reject(reason, retry_after=retry_after)
-        out: list[Action] = [sh.reply(req, top, source, transport, conn_id, decision.sip_code,
-                                      data=refusal(req, decision, sh.tag()))]
+        out: list[Action] = [sh.reply(req, arr, decision.sip_code, data=refusal(req, decision, sh.tag()))]
         try:
-            call = call_attempt(req, top, source, sh.wall(now))
+            call = call_attempt(req, arr.top, arr.source, sh.wall(now))
         except SipError:
             return out
         out.append(Refused(call, self._record_id(), decision))
@@ -193,15 +188,13 @@ class Servers:
             self.shared.timers.arm(txn)
         return []
 
-    def cancel(
-        self, req: Request, top: Via, source: Addr, transport: str, conn_id: int | None, now: float
-    ) -> list[Action]:
+    def cancel(self, req: Request, arr: Arrival, now: float) -> list[Action]:
         sh = self.shared
         sh.stats["cancels"] += 1
-        txn = sh.servers.get(txn_key(req.call_id, top))
+        txn = sh.servers.get(txn_key(req.call_id, arr.top))
         if txn is None:
-            return [sh.reply(req, top, source, transport, conn_id, 481)]
-        out: list[Action] = [sh.reply(req, top, source, transport, conn_id, 200, to_tag=txn.to_tag)]
+            return [sh.reply(req, arr, 481)]
+        out: list[Action] = [sh.reply(req, arr, 200, to_tag=txn.to_tag)]
         if txn.state == SState.PENDING:
             txn.cancelled = True
             data = build_response(txn.request(), 487, to_tag=txn.to_tag)

@@ -68,6 +68,22 @@ def reply_addr(via: Via, source: Addr) -> Addr:
     return (source[0], via.port or 5060)
 
 
+@dataclass(slots=True)
+class Arrival:
+    """How a request reached us: what any response to it needs (RFC 3261 §18.2.2: its top Via, source, connection)."""
+
+    top: Via
+    source: Addr
+    transport: str
+    conn_id: int | None
+
+    def reply_to(self, data: bytes) -> Send:
+        """``data`` back to the requester: on its TCP connection, or to its UDP reply address."""
+        if self.transport == "tcp":
+            return Send(data, self.source, "tcp", self.conn_id)
+        return Send(data, reply_addr(self.top, self.source), "udp")
+
+
 def refusal(req: Request, decision: Decision, to_tag: str | None) -> bytes:
     """The response for a rejecting ``Decision`` with a status: Reason, and Retry-After when it has one."""
     code = decision.sip_code
@@ -146,10 +162,7 @@ class Shared:
     def reply(
         self,
         req: Request,
-        via: Via | None,
-        source: Addr,
-        transport: str,
-        conn_id: int | None,
+        arr: Arrival,
         status: int,
         *,
         to_tag: str | None = None,
@@ -162,6 +175,4 @@ class Shared:
                 to_tag = self.tag()
             data = build_response(req, status, to_tag=to_tag, extra=extra or [])
         self.stats[f"tx_{status}"] += 1
-        if transport == "tcp":
-            return Send(data, source, "tcp", conn_id)
-        return Send(data, reply_addr(via, source) if via is not None else source, "udp")
+        return arr.reply_to(data)
