@@ -53,6 +53,11 @@ TICK_S = 0.02
 STATS_S = 1.0
 RCVBUF = 4 * 1024 * 1024
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6; [0] = bytes queued to read
+# The proxy core's time: monotonic and read fresh. Not loop.time(): uvloop's is the
+# coarse clock cached per loop turn (~4 ms steps), and the core's wall-clock audit
+# times (now + offset) must order correctly against the audit sink's time.time().
+# Same base as loop.time() (CLOCK_MONOTONIC), so a deadline can be armed with call_at.
+core_time = time.monotonic
 RELOAD_FILE = "settings-reload.json"  # written by the parent on SIGHUP, read by every worker
 # Garbage collector. The core makes no cyclic garbage (young collections under
 # load find none), so the collector only costs pauses, and a pause is as long
@@ -226,8 +231,8 @@ class Worker:
             worker=self.spec.index,
             **core_reloadable(s),
         )
-        # The core keeps loop time; audit times are wall-clock (offset refreshed with the stats).
-        self.core = ProxyCore(cfg, self.engine.source_known, wall_offset=time.time() - self.loop.time())
+        # The core runs on core_time(); audit times are wall-clock (offset refreshed with the stats).
+        self.core = ProxyCore(cfg, self.engine.source_known, wall_offset=time.time() - core_time())
 
         for transport, sock in self.spec.sockets:
             if transport == "udp":
@@ -274,7 +279,7 @@ class Worker:
                 self._steer_out(core, j, source, data)
                 return
         try:
-            actions = core.receive(data, source, transport, conn_id, self.loop.time(), private)
+            actions = core.receive(data, source, transport, conn_id, core_time(), private)
         except Exception:  # the core promises not to raise; never let a bug kill the worker
             log.exception("proxy core raised on a message; dropped")
             self._event("core_error")
@@ -289,7 +294,7 @@ class Worker:
         datagram of the source, so per-source limits keep their meaning, and
         a flood is dropped where it lands instead of crossing over.
         """
-        if core.screen(data, source[0], self.loop.time()):
+        if core.screen(data, source[0], core_time()):
             return
         try:
             self._steer_tx[owner].send(steer.wrap(source, data))
@@ -318,7 +323,7 @@ class Worker:
             source, data = got
             self.pending_events["steered_in"] += 1
             try:
-                actions = core.receive(data, source, "udp", None, self.loop.time(), True)
+                actions = core.receive(data, source, "udp", None, core_time(), True)
             except Exception:
                 log.exception("proxy core raised on a steered message; dropped")
                 self._event("core_error")
@@ -397,7 +402,7 @@ class Worker:
                     ent = "other"
             self._ent[(ent, decision.decision)] += 1
         if key is not None and self.core is not None:
-            self._dispatch(self.core.decided(key, decision, self.loop.time()))
+            self._dispatch(self.core.decided(key, decision, core_time()))
         if not decision.admit and decision.sip_code:  # after the answer left; written by the log thread
             self.reject_log.reject(decision, record_id, time.time())
         if self.audit is not None:  # after the answer left: a list append, flushed off this path
@@ -460,7 +465,7 @@ class Worker:
                     log.warning("receive queue drained: accepting new INVITEs again")
         if self.core is not None:
             try:
-                actions = self.core.tick(self.loop.time())
+                actions = self.core.tick(core_time())
             except Exception:
                 log.exception("proxy core tick raised")
                 actions = []
@@ -472,7 +477,7 @@ class Worker:
         """Copy plain counters into Prometheus once a second, off the per-message path."""
         core, engine = self.core, self.engine
         if core is not None:
-            core.wall_offset = time.time() - self.loop.time()  # the wall clock may be stepped (NTP)
+            core.wall_offset = time.time() - core_time()  # the wall clock may be stepped
             _flush_counter(core.stats, self._last_core)
             metrics.IN_FLIGHT.set(core.in_flight())
             for i, (hop, up) in enumerate(core.hop_status()):

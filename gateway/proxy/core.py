@@ -40,7 +40,7 @@ from .hops import HopSet, NextHop
 from .pike import Pike
 from .probing import Prober
 from .routing import AnyResponse, Dialogs
-from .screening import DROP, UNASKED, Screen, SourceKnown, Verdict
+from .screening import DROP, KNOWN, UNASKED, Screen, SourceKnown, Verdict
 from .server import ACKABLE, Servers, txn_key
 from .shared import ALLOW, MAGIC, PROBE_PREFIX, STATELESS_PREFIX, Arrival, CoreConfig, Shared
 from .transaction import ClientTxn, ServerTxn, SState
@@ -241,7 +241,8 @@ class ProxyCore:
             sh.stats["dropped_malformed"] += 1
             return []
         arr = Arrival(top, source, transport, conn_id)
-        known = self.screening.known(verdict, ip)  # the one directory look-up for this message
+        # The one directory look-up for this message (the early screen may have made it).
+        known = verdict == KNOWN if verdict != UNASKED else self.screening.source_known(ip)
         if not known and not from_hop:
             return self.screening.unknown_source(msg, arr)
         method = msg.method
