@@ -148,7 +148,7 @@ class Clients:
                 ct.on_2xx(now)
                 sh.timers.arm(ct)
                 out.append(self._relay_up(txn, resp))
-                txn.accept(now, sh.wall(now))
+                txn.accept(now, now + sh.wall_offset)
                 sh.timers.arm(txn)
                 out.append(Outcome(txn.record_id, txn.call_id, status, txn.answered_at, None))
                 return out

@@ -159,7 +159,7 @@ class Dialogs:
                 sh.stats["byes"] += 1
                 if info.trunk_id:
                     out.append(Release(info.trunk_id, req.call_id))
-                out.append(Outcome(info.record_id, req.call_id, None, None, sh.wall(now)))
+                out.append(Outcome(info.record_id, req.call_id, None, None, now + sh.wall_offset))
         return out
 
     def our_token(self, route: str) -> str | None:

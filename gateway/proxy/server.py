@@ -72,7 +72,7 @@ class Servers:
             return self._refuse(req, arr, now, "overload", retry_after=1)
         from_tag = req.from_tag or ""  # read now: a broken From fails here, not after the decision
         sh.stats["invites"] += 1
-        call = call_attempt(req, top, arr.source, sh.wall(now))
+        call = call_attempt(req, top, arr.source, now + sh.wall_offset)
         record_id = self._record_id()
         txn = ServerTxn(
             key, req, call, record_id, reply_addr(top, arr.source), arr.source, arr.transport, arr.conn_id, sh.tag(), now
@@ -105,7 +105,7 @@ class Servers:
         decision = reject(reason, retry_after=retry_after)
         out: list[Action] = [sh.reply(req, arr, decision.sip_code, data=refusal(req, decision, sh.tag()))]
         try:
-            call = call_attempt(req, arr.top, arr.source, sh.wall(now))
+            call = call_attempt(req, arr.top, arr.source, now + sh.wall_offset)
         except SipError:
             return out
         out.append(Refused(call, self._record_id(), decision))
@@ -176,7 +176,7 @@ class Servers:
         """An admitted call ended before it was answered: free its slot, file its outcome."""
         if txn.trunk_id:
             out.append(Release(txn.trunk_id, txn.call_id))
-        out.append(Outcome(txn.record_id, txn.call_id, code, None, self.shared.wall(now)))
+        out.append(Outcome(txn.record_id, txn.call_id, code, None, now + self.shared.wall_offset))
 
     # ---- ACK and CANCEL
 

@@ -142,9 +142,6 @@ class Shared:
     def tag(self) -> str:
         return f"cag{self.rng.getrandbits(48):012x}"
 
-    def wall(self, now: float) -> float:
-        return now + self.wall_offset
-
     def is_listen(self, uri_text: str) -> bool:
         """Does this URI (a Route value or a Request-URI) address our public listen address?"""
         try:
