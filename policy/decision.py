@@ -1,7 +1,8 @@
 """Decisions and the stable reason codes of SPEC §5.
 
 A rejection is a value, not an exception: the gateway turns any ``Decision``
-into a SIP response in one place (``gateway.proxy`` via ``response_for``), and
+into a SIP response in one place (``gateway.proxy.shared.refusal``; the
+status phrases are ``gateway.sip.PHRASES``), and
 ``cag explain`` prints the same value as JSON. The reason code strings are a
 public contract (carriers grep for them in logs and the Reason header), so
 they are listed once here and nowhere else.
@@ -96,23 +97,6 @@ UNCONSENTED = frozenset(
         "consent_exhausted",
     }
 )
-
-REASON_PHRASES: dict[int, str] = {
-    400: "Bad Request",
-    403: "Forbidden",
-    428: "Use Identity Header",
-    433: "Anonymity Disallowed",
-    436: "Bad Identity Info",
-    437: "Unsupported Credential",
-    438: "Invalid Identity Header",
-    480: "Temporarily Unavailable",
-    482: "Loop Detected",
-    483: "Too Many Hops",
-    503: "Service Unavailable",
-    603: "Decline",
-    608: "Rejected",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Check:

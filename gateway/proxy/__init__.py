@@ -1,6 +1,6 @@
 """Sans-IO proxy core: transactions, dialogs (Record-Route token), next hops (SPEC §6)."""
 
-from .actions import Action, Addr, Admit, Outcome, Release, Send
+from .actions import Action, Addr, Admit, Outcome, Refused, Release, Send
 from .core import ALLOW, MAGIC, CoreConfig, ProxyCore
 from .dialog import DialogInfo, RouteToken
 from .hops import HopSet, NextHop
@@ -17,6 +17,7 @@ __all__ = [
     "NextHop",
     "Outcome",
     "ProxyCore",
+    "Refused",
     "Release",
     "RouteToken",
     "Send",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policy.decision import Decision
 from policy.model import CallAttempt
 
 Addr = tuple[str, int]
@@ -41,6 +42,19 @@ class Admit:
 
 
 @dataclass(slots=True)
+class Refused:
+    """The core answered an INVITE itself (400, 482, 483, 503, already sent): finish it as a decision.
+
+    No policy question: the adapter only counts, logs and audits it, as it
+    does a policy decision (SPEC §7: every attempt is audited).
+    """
+
+    call: CallAttempt
+    record_id: str
+    decision: Decision
+
+
+@dataclass(slots=True)
 class Release:
     """A concurrency slot is free again (BYE, CANCEL, final error, timeout)."""
 
@@ -59,4 +73,4 @@ class Outcome:
     ended_at: float | None
 
 
-Action = Send | Admit | Release | Outcome
+Action = Send | Admit | Refused | Release | Outcome

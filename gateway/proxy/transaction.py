@@ -1,11 +1,16 @@
-"""INVITE transaction state (RFC 3261 §17, with RFC 6026's Accepted state).
+"""INVITE transactions (RFC 3261 §17, with RFC 6026's Accepted state): states and their changes.
 
-The objects are plain slotted records; ``core.ProxyCore`` owns the logic and
-one timer heap. Each object keeps its own deadlines as floats (``INF`` when
-unarmed), ``due``, the earliest of them, and ``heap_due``, the time of its one
-live heap entry: an entry whose time no longer matches is stale and skipped,
-and an entry that pops before ``due`` is pushed again at ``due``, so
-re-arming is at most one push and cancelling is free.
+As h11's ``_state.py``: every legal state change is in one table per side
+(``SERVER_MOVES``, ``CLIENT_MOVES``) and is made by a method of the
+transaction (``forward``, ``complete``, ``on_ack``, ``on_final``,
+``abandon``…), which also sets the timers that state needs. Nothing else
+assigns ``state``; a wrong transition raises ``TransactionError`` where it
+happens. The rooms that drive transactions (``server.py``, ``client.py``)
+decide *when*; these methods say *what* a change means.
+
+Each object keeps its own deadlines as floats (``INF`` when unarmed) and
+``next_due()``, the earliest of them; ``timers.TimerHeap`` files it under
+that time (``due``, ``heap_due``, ``dead`` are the heap's bookkeeping).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ T2 = 4.0  # cap of the non-INVITE / response retransmission interval (Timer G)
 T4 = 5.0  # how long a message may live in the network (Timer I)
 TIMER_H = 64 * T1  # 32 s: wait for the ACK of a non-2xx final; also the 2xx linger (RFC 6026)
 TIMER_D = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
+TIMER_F = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
+
+
+class TransactionError(RuntimeError):
+    """A state change the machine does not have: a bug in the caller, raised where it happens."""
 
 
 class SState(IntEnum):
@@ -45,6 +55,28 @@ class CState(IntEnum):
     ACCEPTED = 3  # 2xx received: forward its retransmissions for 32 s
     ABANDONED = 4  # failed over / timed out: ACK late finals, forward nothing
 
+
+SERVER_MOVES: frozenset[tuple[SState, SState]] = frozenset(
+    {
+        (SState.PENDING, SState.FORWARDED),  # admitted
+        (SState.PENDING, SState.COMPLETED),  # rejected, or CANCEL before the decision (487)
+        (SState.PENDING, SState.DROPPED),  # policy: drop silently
+        (SState.FORWARDED, SState.COMPLETED),  # a non-2xx final (relayed or ours)
+        (SState.FORWARDED, SState.ACCEPTED),  # a 2xx relayed
+        (SState.COMPLETED, SState.CONFIRMED),  # the ACK of our non-2xx final
+    }
+)
+CLIENT_MOVES: frozenset[tuple[CState, CState]] = frozenset(
+    {
+        (CState.CALLING, CState.PROCEEDING),
+        (CState.CALLING, CState.ACCEPTED),
+        (CState.CALLING, CState.COMPLETED),
+        (CState.CALLING, CState.ABANDONED),  # hop timeout
+        (CState.PROCEEDING, CState.ACCEPTED),
+        (CState.PROCEEDING, CState.COMPLETED),
+        (CState.PROCEEDING, CState.ABANDONED),  # Timer C
+    }
+)
 
 # What a hop-by-hop ACK / CANCEL / orphan BYE repeats of the forwarded INVITE:
 # (Request-URI, Route values, From, To, CSeq number). Plain strings, so a client
@@ -80,7 +112,6 @@ class ServerTxn:
         "key",
         "last",
         "mf",
-        "prepared",
         "record_id",
         "reply_addr",
         "req",
@@ -103,9 +134,10 @@ class ServerTxn:
         transport: str,
         conn_id: int | None,
         to_tag: str,
+        now: float,
     ) -> None:
         self.key = key
-        # The INVITE; edited in place for forwarding (see ProxyCore._forward_invite),
+        # The INVITE; edited in place for forwarding (see client.Clients.forward),
         # its Vias, From, To, Call-ID and CSeq stay as received for the responses we build.
         # None after ``slim``.
         self.req: Request | None = req
@@ -122,7 +154,6 @@ class ServerTxn:
         self.trunk_id = ""
         self.from_tag = ""  # the caller's tag: the Record-Route token is bound to it
         self.mf = -1  # Max-Forwards as received (-1: absent)
-        self.prepared = False  # header edits for forwarding done
         self.last: bytes | None = None  # last response sent upstream (replayed to retransmissions)
         self.client: ClientTxn | None = None  # the current downstream attempt
         self.tried: set[int] = set()
@@ -131,13 +162,70 @@ class ServerTxn:
         self.answered_at: float | None = None
         self.g_at = INF
         self.g_iv = T1
-        self.end_at = INF
+        # A decision normally arrives within the policy budget; this only bounds memory.
+        self.end_at = now + TIMER_H
         self.due = INF  # earliest deadline wanted
-        self.heap_due = INF  # deadline of its live timer-heap entry (see ProxyCore._arm)
+        self.heap_due = INF  # deadline of its live timer-heap entry (see timers.TimerHeap)
         self.dead = False
 
     def next_due(self) -> float:
         return min(self.g_at, self.end_at)
+
+    def _move(self, new: SState) -> None:
+        if (self.state, new) not in SERVER_MOVES:
+            raise TransactionError(f"server transaction {self.key!r}: {self.state.name} -> {new.name}")
+        self.state = new
+
+    # ---- state changes
+
+    def forward(self, trunk_id: str, trying: bytes) -> None:
+        """Admitted: a client transaction takes over; ``trying`` answers retransmissions meanwhile."""
+        self._move(SState.FORWARDED)
+        self.trunk_id = trunk_id
+        self.last = trying
+
+    def drop(self, now: float) -> None:
+        """Policy said drop silently: answer nothing, absorb retransmissions for Timer H."""
+        self._move(SState.DROPPED)
+        self.slim()
+        self.end_at = now + TIMER_H
+
+    def complete(self, final: bytes, now: float) -> None:
+        """A non-2xx final goes upstream and stays for retransmissions until the ACK (Timers G, H)."""
+        self._move(SState.COMPLETED)
+        self.last = final
+        self.slim()  # only ``last`` is needed from here on
+        if self.transport == "udp":
+            self.g_iv = T1
+            self.g_at = now + T1
+        self.end_at = now + TIMER_H
+
+    def accept(self, now: float, wall: float) -> None:
+        """A 2xx went upstream (RFC 6026 Accepted): absorb INVITE retransmissions for Timer H.
+
+        Neither the request, the last provisional nor the forwarded INVITE is
+        needed any more.
+        """
+        self._move(SState.ACCEPTED)
+        self.g_at = INF
+        self.end_at = now + TIMER_H
+        self.answered_at = wall
+        self.last = None
+        self.slim()
+
+    def on_ack(self, now: float) -> None:
+        """The ACK of our non-2xx final: stop Timer G, linger Timer I (UDP) for its retransmissions."""
+        if self.state == SState.COMPLETED:
+            self._move(SState.CONFIRMED)
+            self.g_at = INF
+            self.end_at = now + (T4 if self.transport == "udp" else 0.0)
+
+    # ---- timer changes (no state change)
+
+    def back_off(self, now: float) -> None:
+        """Timer G doubles (capped at T2): after it fired, or after a retransmission was answered."""
+        self.g_iv = min(self.g_iv * 2, T2)
+        self.g_at = now + self.g_iv
 
     def slim(self) -> None:
         """The final response has left: drop the request and the call (see the class docstring)."""
@@ -148,7 +236,7 @@ class ServerTxn:
         """The INVITE, for a response we build; only asked for before the final response."""
         req = self.req
         if req is None:
-            raise RuntimeError("transaction already completed")
+            raise TransactionError("transaction already completed")
         return req
 
 
@@ -165,6 +253,7 @@ class ClientTxn:
         "cancel_at",
         "cancel_iv",
         "cancel_pending",
+        "cancel_until",
         "data",
         "dead",
         "dest",
@@ -193,6 +282,8 @@ class ClientTxn:
         data: bytes,
         via: str,
         fields: HopFields,
+        now: float,
+        hop_timeout: float,
     ) -> None:
         self.branch = branch
         self.server = server
@@ -209,16 +300,93 @@ class ClientTxn:
         self.cancel: bytes | None = None  # the CANCEL we sent (retransmitted over UDP)
         self.ack: bytes | None = None  # the ACK we sent for a non-2xx final
         self.orphan_closed = False  # a late 2xx after abandonment was ACKed and BYEd
-        self.a_at = INF
+        self.a_at = now + T1 if transport == "udp" else INF
         self.a_iv = T1
-        self.hop_at = INF
+        self.hop_at = now + hop_timeout
         self.c_at = INF
         self.cancel_at = INF
         self.cancel_iv = T1
+        self.cancel_until = INF
         self.end_at = INF
         self.due = INF  # earliest deadline wanted
-        self.heap_due = INF  # deadline of its live timer-heap entry (see ProxyCore._arm)
+        self.heap_due = INF  # deadline of its live timer-heap entry (see timers.TimerHeap)
         self.dead = False
 
     def next_due(self) -> float:
         return min(self.a_at, self.hop_at, self.c_at, self.cancel_at, self.end_at)
+
+    def _move(self, new: CState) -> None:
+        if (self.state, new) not in CLIENT_MOVES:
+            raise TransactionError(f"client transaction {self.branch!r}: {self.state.name} -> {new.name}")
+        self.state = new
+
+    # ---- state changes
+
+    def on_provisional(self, now: float, timer_c: float, status: int) -> None:
+        """Any 1xx: the hop is alive (no Timer A, no hop timeout); Timer C (re)starts."""
+        self.a_at = INF
+        self.hop_at = INF
+        if self.state != CState.PROCEEDING:  # Calling moves; any later state raises
+            self._move(CState.PROCEEDING)
+        self.got_response = True
+        if status > 100:
+            self.got_provisional = True
+        self.c_at = now + timer_c
+
+    def on_2xx(self, now: float) -> None:
+        """Accepted: the 2xx's retransmissions are relayed for Timer H; the INVITE is not needed."""
+        self._move(CState.ACCEPTED)
+        self._stop()
+        self.end_at = now + TIMER_H
+        self.data = b""
+
+    def on_final(self, ack: bytes, now: float) -> None:
+        """A non-2xx final, ACKed hop by hop with ``ack``; late copies absorbed for Timer D (UDP)."""
+        self._move(CState.COMPLETED)
+        self._stop()
+        self.ack = ack
+        self.data = b""  # no more Timer A: the forwarded INVITE is not needed
+        self.end_at = now + (TIMER_D if self.transport == "udp" else 0.0)
+
+    def abandon(self, now: float) -> None:
+        """Hop timeout or Timer C: forward nothing more, but ACK / close late answers for Timer H."""
+        self._move(CState.ABANDONED)
+        self.a_at = INF
+        self.hop_at = INF
+        self.c_at = INF
+        self.end_at = now + TIMER_H
+
+    def _stop(self) -> None:
+        self.a_at = INF
+        self.hop_at = INF
+        self.c_at = INF
+        self.cancel_at = INF
+
+    # ---- timer changes (no state change)
+
+    def on_timer_a(self, now: float) -> None:
+        """Timer A fired: the INVITE goes again, the interval doubles."""
+        self.a_iv *= 2
+        self.a_at = now + self.a_iv
+
+    def cancel_sent(self, cancel: bytes, now: float) -> None:
+        """Our CANCEL left; over UDP it is retransmitted (Timer E, capped at T2) until answered or Timer F."""
+        self.cancel_pending = False
+        self.cancel = cancel
+        if self.transport == "udp":
+            self.cancel_iv = T1
+            self.cancel_at = now + T1
+            self.cancel_until = now + TIMER_F
+
+    def on_cancel_timer(self, now: float) -> bool:
+        """True: send the CANCEL again. Gives up at Timer F (64·T1 after the first send)."""
+        if now >= self.cancel_until:
+            self.cancel_at = INF
+            return False
+        self.cancel_iv = min(self.cancel_iv * 2, T2)
+        self.cancel_at = now + self.cancel_iv
+        return True
+
+    def on_cancel_answered(self) -> None:
+        """Our CANCEL got its answer; the 487 comes on the INVITE."""
+        self.cancel_at = INF

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import random
 
-from gateway.proxy import CoreConfig, NextHop, ProxyCore, Send
+from gateway.proxy import Admit, CoreConfig, NextHop, ProxyCore, Send
+from policy.decision import admitted
 
 TRUNK = ("10.0.0.1", 5060)
 TRUNK_IP = TRUNK[0]
@@ -17,7 +18,9 @@ HOP2 = ("10.0.0.10", 5070)
 LISTEN = ("10.0.0.2", 5060)
 PRIVATE = ("10.0.0.2", 40000)
 SECRET = b"test-secret"
-WALL = 1_800_000_000.0
+WALL = 1_800_000_000.0  # the wall offset the tests' cores get: wall time = now + WALL
+T0 = 1000.0
+ADMIT = admitted(trunk_id="t-a")
 SDP = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
 
 
@@ -31,7 +34,7 @@ def make_core(hops: tuple[tuple[str, int], ...] = (HOP1,), **kw: object) -> Prox
         rr_secret=SECRET,
         **kw,  # type: ignore[arg-type]
     )
-    return ProxyCore(cfg, lambda ip: ip == TRUNK_IP, rng=random.Random(7), clock=lambda: WALL)
+    return ProxyCore(cfg, lambda ip: ip == TRUNK_IP, rng=random.Random(7), wall_offset=WALL)
 
 
 def invite(
@@ -156,3 +159,29 @@ def only_send(actions: list[object]) -> Send:
     s = sends(actions)
     assert len(s) == 1, actions
     return s[0]
+
+
+def start_call(core: ProxyCore, now: float = T0, **kw: object) -> tuple[Admit, Send]:
+    """INVITE in, admitted: returns the Admit and the INVITE forwarded to the hop."""
+    acts = core.receive(invite(**kw), TRUNK, "udp", None, now)  # type: ignore[arg-type]
+    assert len(acts) == 1 and isinstance(acts[0], Admit)
+    adm = acts[0]
+    out = core.decided(adm.key, ADMIT, now + 0.01)
+    s = sends(out)
+    assert len(s) == 2, out
+    trying, fwd = s
+    assert status_of(trying.data) == 100 and trying.dest == TRUNK and not trying.private
+    assert fwd.dest == HOP1 and fwd.private and fwd.transport == "udp"
+    return adm, fwd
+
+
+def forwarded(core: ProxyCore, now: float = T0) -> Send:
+    """INVITE in and admitted at ``now``: the INVITE sent to the (first picked) hop."""
+    (a,) = core.receive(invite(), TRUNK, "udp", None, now)
+    assert isinstance(a, Admit)
+    s = sends(core.decided(a.key, ADMIT, now))
+    return s[1]
+
+
+def quiet_core(**kw: object) -> ProxyCore:
+    return make_core(**kw)  # type: ignore[arg-type]

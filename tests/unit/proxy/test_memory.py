@@ -27,13 +27,13 @@ def _answered_calls(n: int) -> tuple[object, list[bytes]]:
 
 def test_answered_transaction_drops_the_invite_but_still_absorbs_retransmissions() -> None:
     core, invites = _answered_calls(3)
-    for txn in core._servers.values():  # type: ignore[attr-defined]
+    for txn in core.shared.servers.values():
         assert txn.req is None and txn.call is None and txn.last is None
         assert txn.call_id.startswith("m")
-    for ct in core._clients.values():  # type: ignore[attr-defined]
+    for ct in core.shared.clients.values():
         assert ct.data == b""
-    assert core.receive(invites[0], TRUNK, "udp", None, 1001.0) == []  # type: ignore[attr-defined]
-    assert core.stats["retransmission_absorbed"] == 1  # type: ignore[attr-defined]
+    assert core.receive(invites[0], TRUNK, "udp", None, 1001.0) == []
+    assert core.stats["retransmission_absorbed"] == 1
 
 
 def test_rejected_transaction_keeps_only_its_final_for_retransmissions() -> None:
@@ -41,7 +41,7 @@ def test_rejected_transaction_keeps_only_its_final_for_retransmissions() -> None
     inv = invite()
     adm = next(a for a in core.receive(inv, TRUNK, "udp", None, 1000.0) if isinstance(a, Admit))
     final = sends(core.decided(adm.key, reject("consent_unknown", trunk_id="t-a"), 1000.0))[0].data
-    txn = core._servers[adm.key]
+    txn = core.shared.servers[adm.key]
     assert txn.req is None and txn.last == final
     again = sends(core.receive(inv, TRUNK, "udp", None, 1000.1))
     assert [s.data for s in again] == [final] and status_of(final) == 608
@@ -50,12 +50,12 @@ def test_rejected_transaction_keeps_only_its_final_for_retransmissions() -> None
 def test_answered_calls_leave_one_timer_entry_each_and_timers_still_fire() -> None:
     core, _ = _answered_calls(500)
     # One live entry per server and client transaction; no Timer C entry 180 s out.
-    assert len(core._heap) <= 2 * 500  # type: ignore[attr-defined]
-    assert max(e[0] for e in core._heap) < 1000.0 + 40  # type: ignore[attr-defined]
-    core.tick(1001.0)  # type: ignore[attr-defined]
-    assert core.in_flight() == 500  # type: ignore[attr-defined]
-    core.tick(1000.0 + 31.9)  # type: ignore[attr-defined]
-    assert core.in_flight() == 500  # type: ignore[attr-defined]
-    core.tick(1000.0 + 32.1)  # type: ignore[attr-defined]
-    assert core.in_flight() == 0 and not core._clients  # type: ignore[attr-defined]
-    assert not core._heap  # type: ignore[attr-defined]
+    assert len(core.shared.timers.entries()) <= 2 * 500
+    assert max(e[0] for e in core.shared.timers.entries()) < 1000.0 + 40
+    core.tick(1001.0)
+    assert core.in_flight() == 500
+    core.tick(1000.0 + 31.9)
+    assert core.in_flight() == 500
+    core.tick(1000.0 + 32.1)
+    assert core.in_flight() == 0 and not core.shared.clients
+    assert not core.shared.timers.entries()

@@ -136,3 +136,11 @@ def test_response_to_a_request_with_an_unreadable_to() -> None:
     data = REPEATED.replace(b"To: <sip:c@d>;tag=2", b'To: "broken <sip:c@d>')
     out = build_response(req(data), 400, to_tag="gw")
     assert b'\r\nTo: "broken <sip:c@d>;tag=gw\r\n' in out
+
+
+def test_every_status_a_decision_can_carry_has_its_phrase_here() -> None:
+    """One phrase table: policy's reason codes (and the configurable 603/608/480/403) all resolve in PHRASES."""
+    from policy.decision import DEFAULT_SIP_CODES
+
+    codes = {c for c in DEFAULT_SIP_CODES.values() if c} | {403, 480, 603, 608}
+    assert codes <= set(PHRASES)

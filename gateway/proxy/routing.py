@@ -1,0 +1,216 @@
+"""In-dialog routing: requests with a To-tag, forwarded on our Record-Route token alone (SPEC §6 "Dialogs").
+
+Nothing is kept per dialog: the HMAC'd token in the Route says which hop
+the INVITE went to, for which trunk and audit record, so any worker on any
+node can route the request. Responses come back on a branch derived from
+the upstream one with our secret (``stateless_branch``); a small bounded
+map (``ROUTE_MAP_MAX``, ``ROUTE_MAP_TTL``) only remembers where each
+request came from, for TCP connections and NATed trunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from functools import lru_cache
+
+from gateway.sip import QuickResponse, Request, Response, SipError, Via, header_uri, parse_uri
+
+from .actions import Action, Addr, Outcome, Release, Send
+from .shared import STATELESS_PREFIX, Arrival, Shared, reason_header, reply_addr
+
+ROUTE_MAP_MAX = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
+ROUTE_MAP_TTL = 64.0
+# What RouteToken.mint writes (base64url and "."): such a token needs no URI parse to be cut out.
+_TOKEN_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+# A response relayed on a quick view (gateway/sip/quick.py) or fully parsed: the
+# relay paths read and edit both the same way.
+AnyResponse = Response | QuickResponse
+
+
+@lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> bool:
+    """In-dialog requests are routed to IP literals only: the core does no DNS."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _first_route(req: Request) -> str | None:
+    """The first Route value; a name-addr (what Record-Route gives) is cut at its '>' without a full list split."""
+    v = req.get("Route")
+    if v is None:
+        return None
+    if v.startswith("<"):
+        end = v.find(">")
+        if end > 0:
+            return v[: end + 1] + v[end + 1 :].split(",", 1)[0]
+    routes = req.routes()
+    return routes[0] if routes else None
+
+
+class Dialogs:
+    """See the module docstring."""
+
+    __slots__ = ("_key", "_routes", "shared")
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self._key = hashlib.blake2b(shared.cfg.rr_secret, digest_size=32).digest()
+        self._routes: dict[str, tuple[Addr, str, int | None, float]] = {}
+
+    def stateless_branch(self, call_id: str, upstream: Via) -> str:
+        """Deterministic per upstream transaction (RFC 3261 §16.11), and keyed with our secret.
+
+        Deterministic: a retransmission, the CANCEL and the non-2xx ACK of an
+        in-dialog request get the same branch downstream without any state.
+        Keyed: a response's second Via must hash to its first, so nobody can
+        make us reflect a forged response to an address of their choice.
+        """
+        h = hashlib.blake2b(
+            f"{call_id}\x1f{upstream.branch or ''}\x1f{upstream.host}:{upstream.port or 0}".encode(),
+            digest_size=10,
+            key=self._key,
+        ).hexdigest()
+        return STATELESS_PREFIX + h
+
+    def request(
+        self,
+        req: Request,
+        arr: Arrival,
+        now: float,
+        from_hop: bool,
+    ) -> list[Action]:
+        """Forward only with our verified Route, to the hop the INVITE went to."""
+        sh = self.shared
+        is_ack = req.method == "ACK"
+        route = _first_route(req)
+        verified = None
+        if route:
+            token = self.our_token(route)
+            if token:
+                tags = (req.to_tag, req.from_tag) if from_hop else (req.from_tag,)
+                verified = sh.tokens.verify(token, req.call_id, tags)
+        if verified is None:
+            sh.stats["in_dialog_rejected"] += 1
+            if is_ack:
+                return []
+            return [sh.reply(req, arr, 481)]
+        info, which = verified
+        from_callee = from_hop and which == 0
+        mf = req.get("Max-Forwards")
+        new_mf = "69"
+        if mf is not None:
+            try:
+                n = int(mf)
+            except ValueError:
+                n = 70
+            if n <= 0:
+                if is_ack:
+                    return []
+                return [sh.reply(req, arr, 483, extra=[reason_header(483, "too_many_hops")])]
+            new_mf = str(n - 1)
+        req.pop_first_route()
+        if from_callee:
+            rest = req.routes()
+            try:
+                target = parse_uri(header_uri(rest[0]) if rest else req.uri)
+            except SipError:
+                target = None
+            if target is None or not _ip_literal(target.host):
+                if is_ack:
+                    return []
+                return [sh.reply(req, arr, 404)]
+            dest: Addr = (target.host.strip("[]"), target.port or 5060)
+            out_transport = (target.params.get("transport") or "udp").lower()
+            if out_transport not in ("udp", "tcp"):
+                out_transport = "udp"
+        else:
+            hops = sh.hops.hops
+            if not 0 <= info.hop < len(hops):
+                sh.stats["in_dialog_rejected"] += 1
+                if is_ack:
+                    return []
+                return [sh.reply(req, arr, 481)]
+            hop = hops[info.hop]
+            dest = hop.addr
+            out_transport = hop.transport
+        branch = self.stateless_branch(req.call_id, arr.top)
+        via = sh.via[out_transport] + branch + (";rport" if out_transport == "udp" else "")
+        if mf is None:
+            req.append("Max-Forwards", new_mf)
+        else:
+            req.replace("Max-Forwards", new_mf)
+        req.prepend("Via", via)
+        out: list[Action] = [Send(req.to_bytes(), dest, out_transport, None, True)]
+        sh.stats["forwarded_requests"] += 1
+        if is_ack:
+            return out
+        routes = self._routes
+        if branch not in routes:
+            if len(routes) >= ROUTE_MAP_MAX:
+                del routes[next(iter(routes))]
+            back = arr.source if arr.transport == "tcp" else reply_addr(arr.top, arr.source)
+            routes[branch] = (back, arr.transport, arr.conn_id, now + ROUTE_MAP_TTL)
+            if req.method == "BYE":
+                sh.stats["byes"] += 1
+                if info.trunk_id:
+                    out.append(Release(info.trunk_id, req.call_id))
+                out.append(Outcome(info.record_id, req.call_id, None, None, now + sh.wall_offset))
+        return out
+
+    def our_token(self, route: str) -> str | None:
+        """The ``cag`` token of a Route value addressed to us, else None.
+
+        A Route we wrote comes back exactly as we wrote it, so it is matched
+        against our own Record-Route prefixes first (no URI parse); any other
+        spelling takes the full parse.
+        """
+        if route[-1:] == ">":
+            for prefix in self.shared.rr.values():
+                if route.startswith(prefix):
+                    token = route[len(prefix) : -1]
+                    if _TOKEN_SAFE.issuperset(token):
+                        return token or None
+                    break
+        try:
+            uri = parse_uri(header_uri(route))
+        except SipError:
+            return None
+        if (uri.host.lower(), uri.port or 5060) not in self.shared.listen_keys:
+            return None
+        return uri.params.get("cag") or None
+
+    def response(self, resp: AnyResponse, br: str) -> list[Action]:
+        """Responses to in-dialog requests: pop our Via, back to whoever sent the request."""
+        nxt = resp.via_at(1)  # the requester's Via: only it is parsed
+        if nxt is None or self.stateless_branch(resp.call_id, nxt) != br:
+            self.shared.stats["dropped_unmatched_response"] += 1
+            return []
+        resp.drop_first_via()
+        entry = self._routes.get(br)
+        if entry is not None:
+            dest, transport, conn_id, _ = entry
+        else:
+            dest = nxt.response_address()
+            transport = nxt.transport.lower()
+            conn_id = None
+        self.shared.stats["forwarded_responses"] += 1
+        return [Send(resp.to_bytes(), dest, transport, conn_id if transport == "tcp" else None)]
+
+    def next_deadline(self) -> float:
+        """When the oldest remembered route is due to be forgotten (inf: none)."""
+        routes = self._routes
+        return routes[next(iter(routes))][3] if routes else float("inf")
+
+    def expire(self, now: float) -> None:
+        """Forget where requests came from after ``ROUTE_MAP_TTL`` (insertion order = age)."""
+        routes = self._routes
+        while routes:
+            k = next(iter(routes))
+            if routes[k][3] > now:
+                break
+            del routes[k]
