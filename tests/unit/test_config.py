@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_parser, config_table
+from gateway.cli import ESSENTIAL_KEYS, build_parser, config_table
 from gateway.config import Settings, load_settings, parse_listen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,16 @@ def test_every_setting_has_a_description() -> None:
 
 def test_readme_configuration_table_matches_the_model() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert config_table() in readme, "regenerate the README table with `cag config-doc`"
+    assert config_table(ESSENTIAL_KEYS) in readme, (
+        "regenerate the README table with `cag config-doc --essential --update README.md`"
+    )
+
+
+def test_configuration_doc_table_matches_the_model() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert config_table() in doc, "regenerate it with `cag config-doc --update docs/configuration.md`"
+    for key in ESSENTIAL_KEYS:  # every README row is a real key
+        assert f"| `{key}` /" in doc, key
 
 
 def test_every_setting_is_a_serve_flag() -> None:
