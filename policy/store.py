@@ -62,6 +62,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
+from policy.hotlink import HotLink, LinkTarget
 from policy.model import (
     KIND_KEYS,
     KIND_MODELS,
@@ -381,6 +382,7 @@ class PolicyStore:
         self._functions_ok = False
         self._functions_lock = asyncio.Lock()
         self._batcher = _Batcher(self)
+        self._hotlink: HotLink | None = None  # hot link (issue 13): set by connect()
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -411,9 +413,16 @@ class PolicyStore:
                 await ccl.aclose()
                 raise StoreError(f"cannot reach redis cluster at {redact_url(url)}: {e}") from e
             return cls(ccl, cluster=True)
-        return cls(client, cluster=False)
+        store = cls(client, cluster=False)
+        # --- hot link (issue 13, policy.hotlink): None keeps the pooled redis-py path ---
+        target = LinkTarget.from_url(url) if _hiredis is not None else None
+        store._hotlink = HotLink(target, reply_timeout=SOCKET_TIMEOUT) if target else None
+        # --- end hot link ---
+        return store
 
     async def close(self) -> None:
+        if self._hotlink is not None:  # hot link (issue 13)
+            self._hotlink.close()
         await self._batcher.aclose()
         await self.client.aclose()
 
@@ -480,6 +489,10 @@ class PolicyStore:
         """
         if any(c[0] == "FCALL" for c in commands):
             await self.ensure_functions()
+        # --- hot link (issue 13, policy.hotlink): the single server's batches skip redis-py ---
+        if self._hotlink is not None:
+            return await self._hotlink.pipeline(commands)
+        # --- end hot link ---
         if self.cluster or _hiredis is None:
             pipe = self.client.pipeline(transaction=False)
             for args in commands:
