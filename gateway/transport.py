@@ -277,9 +277,9 @@ class UdpReader:
     Why not uvloop's datagram transport: it gives no ancillary data, so it
     cannot say how long a datagram waited in the kernel. Here every
     datagram carries its kernel receive time (``SO_TIMESTAMPNS``), and the
-    wait of the first and last datagram of each read pass — the oldest
-    waiting and the one that waited behind this turn's work — gives the
-    overload signal that matters: requests really wait (``take_max_wait``).
+    wait of the first datagram of each read pass — the oldest waiting —
+    gives the overload signal that matters: requests really wait
+    (``take_max_wait``).
     It needs no guess from queue bytes (SO_MEMINFO overstates: Linux frees
     read datagrams' memory in batches).
 
@@ -330,35 +330,38 @@ class UdpReader:
         return w
 
     def _readable(self) -> None:
-        recvmsg = self.sock.recvmsg
-        sink, private, bufsize = self.sink, self.private, self.bufsize
-        n = 0
-        first_anc: list[tuple[int, int, bytes]] | None = None
-        last_anc: list[tuple[int, int, bytes]] = []
-        t_first = time.time()
+        # Only the first datagram of a pass is read with its stamp (recvmsg): the
+        # oldest waiting. The rest use the cheaper recvfrom; what waits behind this
+        # pass's work is the first datagram of the next pass, and is stamped then.
+        sock, sink, private, bufsize = self.sock, self.sink, self.private, self.bufsize
+        t_read = time.time()
+        try:
+            data, anc, _flags, addr = sock.recvmsg(bufsize, _ANC_SIZE)
+        except (BlockingIOError, InterruptedError):
+            self.last_read = 0
+            return
+        except OSError:  # an ICMP error queued on the socket: counted, as with the transport
+            self.on_event("udp_icmp_error")
+            return
+        if anc:
+            w = t_read - _stamp(anc)
+            if w > self.max_wait:
+                self.max_wait = w
+        n = 1
+        sink(data, addr if len(addr) == 2 else (addr[0], addr[1]), "udp", None, private)
+        recvfrom = sock.recvfrom
         while n < self.max_per_turn:
             try:
-                data, anc, _flags, addr = recvmsg(bufsize, _ANC_SIZE)
+                data, addr = recvfrom(bufsize)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:  # an ICMP error queued on the socket: counted, as with the transport
+            except OSError:
                 self.on_event("udp_icmp_error")
                 continue
             n += 1
-            if first_anc is None:
-                first_anc = anc
-            else:
-                last_anc = anc
             sink(data, addr if len(addr) == 2 else (addr[0], addr[1]), "udp", None, private)
         self.last_read = n
         self.read_total += n
-        if first_anc:
-            w = t_first - _stamp(first_anc)
-            if last_anc:
-                # read after this turn's sink calls: it also waited behind them
-                w = max(w, time.time() - _stamp(last_anc))
-            if w > self.max_wait:
-                self.max_wait = w
 
     def sendto(self, data: bytes, dest: Addr) -> None:
         """Send now; when the socket buffer is full, queue and send once it is writable."""
