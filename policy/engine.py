@@ -410,6 +410,8 @@ class AdmissionEngine:
             responses=cfg.rules.responses,
         )
         self.stats["decisions_" + d.reason] += 1
+        if self.latency_observer is not None:
+            self.latency_observer("decision", time.perf_counter() - t0)
         try:
             on_decided(token, d)
         except Exception:
