@@ -128,8 +128,8 @@ class HotLink:
 
     async def pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write; one reply (or ``ResponseError``) per command."""
-        if self._transport is None:
-            await self._connect()
+        if self._transport is None or self._connecting is not None:
+            await self._connect()  # or wait for the one under way: AUTH/SELECT go first
         assert self._transport is not None
         packed = b"".join([hiredis.pack_command(c) for c in commands])
         return await self._send(packed, len(commands))
