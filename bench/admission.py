@@ -8,6 +8,13 @@ callee script (consent + DNC + caps, counted), the token index and, in the
 ``all_slots`` scenario, the caller-number and trunk rate / concurrency scripts.
 
     python -m bench.admission [--calls 20000] [--concurrency 200] [--no-uvloop]
+    python -m bench.admission --batch 1,8,32 [--calls 3000] [--repeat 3]
+
+``--batch`` measures the decision path per loop turn (issue 13): B INVITEs
+handed over in one turn, either as B tasks awaiting ``admit`` (the worker
+before issue 13) or as one ``admit_many`` call, the next B once all B are
+decided. The figure is this thread's CPU per decision (``time.thread_time``:
+other sessions on a shared box do not count), the best of ``--repeat`` runs.
 
 Client CPU is ``time.process_time()`` of this process only (redis-server is
 another process); results go to bench/results/admission.json. The load is a
@@ -164,6 +171,82 @@ async def _scenario(
     }
 
 
+async def _batch_run(
+    engine: AdmissionEngine, attempts: list[CallAttempt], size: int, mode: str
+) -> tuple[float, Counter[str]]:
+    """Thread CPU per decision, deciding ``size`` attempts per loop turn."""
+    loop = asyncio.get_running_loop()
+    reasons: Counter[str] = Counter()
+    cpu0 = time.thread_time()
+    for i in range(0, len(attempts), size):
+        chunk = attempts[i : i + size]
+        done: asyncio.Future[None] = loop.create_future()
+        left = len(chunk)
+
+        def decided(_token: object, d: Any, done: asyncio.Future[None] = done) -> None:
+            nonlocal left
+            reasons[d.reason] += 1
+            left -= 1
+            if left == 0:
+                done.set_result(None)
+
+        if mode == "tasks":
+            for a in chunk:
+                t = loop.create_task(engine.admit(a))
+                t.add_done_callback(lambda t: decided(None, t.result()))
+        else:
+            engine.admit_many(((None, a) for a in chunk), decided)
+        await done
+    return (time.thread_time() - cpu0) / len(attempts), reasons
+
+
+async def run_batch(sizes: list[int], calls: int, repeat: int) -> list[dict[str, Any]]:
+    """Per-decision CPU at batch sizes ``sizes``, task per decision vs ``admit_many``."""
+    modes = ["tasks"] + (["admit_many"] if hasattr(AdmissionEngine, "admit_many") else [])
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp), extra_args=("--appendonly", "no"))
+        server.start()
+        try:
+            store = await PolicyStore.connect(server.url)
+            try:
+                for size in sizes:
+                    for mode in modes:
+                        await store.client.flushall()
+                        await _load(store, 0)
+                        engine = AdmissionEngine(
+                            store, EngineConfig(budget_ms=1000), clock=lambda: NOON
+                        )
+                        await engine.start()
+                        warm = _attempts("w", CALLEES // 2, 400, "198.51.100.10")
+                        await _batch_run(engine, warm, size, mode)
+                        per = min(calls, CALLEES // repeat)
+                        everything = _attempts(f"{mode}{size}", 0, per * repeat, "198.51.100.10")
+                        best, reasons = float("inf"), Counter[str]()
+                        for r in range(repeat):
+                            cpu, rs = await _batch_run(
+                                engine, everything[r * per : (r + 1) * per], size, mode
+                            )
+                            best = min(best, cpu)
+                            reasons.update(rs)
+                        await engine.stop()
+                        out.append(
+                            {
+                                "scenario": f"batch_{mode}",
+                                "batch": size,
+                                "calls": per,
+                                "repeat": repeat,
+                                "thread_cpu_us_per_decision": round(best * 1e6, 1),
+                                "reasons": dict(reasons),
+                            }
+                        )
+            finally:
+                await store.close()
+        finally:
+            server.stop()
+    return out
+
+
 async def run(calls: int, concurrency: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp), extra_args=("--appendonly", "no"))
@@ -221,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--no-uvloop", action="store_true")
+    ap.add_argument("--batch", help="batch sizes, e.g. 1,8,32: the per-turn decision path")
+    ap.add_argument("--repeat", type=int, default=3, help="--batch runs per figure (best kept)")
     args = ap.parse_args(argv)
+    if args.batch:
+        return _main_batch(args)
     use_uvloop = False
     if not args.no_uvloop:
         try:
@@ -260,6 +347,34 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {RESULTS}")
+    return 0
+
+
+def _main_batch(args: argparse.Namespace) -> int:
+    sizes = [int(x) for x in args.batch.split(",")]
+    calls = min(args.calls, 3000)
+    coro = run_batch(sizes, calls, args.repeat)
+    if args.no_uvloop:
+        results = asyncio.run(coro)
+    else:
+        import uvloop
+
+        results = uvloop.run(coro)
+    for r in results:
+        print(
+            f"batch {r['batch']:>3} {r['scenario']:>17}: {r['thread_cpu_us_per_decision']:>6} µs "
+            f"thread CPU/decision (best of {r['repeat']} x {r['calls']}, {r['reasons']})"
+        )
+    out = RESULTS.with_name("admission_batch.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "uvloop": not args.no_uvloop,
+        "results": results,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {out}")
     return 0
 
 

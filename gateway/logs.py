@@ -138,7 +138,15 @@ def mask(number: str | None, keep: int) -> str | None:
 
 
 class RejectLog:
-    """The one info line per rejection, at most ``per_second`` a second (0 = no limit)."""
+    """The one info line per rejection, at most ``per_second`` a second (0 = no limit).
+
+    Cheap per call (issue 13): a suppressed rejection is two integer
+    compares; a written one builds one ``LogRecord`` and puts it straight on
+    the listener's queue — no ``Logger`` dispatch and no ``QueueHandler``
+    copy-and-format in the worker's thread: the listener thread formats the
+    JSON line. Without the threaded set-up (tests, ``threaded=False``) the
+    record goes through the logger's handlers as usual.
+    """
 
     def __init__(self, logger: logging.Logger, per_second: int, keep_digits: int) -> None:
         self.log = logger
@@ -163,8 +171,47 @@ class RejectLog:
             self.suppressed_total += 1
             return False
         self._count += 1
-        self.log.info("reject", extra={"fields": {
+        log = self.log
+        if not log.isEnabledFor(logging.INFO):
+            return True
+        keep = self.keep
+        record = log.makeRecord(log.name, logging.INFO, "(reject)", 0, "reject", (), None, extra={"fields": {
             "reason": d.reason, "sip_code": d.sip_code, "trunk": d.trunk_id, "enterprise": d.enterprise_id,
-            "caller": mask(d.caller, self.keep), "callee": mask(d.callee, self.keep), "record": record_id,
+            "caller": mask(d.caller, keep) if keep >= 0 else d.caller,
+            "callee": mask(d.callee, keep) if keep >= 0 else d.callee, "record": record_id,
         }})
+        q = _listener_queue(log)
+        if q is not None:
+            q.put_nowait(record)
+        else:
+            log.handle(record)
         return True
+
+
+def _listener_queue(log: logging.Logger) -> Any:
+    """The listener thread's queue when ``log``'s records would reach only it (``setup``).
+
+    Anything else on the way (a handler or filter of the logger's own, a
+    parent's filter or handler level) returns None: the record then takes
+    the ordinary ``Logger.handle`` route.
+    """
+    if _listener is None or log.handlers or log.filters or not log.propagate:
+        return None
+    lg = log.parent
+    while lg is not None:
+        if lg.filters:
+            return None
+        if lg.handlers:
+            h = lg.handlers[0]
+            ok = (
+                len(lg.handlers) == 1
+                and isinstance(h, logging.handlers.QueueHandler)
+                and not h.filters
+                and h.level <= logging.INFO
+                and h.queue is _listener.queue
+            )
+            return h.queue if ok and isinstance(h, logging.handlers.QueueHandler) else None
+        if not lg.propagate:
+            return None
+        lg = lg.parent
+    return None

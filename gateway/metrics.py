@@ -11,7 +11,10 @@ code-defined strings, never numbers or Call-IDs from a message.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -86,3 +89,89 @@ AUDIT_STREAM = Gauge(
 
 
 ReadyCheck = Callable[[], tuple[bool, dict[str, object]]]
+
+
+class Meter:
+    """Counters as plain integers and histograms as bucket arrays, flushed once a second (issue 13).
+
+    Why: a prometheus-client call in multiprocess mode is a lock and an
+    mmap write (a histogram observation two), tens of µs per decision at
+    the rates we aim for. The hot path does a dict update here instead, and
+    ``flush()`` adds the sums to the prometheus metrics: the exported
+    series, names and labels are the ones the direct calls produced.
+
+    Histograms are written through prometheus-client's per-bucket values
+    (``_buckets``, ``_sum``; the same writes ``Histogram.observe`` makes),
+    because the public API has no "add n observations to bucket i" call;
+    ``tests/unit/test_meter.py`` pins that against the exposition, so a
+    prometheus-client upgrade that moves them fails a test, not a graph.
+    """
+
+    __slots__ = ("_counts", "_hists", "_timer")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Any, tuple[str, ...]], int] = {}
+        self._hists: dict[Histogram, _HistAcc] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def count(self, metric: Counter, *labels: str, n: int = 1) -> None:
+        """``metric.labels(*labels).inc(n)``, deferred to the next flush."""
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def observe(self, hist: Histogram, seconds: float) -> None:
+        """``hist.observe(seconds)`` (an unlabelled histogram), deferred to the next flush."""
+        acc = self._hists.get(hist)
+        if acc is None:
+            acc = self._hists[hist] = _HistAcc(hist)
+        acc.counts[bisect.bisect_left(acc.bounds, seconds)] += 1
+        acc.total += seconds
+
+    def flush(self) -> None:
+        """Add what was recorded since the last flush to the prometheus metrics."""
+        counts, self._counts = self._counts, {}
+        for (metric, labels), n in counts.items():
+            (metric.labels(*labels) if labels else metric).inc(n)
+        for acc in self._hists.values():
+            acc.flush()
+
+    def start(self, loop: asyncio.AbstractEventLoop, interval: float = 1.0) -> None:
+        """Flush every ``interval`` s on ``loop`` until ``stop()``."""
+
+        def tick() -> None:
+            self.flush()
+            self._timer = loop.call_later(interval, tick)
+
+        self._timer = loop.call_later(interval, tick)
+
+    def stop(self) -> None:
+        """Stop the periodic flush and flush what is left (worker exit)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+
+
+class _HistAcc:
+    """One histogram's observations since the last flush: per-bucket counts and the sum."""
+
+    __slots__ = ("bounds", "counts", "hist", "total")
+
+    def __init__(self, hist: Histogram) -> None:
+        self.hist = hist
+        # prometheus-client's bounds end with +Inf; bisect_left gives the first bound >= x,
+        # which is the bucket ``observe`` picks (``amount <= bound``).
+        self.bounds: list[float] = list(hist._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def flush(self) -> None:
+        if not any(self.counts):
+            return
+        buckets = self.hist._buckets
+        for i, c in enumerate(self.counts):
+            if c:
+                buckets[i].inc(c)
+        self.hist._sum.inc(self.total)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0

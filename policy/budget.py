@@ -15,11 +15,11 @@ timer can guard a whole batch of decisions (one per event-loop turn, issue
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policy.ports import StoreError, Timers
+from policy.ports import Handle, StoreError, Timers
 
 
 class BudgetExceeded(TimeoutError):
@@ -97,3 +97,57 @@ async def wait_all(
     finally:
         handle.cancel()
     return {p.kind: p.fut.result() for p in pending}
+
+
+class BatchBudget:
+    """ONE budget timer for every decision submitted in one event-loop turn (issue 13).
+
+    ``wait_all`` costs a waiter future, a timer and a task wake-up per
+    decision; a turn that reads 30 INVITEs pays that 30 times. Here the
+    decisions of a turn share a deadline, so they share the timer: when it
+    fires, ``on_expire(stalled)`` fails whatever is still open (the caller
+    knows which), with the same stall rule as ``_expire`` — a timer more than
+    ``late_s`` late gets one ``grace`` for answers already in the socket
+    buffer, and the failure it then reports says ``stalled``.
+
+    ``settled()`` is called once per decision that finished before the
+    deadline; the last one cancels the timer.
+    """
+
+    __slots__ = ("_grace", "_handle", "_late_s", "_left", "_on_expire", "_timers")
+
+    def __init__(
+        self,
+        timers: Timers,
+        timeout: float,
+        late_s: float,
+        grace: float,
+        count: int,
+        on_expire: Callable[[bool], None],
+    ) -> None:
+        self._timers = timers
+        self._late_s = late_s
+        self._grace = grace
+        self._left = count
+        self._on_expire = on_expire
+        deadline = timers.time() + timeout
+        self._handle: Handle | None = timers.call_at(deadline, self._fire, deadline, False)
+
+    def settled(self) -> None:
+        """One decision of the batch has its answer (or its failure) before the deadline."""
+        self._left -= 1
+        if self._left <= 0 and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self, deadline: float, stalled: bool) -> None:
+        if self._handle is None:
+            return
+        now = self._timers.time()
+        if not stalled and now - deadline > self._late_s:
+            self._handle = self._timers.call_at(
+                now + self._grace, self._fire, now + self._grace, True
+            )
+            return
+        self._handle = None
+        self._on_expire(stalled)

@@ -36,13 +36,13 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from policy.breaker import Breaker
-from policy.budget import BudgetExceeded, Pending, wait_all
+from policy.budget import BatchBudget, BudgetExceeded, Pending
 from policy.decision import UNCONSENTED, Decision, reject
 from policy.explain import explain_call
 from policy.model import CallAttempt
@@ -62,6 +62,8 @@ __all__ = ["AdmissionEngine", "BudgetExceeded", "EngineConfig", "StoreError"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -79,7 +81,9 @@ class EngineConfig:
     breaker_failures: int = 3  # consecutive store failures that open the circuit breaker
     breaker_probe_s: float = 0.25  # PING interval while the breaker is open
     stall_late_s: float = 0.02  # a budget timer this late means the loop stalled, not Redis
-    late_answer_s: float = 0.2  # a timed-out call answered within this after its budget: not a failure
+    late_answer_s: float = (
+        0.2  # a timed-out call answered within this after its budget: not a failure
+    )
     concurrency_timeout_s: int = 14400  # a concurrent-call entry without BYE expires after this
 
 
@@ -87,6 +91,101 @@ def _consume(fut: asyncio.Future[Any]) -> None:
     """Done-callback for fire-and-forget futures: mark their exception retrieved."""
     if not fut.cancelled():
         fut.exception()
+
+
+def _resolve(fut: asyncio.Future[Decision], d: Decision) -> None:
+    """``admit``'s ``on_decided``: the awaiting caller may have been cancelled meanwhile."""
+    if not fut.done():
+        fut.set_result(d)
+
+
+class _Waiting(Generic[T]):
+    """One decision waiting for its store answers; the done-callback of each of its futures.
+
+    A plain object with ``__call__`` instead of a task and a waiter future:
+    the answers are decoded and the decision handed over in the callback of
+    the future that completes the set (issue 13).
+    """
+
+    __slots__ = (
+        "batch",
+        "call",
+        "cfg",
+        "decided",
+        "engine",
+        "left",
+        "local",
+        "now",
+        "on_decided",
+        "pending",
+        "t0",
+        "t_store",
+        "token",
+    )
+
+    def __init__(
+        self,
+        engine: AdmissionEngine,
+        token: T,
+        call: CallAttempt,
+        local: LocalVerdict,
+        pending: list[Pending],
+        on_decided: Callable[[T, Decision], None],
+        now: float,
+        t0: float,
+        cfg: EngineConfig,
+    ) -> None:
+        self.engine = engine
+        self.token = token
+        self.call = call
+        self.local = local
+        self.pending = pending
+        self.left = len(pending)
+        self.on_decided = on_decided
+        self.now = now
+        self.t0 = t0
+        self.t_store = time.perf_counter()
+        self.cfg = cfg
+        self.decided = False
+        self.batch: BatchBudget | None = None
+
+    def __call__(self, fut: asyncio.Future[Any]) -> None:
+        """One store answer landed: fail at the first error, decide on the last answer."""
+        self.left -= 1
+        exc = fut.exception() if not fut.cancelled() else StoreError("cancelled")  # retrieved
+        if self.decided:
+            return
+        if exc is not None:
+            self.fail(exc if isinstance(exc, Exception) else StoreError(repr(exc)), on_time=True)
+        elif self.left == 0:
+            e = self.engine
+            self.decided = True
+            if self.batch is not None:
+                self.batch.settled()
+            if e.latency_observer is not None:
+                e.latency_observer("redis", time.perf_counter() - self.t_store)
+            try:
+                results: dict[str, Any] = {p.kind: p.fut.result() for p in self.pending}
+                d = e._settle(self.call, self.local, results, self.cfg)
+            except Exception:
+                e._internal_error(
+                    self.call, self.on_decided, self.token, self.now, self.t0, self.cfg
+                )
+                return
+            e._deliver(self.on_decided, self.token, d, self.now, self.t0, self.cfg)
+
+    def fail(self, exc: Exception, *, on_time: bool) -> None:
+        """A store error (``on_time``: before the deadline) or the batch's budget ran out."""
+        e = self.engine
+        self.decided = True
+        if on_time and self.batch is not None:
+            self.batch.settled()
+        try:
+            d = e._store_failed(self.call, self.local, self.pending, exc, self.cfg)
+        except Exception:
+            e._internal_error(self.call, self.on_decided, self.token, self.now, self.t0, self.cfg)
+            return
+        e._deliver(self.on_decided, self.token, d, self.now, self.t0, self.cfg)
 
 
 class AdmissionEngine:
@@ -202,59 +301,127 @@ class AdmissionEngine:
 
     # -------------------------------------------------------------- admit
     async def admit(self, call: CallAttempt) -> Decision:
-        """Decide one initial INVITE; never raises."""
+        """Decide one initial INVITE; never raises (a batch of one: ``admit_many``)."""
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.admit_many(((fut, call),), _resolve)
+        return await fut
+
+    def admit_many(
+        self,
+        items: Iterable[tuple[T, CallAttempt]],
+        on_decided: Callable[[T, Decision], None],
+    ) -> None:
+        """Decide every INVITE read in one loop turn, without a task or a waiter per decision.
+
+        ``on_decided(token, decision)`` is called once per item and never
+        raises into the engine: synchronously, before this returns, for the
+        decisions the in-memory checks or an open breaker settle; later, from
+        the store futures' callbacks or the batch's one budget timer, for the
+        rest. The store calls of all items leave in the turn's one pipeline.
+        """
+        cfg = self.cfg  # a decision in flight finishes under the settings it began with
         t0 = time.perf_counter()
+        now = self.clock()
+        at = datetime.fromtimestamp(now, UTC)
+        ref = self.refcache.ref
+        waiting: list[_Waiting[T]] = []
+        for token, call in items:
+            try:
+                local = evaluate_local(call, ref, at, cfg.rules)
+                if local.failed is not None:
+                    self._deliver(on_decided, token, local.failed, now, t0, cfg)
+                    continue
+                if self.breaker.is_open:
+                    d = self._fail(call, local, "breaker open", cfg)
+                    self._deliver(on_decided, token, d, now, t0, cfg)
+                    continue
+                pending = submit(
+                    self.store,
+                    call,
+                    local,
+                    now,
+                    dry_run=False,
+                    all_checks=False,
+                    concurrency_timeout_s=cfg.concurrency_timeout_s,
+                )
+            except Exception:
+                self._internal_error(call, on_decided, token, now, t0, cfg)
+                continue
+            waiting.append(_Waiting(self, token, call, local, pending, on_decided, now, t0, cfg))
+        if not waiting:
+            return
+        budget = cfg.budget_ms / 1000
+        batch = BatchBudget(
+            self._timers or asyncio.get_running_loop(),
+            budget,
+            cfg.stall_late_s,
+            min(budget / 2, 0.025),
+            len(waiting),
+            lambda stalled: self._expire_batch(waiting, stalled),
+        )
+        for w in waiting:
+            w.batch = batch
+            for p in w.pending:
+                p.fut.add_done_callback(w)
+
+    def _expire_batch(self, waiting: list[_Waiting[Any]], stalled: bool) -> None:
+        """The batch's budget ran out: every decision still waiting gets the fail mode."""
+        for w in waiting:
+            if not w.decided:
+                w.fail(BudgetExceeded(stalled), on_time=False)
+
+    def _deliver(
+        self,
+        on_decided: Callable[[T, Decision], None],
+        token: T,
+        d: Decision,
+        now: float,
+        t0: float,
+        cfg: EngineConfig,
+    ) -> None:
+        """Shadow, the unconsented count, stats and latency; then hand the decision over."""
         try:
-            d = await self._admit(call)
+            d = self._conclude(d, now, cfg)
         except Exception:
-            log.exception("admission failed for call %r", call.call_id)
+            log.exception("admission side effects failed")
             self.stats["internal_errors"] += 1
-            d = reject(
-                "store_unavailable",
-                retry_after=self.cfg.rules.responses.default_retry_after,
-                responses=self.cfg.rules.responses,
-            )
         self.stats["decisions_" + d.reason] += 1
         if self.latency_observer is not None:
             self.latency_observer("decision", time.perf_counter() - t0)
-        return d
-
-    async def _admit(self, call: CallAttempt) -> Decision:
-        now = self.clock()
-        local = evaluate_local(
-            call, self.refcache.ref, datetime.fromtimestamp(now, UTC), self.cfg.rules
-        )
-        if local.failed is not None:
-            return self._conclude(local.failed, now)
-        if self.breaker.is_open:
-            return self._conclude(self._fail(call, local, "breaker open"), now)
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        pending = submit(
-            self.store,
-            call,
-            local,
-            now,
-            dry_run=False,
-            all_checks=False,
-            concurrency_timeout_s=cfg.concurrency_timeout_s,
-        )
-        budget = cfg.budget_ms / 1000
         try:
-            results = await wait_all(
-                pending, budget, cfg.stall_late_s, min(budget / 2, 0.025), self._timers
-            )
-        except (TimeoutError, StoreError) as e:
-            return self._conclude(self._store_failed(call, local, pending, e), now)
-        if self.latency_observer is not None:
-            self.latency_observer("redis", time.perf_counter() - t0)
-        return self._conclude(self._settle(call, local, results), now)
+            on_decided(token, d)
+        except Exception:  # the caller's bug must not strand the rest of the batch
+            log.exception("on_decided callback failed")
 
-    def _conclude(self, d: Decision, now: float) -> Decision:
+    def _internal_error(
+        self,
+        call: CallAttempt,
+        on_decided: Callable[[T, Decision], None],
+        token: T,
+        now: float,
+        t0: float,
+        cfg: EngineConfig,
+    ) -> None:
+        log.exception("admission failed for call %r", call.call_id)
+        self.stats["internal_errors"] += 1
+        d = reject(
+            "store_unavailable",
+            retry_after=cfg.rules.responses.default_retry_after,
+            responses=cfg.rules.responses,
+        )
+        self.stats["decisions_" + d.reason] += 1
+        if self.latency_observer is not None:
+            self.latency_observer("decision", time.perf_counter() - t0)
+        try:
+            on_decided(token, d)
+        except Exception:
+            log.exception("on_decided callback failed")
+
+    def _conclude(self, d: Decision, now: float, cfg: EngineConfig) -> Decision:
         """Side effects every decision shares: the unconsented count (R6) and shadow mode."""
         if d.reason in UNCONSENTED and d.enterprise_id and not self.breaker.is_open:
             self._count_unconsented(d.enterprise_id, now)
-        if self.cfg.shadow and not d.admit and d.reason != "malformed":
+        if cfg.shadow and not d.admit and d.reason != "malformed":
             self.stats["shadow_would_reject"] += 1
             d = dataclasses.replace(
                 d,
@@ -267,25 +434,30 @@ class AdmissionEngine:
         return d
 
     def _settle(
-        self, call: CallAttempt, local: LocalVerdict, results: Mapping[str, Any]
+        self, call: CallAttempt, local: LocalVerdict, results: Mapping[str, Any], cfg: EngineConfig
     ) -> Decision:
         """The store answered in time: decide, and refund what counted for a rejection."""
         if self.breaker.in_a_row:  # a method call saved on the hot path
             self.breaker.success()
-        d = finish(call, local, verdict(local, results, all_checks=False), self.cfg.rules)
+        d = finish(call, local, verdict(local, results, all_checks=False), cfg.rules)
         if d.admit and any(getattr(r, "refunded", False) for r in results.values()):
             # A retransmission of a transaction we rejected fail-closed (its
             # scripts passed but the answer came too late): the stored decision
             # was a rejection, so repeat it rather than admit uncounted.
             self.stats["replay_refunded"] += 1
-            return self._closed(call, local)
+            return self._closed(call, local, cfg)
         if not d.admit:
             for r in results.values():
                 self._refund_result(r)
         return d
 
     def _store_failed(
-        self, call: CallAttempt, local: LocalVerdict, pending: list[Pending], e: Exception
+        self,
+        call: CallAttempt,
+        local: LocalVerdict,
+        pending: list[Pending],
+        e: Exception,
+        cfg: EngineConfig,
     ) -> Decision:
         """The store failed or missed the budget: tell the breaker, apply the fail mode.
 
@@ -300,7 +472,7 @@ class AdmissionEngine:
             self.breaker.judge_late([p.fut for p in pending])
         else:
             self.breaker.failure()
-        d = self._fail(call, local, str(e))
+        d = self._fail(call, local, str(e), cfg)
         for p in pending:
             if not p.fut.done():
                 p.fut.add_done_callback(_consume if d.admit else self._refund_late)
@@ -333,17 +505,19 @@ class AdmissionEngine:
             pass
 
     # ------------------------------------------------------- fail handling
-    def _fail(self, call: CallAttempt, local: LocalVerdict, why: str) -> Decision:
-        if self.cfg.fail_mode == "open":
+    def _fail(
+        self, call: CallAttempt, local: LocalVerdict, why: str, cfg: EngineConfig
+    ) -> Decision:
+        if cfg.fail_mode == "open":
             self.stats["fail_open"] += 1
             self._limited.warning("fail_open", "store unavailable (%s): deciding fail-open", why)
-            return finish(call, local, None, self.cfg.rules)
+            return finish(call, local, None, cfg.rules)
         self.stats["fail_closed"] += 1
         self._limited.warning("fail_closed", "store unavailable (%s): rejecting fail-closed", why)
-        return self._closed(call, local)
+        return self._closed(call, local, cfg)
 
-    def _closed(self, call: CallAttempt, local: LocalVerdict) -> Decision:
-        responses = self.cfg.rules.responses
+    def _closed(self, call: CallAttempt, local: LocalVerdict, cfg: EngineConfig) -> Decision:
+        responses = cfg.rules.responses
         return reject(
             "store_unavailable",
             retry_after=responses.default_retry_after,

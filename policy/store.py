@@ -67,6 +67,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from policy.bulk import BATCH_ROWS, GC_GRACE_S, LayerWriter
+from policy.hotlink import HotLink, LinkTarget
 from policy.layout import (
     GEN_POINTER,
     GEN_SEQ,
@@ -385,6 +386,7 @@ class PolicyStore:
         self._batcher = _Batcher(self)
         # Consent/DNC layer pointers ({cag:ref}:gen), refreshed by ref_version/load_refdata.
         self._gens: dict[str, tuple[int, ...]] | None = None
+        self._hotlink: HotLink | None = None  # hot link (issue 13): set by connect()
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -423,9 +425,16 @@ class PolicyStore:
                 await ccl.aclose()
                 raise StoreError(f"cannot reach redis cluster at {redact_url(url)}: {e}") from e
             return cls(ccl, cluster=True)
-        return cls(client, cluster=False)
+        store = cls(client, cluster=False)
+        # --- hot link (issue 13, policy.hotlink): None keeps the pooled redis-py path ---
+        target = LinkTarget.from_url(url) if _hiredis is not None else None
+        store._hotlink = HotLink(target, reply_timeout=SOCKET_TIMEOUT) if target else None
+        # --- end hot link ---
+        return store
 
     async def close(self) -> None:
+        if self._hotlink is not None:  # hot link (issue 13)
+            self._hotlink.close()
         await self._batcher.aclose()
         await self.client.aclose()
 
@@ -492,6 +501,10 @@ class PolicyStore:
         """
         if any(c[0] in ("FCALL", "FCALL_RO") for c in commands):
             await self.ensure_functions()
+        # --- hot link (issue 13, policy.hotlink): the single server's batches skip redis-py ---
+        if self._hotlink is not None:
+            return await self._hotlink.pipeline(commands)
+        # --- end hot link ---
         if self.cluster or _hiredis is None:
             pipe = self.client.pipeline(transaction=False)
             for args in commands:

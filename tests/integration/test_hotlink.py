@@ -1,0 +1,112 @@
+"""``policy.hotlink``: the hot path's own connection, against a real redis-server.
+
+Unix socket and TCP, AUTH and SELECT from the URL, error replies as
+``ResponseError`` objects in the batch, batches answered in order, a
+restarted server (reconnect) and a hung one (every batch in flight fails,
+the next connects afresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+from redis.exceptions import ConnectionError, ResponseError
+
+from gateway.embedded_redis import EmbeddedRedis
+from policy.hotlink import HotLink, LinkTarget
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server on TCP with a password (set after start: the start-up check PINGs unauthenticated)."""
+    s = EmbeddedRedis(tmp_path / "r", port=_free_port())
+    s.start()
+    admin = sync_redis.Redis(unix_socket_path=str(s.sock))
+    admin.config_set("requirepass", "s3cret")
+    admin.close()
+    yield s
+    s.stop()
+
+
+def test_targets_from_urls() -> None:
+    t = LinkTarget.from_url("rediss://bob:pw%40x@h.example:6380/2?ssl_cert_reqs=none")
+    assert t == LinkTarget(
+        host="h.example", port=6380, username="bob", password="pw@x", db=2, tls=True, tls_verify=False
+    )
+    u = LinkTarget.from_url("unix:///run/r.sock?db=3&password=pw")
+    assert u is not None and (u.path, u.db, u.password) == ("/run/r.sock", 3, "pw")
+    assert LinkTarget.from_url("redis://h?socket_keepalive=true") is None  # not ours: redis-py
+
+
+async def test_tcp_auth_select_and_ordered_batches(server: EmbeddedRedis) -> None:
+    link = HotLink(LinkTarget(host="127.0.0.1", port=server.port, password="s3cret", db=2))
+    try:
+        batches = await asyncio.gather(
+            *(link.pipeline([("SET", f"k{i}", i), ("GET", f"k{i}"), ("INCR", "n")]) for i in range(50))
+        )
+        assert [b[1] for b in batches] == [str(i).encode() for i in range(50)]
+        assert sorted(b[2] for b in batches) == list(range(1, 51))
+        (db,) = await link.pipeline([("CLIENT", "INFO")])
+        assert b" db=2 " in db
+        out = await link.pipeline([("FCALL", "nope", 0), ("PING",)])
+        assert isinstance(out[0], ResponseError) and "function not found" in str(out[0]).lower()
+        assert out[1] == b"PONG"
+    finally:
+        link.close()
+
+
+async def test_wrong_password_fails_the_connection(server: EmbeddedRedis) -> None:
+    link = HotLink(LinkTarget(host="127.0.0.1", port=server.port, password="wrong"))
+    with pytest.raises(ConnectionError):
+        await link.pipeline([("PING",)])
+    link.close()
+
+
+async def test_unix_socket_and_a_restarted_server(tmp_path: Path) -> None:
+    s = EmbeddedRedis(tmp_path / "u")
+    s.start()
+    link = HotLink(LinkTarget.from_url(s.url) or LinkTarget())
+    try:
+        assert await link.pipeline([("PING",)]) == [b"PONG"]
+        s.stop()
+        await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionError):
+            await link.pipeline([("PING",)])
+        s.start()
+        assert await link.pipeline([("PING",)]) == [b"PONG"]
+    finally:
+        link.close()
+        s.stop()
+
+
+async def test_a_hung_server_fails_the_batches_in_flight_then_reconnects(tmp_path: Path) -> None:
+    s = EmbeddedRedis(tmp_path / "h")
+    s.start()
+    link = HotLink(LinkTarget.from_url(s.url) or LinkTarget(), reply_timeout=0.3)
+    try:
+        assert await link.pipeline([("PING",)]) == [b"PONG"]
+        assert s.proc is not None
+        os.kill(s.proc.pid, signal.SIGSTOP)
+        try:
+            pending = [asyncio.ensure_future(link.pipeline([("PING",)])) for _ in range(3)]
+            done = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 2.0)
+            assert all(isinstance(r, ConnectionError) for r in done)
+        finally:
+            os.kill(s.proc.pid, signal.SIGCONT)
+        assert await link.pipeline([("PING",)]) == [b"PONG"]
+    finally:
+        link.close()
+        s.stop()
