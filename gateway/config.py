@@ -60,7 +60,7 @@ RELOADABLE = frozenset(
         "probe_interval", "region", "default_tz", "quiet_hours", "callee_daily_cap",
         "callee_total_daily_cap", "caller_per_second", "consent_reject_code",
         "time_reject_code", "unknown_source", "unconsented_threshold", "unconsented_window",
-        "stir_shaken", "max_transactions", "max_pending", "overload_queue_kb", "drain_timeout",
+        "stir_shaken", "max_transactions", "max_pending", "overload_wait_ms", "drain_timeout",
     }
 )
 
@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     max_pending: int = Field(
         2000, ge=1, description="decisions in flight per worker before new INVITEs get 503 overload"
     )
-    overload_queue_kb: int = Field(
-        512, ge=0, description="UDP receive queue (KiB, kernel accounting) above which a worker sheds new INVITEs; 0 = off"
+    overload_wait_ms: float = Field(
+        50.0, ge=0, description="a worker sheds new INVITEs (503 overload) while datagrams wait longer than this in its kernel queue (two ticks in a row); 0 = off"
     )
     drain_timeout: float = Field(
         5.0, gt=0, description="seconds SIGTERM waits for in-flight transactions before a worker exits"

@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from gateway.proxy import (
     steer,
 )
 from gateway.proxy.pike import PikeConfig
-from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpEndpoint
+from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpReader, WaitOverload
 from policy.decision import Decision, reject
 from policy.model import CallAttempt
 
@@ -57,7 +56,6 @@ metrics: Any = None
 TICK_S = 0.02
 STATS_S = 1.0
 RCVBUF = 4 * 1024 * 1024
-SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6; [0] = bytes queued to read
 # The proxy core's time: monotonic and read fresh. Not loop.time(): uvloop's is the
 # coarse clock cached per loop turn (~4 ms steps), and the core's wall-clock audit
 # times (now + offset) must order correctly against the audit sink's time.time().
@@ -114,21 +112,6 @@ def set_sndbuf(sock: socket.socket, size: int = RCVBUF) -> None:
     _set_buf(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, size)
 
 
-def rx_queued(sock: socket.socket) -> int:
-    """Bytes (kernel accounting, ~2.3 KiB per 900-byte datagram) waiting in ``sock``'s receive queue.
-
-    The one overload signal a UDP server can read cheaply: a saturated worker
-    does not lag its own event loop (uvloop reads a batch of datagrams per
-    iteration and timers keep firing), the backlog grows in the kernel
-    instead, and every datagram in it waits. -1 when the kernel cannot say.
-    """
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36)
-    except OSError:
-        return -1
-    return int(struct.unpack_from("I", raw, 0)[0])
-
-
 def core_reloadable(settings: Settings) -> dict[str, Any]:
     """The proxy core's settings a SIGHUP may change (the rest are fixed at start)."""
     return {
@@ -152,8 +135,8 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.loop = asyncio.get_running_loop()
-        self.udp_listen: list[UdpEndpoint] = []
-        self.private: UdpEndpoint | None = None
+        self.udp_listen: list[UdpReader] = []
+        self.private: UdpReader | None = None
         self.tcp_conns: dict[int, TcpConnection] = {}
         self.tcp_limits = TcpLimits(
             max_total=spec.settings.tcp_max_connections,
@@ -177,18 +160,21 @@ class Worker:
         self.engine: Any = None
         self.core: ProxyCore | None = None
         self.servers: list[asyncio.AbstractServer] = []
-        self.deciding: set[asyncio.Task[None]] = set()  # strong refs to decisions in flight
+        # Decisions: every Admit of one loop turn goes to the engine as one batch.
+        self._admits: list[Admit] = []
+        self._admits_scheduled = False
+        self.deciding_n = 0  # decisions handed to the engine and not yet answered
         # Overload and drain: new INVITEs answered 503 overload at once, without a decision.
         self.draining = False
-        self.overloaded = False  # a listen socket's receive queue is above overload_queue_kb
+        self.overloaded = False  # datagrams wait in the kernel longer than overload_wait_ms
         self._udp_socks = [sock for transport, sock in spec.sockets if transport == "udp"]
         self._steer_n = len(spec.steer)
         self._steer_tx = [pair[1] for pair in spec.steer]
         self._steer_rx = spec.steer[spec.index][0] if spec.steer else None
-        self._queue_hist = [0, 0]  # bytes queued at the two previous ticks
-        # Labelled decision counters by (decision, reason): labels() takes a lock and
-        # builds a key per call, the cached child is one inc.
-        self._decision_counters: dict[tuple[str, str], Any] = {}
+        wait = spec.settings.overload_wait_ms / 1000
+        self.wait_overload = WaitOverload(enter_s=wait, leave_s=wait / 5, ticks=2)
+        # Per-decision metrics as plain numbers, added to prometheus-client once a second.
+        self.meter = metrics.Meter()
 
     def _event(self, name: str) -> None:
         self.pending_events[name] += 1
@@ -220,10 +206,9 @@ class Worker:
         set_rcvbuf(psock)
         psock.bind((priv_host, 0))
         psock.setblocking(False)
-        _, self.private = await self.loop.create_datagram_endpoint(
-            lambda: UdpEndpoint(self._receive, private=True, on_event=self._event), sock=psock
-        )
         private_addr = psock.getsockname()[:2]
+        self.private = UdpReader(psock, self._receive, private=True, on_event=self._event)
+        self.private.start(self.loop)
 
         hops = tuple(NextHop.parse(h) for h in s.next_hop)
         cfg = CoreConfig(
@@ -241,10 +226,9 @@ class Worker:
 
         for transport, sock in self.spec.sockets:
             if transport == "udp":
-                _, ep = await self.loop.create_datagram_endpoint(
-                    lambda: UdpEndpoint(self._receive, private=False, on_event=self._event), sock=sock
-                )
-                self.udp_listen.append(ep)
+                reader = UdpReader(sock, self._receive, private=False, on_event=self._event)
+                reader.start(self.loop)
+                self.udp_listen.append(reader)
             else:
                 server = await self.loop.create_server(
                     lambda: TcpConnection(self._receive, self.tcp_conns, self._event, limits=self.tcp_limits),
@@ -261,6 +245,7 @@ class Worker:
             self._udp_socks.append(self._steer_rx)  # its backlog counts towards overload too
         self.loop.call_later(TICK_S, self._tick)
         self.loop.call_later(STATS_S, self._flush_stats)
+        self.meter.start(self.loop)
         metrics.WORKERS.set(1)
         # Series a dashboard plots from the start (0 until something happens).
         for reason in ("malformed", "unknown_source", "pike", "overload"):
@@ -343,17 +328,19 @@ class Worker:
             if type(action) is Send:  # nearly every action: one type check, no isinstance chain
                 send(action)
             elif isinstance(action, Admit):
-                metrics.INVITES.inc()
+                self.meter.count(metrics.INVITES)
                 if (
                     self.draining
                     or (self.overloaded and self._still_overloaded())
-                    or len(self.deciding) >= self.spec.settings.max_pending
+                    or self.deciding_n >= self.spec.settings.max_pending
                 ):
                     self._shed(action)
                     continue
-                task = self.loop.create_task(self._decide(action))
-                self.deciding.add(task)
-                task.add_done_callback(self.deciding.discard)
+                self.deciding_n += 1
+                self._admits.append(action)
+                if not self._admits_scheduled:  # one batch per loop turn
+                    self._admits_scheduled = True
+                    self.loop.call_soon(self._flush_admits)
             elif isinstance(action, Release):
                 self.engine.release(action.trunk_id, action.call_id)
             elif isinstance(action, Outcome):
@@ -366,8 +353,8 @@ class Worker:
         self._tx[a.transport] += 1
         if a.transport == "udp":
             ep = self.private if a.private or not self.udp_listen else self.udp_listen[0]
-            if ep is not None and ep.transport is not None:
-                ep.transport.sendto(a.data, a.dest)
+            if ep is not None:
+                ep.sendto(a.data, a.dest)
         elif a.conn_id is not None:
             conn = self.tcp_conns.get(a.conn_id)
             if conn is not None:
@@ -377,11 +364,24 @@ class Worker:
         else:
             self.connector.send(a.data, a.dest)
 
-    async def _decide(self, a: Admit) -> None:
+    def _flush_admits(self) -> None:
+        """Every INVITE read this loop turn goes to the engine as one batch (one pipeline write,
+        one budget timer); answers come back through ``_decided``, no task per decision."""
+        batch, self._admits = self._admits, []
+        self._admits_scheduled = False
         t0 = time.perf_counter()
-        decision = await self.engine.admit(a.call)
+        try:
+            self.engine.admit_many([((a, t0), a.call) for a in batch], self._decided)
+        except Exception:  # the engine promises not to raise; never strand a caller
+            log.exception("admission batch failed")
+            for a in batch:
+                self._decided((a, t0), reject("store_unavailable", retry_after=1))
+
+    def _decided(self, token: tuple[Admit, float], decision: Decision) -> None:
+        a, t0 = token
+        self.deciding_n -= 1
         latency = time.perf_counter() - t0
-        metrics.DECISION_SECONDS.observe(latency)
+        self.meter.observe(metrics.DECISION_SECONDS, latency)
         self._finish(a.record_id, a.call, decision, latency, a.key)
 
     def _finish(
@@ -392,11 +392,7 @@ class Worker:
         Counted, answered (``key``: through the core; None: the core already
         answered), logged when rejected and audited (SPEC §7: every attempt).
         """
-        counter_key = (decision.decision, decision.reason)
-        counter = self._decision_counters.get(counter_key)
-        if counter is None:
-            counter = self._decision_counters[counter_key] = metrics.DECISIONS.labels(*counter_key)
-        counter.inc()
+        self.meter.count(metrics.DECISIONS, decision.decision, decision.reason)
         ent = decision.enterprise_id
         if ent:
             if ent not in self._ent_labelled:
@@ -414,21 +410,18 @@ class Worker:
             self.audit.decision(record_id, call, decision, latency, self.spec.node, self.spec.index)
 
     def _still_overloaded(self) -> bool:
-        """Re-read the queue before refusing a call: the flag is set per tick (20 ms).
+        """Look again before refusing a call: the flag is set per tick (20 ms).
 
         A burst (junk, or a worker descheduled for a moment) can set it and
         be worked off within the same tick; the INVITEs that were queued
         behind it are read once it is gone and must not be refused for it.
-        One getsockopt per INVITE, and only while the flag is up.
+        Nothing waiting on any socket now (SIOCINQ) ends the overload at once.
         """
-        limit = self.spec.settings.overload_queue_kb * 1024
-        q = max((rx_queued(sock) for sock in self._udp_socks), default=-1)
-        if q < 0 or q > limit // 2:
-            return True
-        self.overloaded = False
-        self._queue_hist = [0, 0]
-        log.warning("receive queue drained: accepting new INVITEs again")
-        return False
+        if self.wait_overload.drained(self._udp_socks):
+            self.overloaded = False
+            log.warning("receive queues empty: accepting new INVITEs again")
+            return False
+        return True
 
     def _shed(self, a: Admit) -> None:
         """503 overload + Retry-After at once: no Redis call, no forwarding (shedding early).
@@ -444,30 +437,23 @@ class Worker:
 
     def _observe(self, what: str, seconds: float) -> None:
         if what == "redis":
-            metrics.REDIS_SECONDS.observe(seconds)
+            self.meter.observe(metrics.REDIS_SECONDS, seconds)
 
     # ---- timers ---------------------------------------------------------
     def _tick(self) -> None:
-        limit = self.spec.settings.overload_queue_kb * 1024
-        if limit > 0 and self._udp_socks:
-            q = max(rx_queued(sock) for sock in self._udp_socks)
-            if self.overloaded:
-                over = q > limit // 2  # hysteresis: shed until the backlog is well down
-            else:
-                # Above the limit on three ticks in a row (40 ms) and not draining fast: a
-                # backlog the worker is not working off. The tail of a burst of junk (parsed
-                # and dropped quickly) shrinks by more than 40 % meanwhile and is no
-                # reason to refuse calls.
-                h0, h1 = self._queue_hist
-                over = min(q, h0, h1) > limit and q > 0.6 * h0
-            self._queue_hist = [self._queue_hist[1], q]
-            if over != self.overloaded:
-                self.overloaded = over
-                if over:
+        if self.spec.settings.overload_wait_ms > 0 and self.udp_listen:
+            # How long the oldest datagram of each read pass waited in the kernel (its
+            # SO_TIMESTAMPNS): requests really waiting, which queue bytes cannot tell
+            # (Linux frees read datagrams' memory in batches, so SO_MEMINFO overstates).
+            wait = max(r.take_max_wait() for r in (*self.udp_listen, *([self.private] if self.private else [])))
+            if self.wait_overload.update(wait):
+                self.overloaded = self.wait_overload.overloaded
+                if self.overloaded:
                     self._event("overload_entered")
-                    log.warning("receive queue above %d KiB: shedding new INVITEs (503 overload)", limit // 1024)
+                    log.warning("datagrams wait %.0f ms in the kernel: shedding new INVITEs (503 overload)",
+                                wait * 1000)
                 else:
-                    log.warning("receive queue drained: accepting new INVITEs again")
+                    log.warning("queue wait back to normal: accepting new INVITEs again")
         if self.core is not None:
             try:
                 actions = self.core.tick(core_time())
@@ -541,6 +527,8 @@ class Worker:
         logging.getLogger().setLevel(new.log_level.upper())
         if self.engine is not None:
             self.engine.reconfigure(new.engine_config())
+        wait = new.overload_wait_ms / 1000
+        self.wait_overload.enter_s, self.wait_overload.leave_s = wait, wait / 5
         if self.core is not None:
             self.core.cfg = dataclasses.replace(self.core.cfg, **core_reloadable(new))
             if new.next_hop != old.next_hop:
@@ -565,6 +553,7 @@ class Worker:
             await self.audit.close(timeout=3.0)
         if self.engine is not None:
             await self.engine.stop()
+        self.meter.stop()  # what was counted since the last flush reaches /metrics
 
 
 def _flush_counter(current: Counter[str], last: Counter[str]) -> None:

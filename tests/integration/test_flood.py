@@ -55,7 +55,7 @@ def _flood(gw_port: int, replies: list[bytes], done: threading.Event, src: str =
                 pass
             if i % 50 == 49:
                 # ~10k packets/s offered in small bursts: 200 times the call rate, and
-                # small enough bursts that the overload shedder (overload_queue_kb) does
+                # small enough bursts that the overload shedder (overload_wait_ms) does
                 # not see a standing backlog on a busy CI machine.
                 time.sleep(0.005)
                 try:

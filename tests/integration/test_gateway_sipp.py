@@ -52,10 +52,10 @@ def test_thousand_calls_through_two_workers(redis_url: str, gateway: GatewayProc
     result = run_uac(tmp_path, gateway.port, rows, calls=1000, rate=250, limit=300)
     assert result.failed == 0, result.stdout
     assert result.successful == 1000, result.stdout
+    time.sleep(1.2)  # counters reach /metrics once a second (the workers' Meter)
     assert gateway.metric("cag_decisions_total", decision="admit") == 1000
     # One SIPp caller is one source address: the kernel hands all of it to one worker, which
     # steers each request to the worker owning its Call-ID (gateway/proxy/steer.py).
-    time.sleep(1.2)  # events reach /metrics once a second
     steered_out = gateway.metric("cag_proxy_events_total", event="steered_out")
     steered_in = gateway.metric("cag_proxy_events_total", event="steered_in")
     requests = 3000  # INVITE, ACK, BYE per call

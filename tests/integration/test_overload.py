@@ -34,7 +34,7 @@ def test_frozen_worker_sheds_backlog_and_answers_everything(
 ) -> None:
     rows = standard_policy(redis_url, callees=50)
     gw = GatewayProc(redis_url, tmp_path / "gw", [uas.hop], workers=1,
-                     extra=["--overload-queue-kb", "64", "--budget-ms", "200"])
+                     extra=["--overload-wait-ms", "20", "--budget-ms", "200"])
     gw.start()
     try:
         (worker,) = gw.worker_pids()

@@ -7,6 +7,7 @@ answered once, counted and audited (SPEC §7).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -45,11 +46,28 @@ class _Metric:
         self.counts[()] += 1
 
 
+class _Meter:
+    """The worker's Meter, flushing at once so counts can be read straight after a call."""
+
+    def count(self, metric: _Metric, *labels: str, n: int = 1) -> None:
+        metric.labels(*labels).inc(n)
+
+    def observe(self, hist: _Metric, seconds: float) -> None:
+        hist.observe(seconds)
+
+    def start(self, loop: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 class _Metrics:
     def __init__(self) -> None:
         self.DECISIONS = _Metric()
         self.INVITES = _Metric()
         self.DECISION_SECONDS = _Metric()
+        self.Meter = _Meter
 
 
 class _Audit:
@@ -68,9 +86,12 @@ class _Engine:
     def __init__(self, decision: Decision) -> None:
         self.decision = decision
         self.released: list[tuple[str, str]] = []
+        self.batches: list[int] = []
 
-    async def admit(self, call: CallAttempt) -> Decision:
-        return self.decision
+    def admit_many(self, items: Any, on_decided: Any) -> None:
+        self.batches.append(len(items))
+        for token, _call in items:
+            on_decided(token, self.decision)
 
     def release(self, trunk_id: str, call_id: str) -> None:
         self.released.append((trunk_id, call_id))
@@ -95,8 +116,8 @@ async def _worker(decision: Decision, **core_kw: Any) -> tuple[worker_mod.Worker
 
 
 async def _settle(w: worker_mod.Worker) -> None:
-    while w.deciding:
-        await next(iter(w.deciding))
+    while w.deciding_n or w._admits:  # the batch leaves on the next loop turn
+        await asyncio.sleep(0)
 
 
 async def test_policy_decisions_are_answered_counted_and_audited(fake_metrics: _Metrics) -> None:
@@ -113,7 +134,7 @@ async def test_shedding_ends_the_same_way(fake_metrics: _Metrics) -> None:
     w, sent, audit = await _worker(admitted(trunk_id="t-a"))
     w.draining = True
     w._dispatch(w.core.receive(invite(), TRUNK, "udp", None, 1000.0))  # type: ignore[union-attr]
-    assert not w.deciding  # no question to policy
+    assert not w.deciding_n and not w._admits  # no question to policy
     assert [status_of(s.data) for s in sent] == [503]
     assert [d.reason for _, _, d in audit.decisions] == ["overload"]
     assert fake_metrics.DECISIONS.counts == {("reject", "overload"): 1}
@@ -125,7 +146,7 @@ async def test_the_cores_own_refusals_are_audited_too(fake_metrics: _Metrics) ->
     acts = w.core.receive(invite(max_forwards="0"), TRUNK, "udp", None, 1000.0)  # type: ignore[union-attr]
     assert any(isinstance(a, Refused) for a in acts) and not any(isinstance(a, Admit) for a in acts)
     w._dispatch(acts)
-    assert not w.deciding
+    assert not w.deciding_n and not w._admits
     assert [status_of(s.data) for s in sent] == [483]  # answered once, by the core
     assert [d.reason for _, _, d in audit.decisions] == ["too_many_hops"]
     assert fake_metrics.DECISIONS.counts == {("reject", "too_many_hops"): 1}
@@ -137,3 +158,14 @@ def test_core_time_is_the_loop_clock_base() -> None:
     import time
 
     assert worker_mod.core_time is time.monotonic
+
+
+async def test_invites_of_one_loop_turn_are_decided_as_one_batch(fake_metrics: _Metrics) -> None:
+    w, sent, audit = await _worker(reject("consent_unknown", trunk_id="t-a"))
+    for n in range(3):
+        w._dispatch(w.core.receive(invite(call_id=f"b{n}@x", branch=f"z9hG4bKb{n}"), TRUNK, "udp", None, 1000.0))  # type: ignore[union-attr]
+    assert w.deciding_n == 3 and not sent  # nothing decided before the loop turn ends
+    await _settle(w)
+    assert w.engine.batches == [3]
+    assert [status_of(s.data) for s in sent] == [608, 608, 608]
+    assert len(audit.decisions) == 3 and fake_metrics.DECISIONS.counts == {("reject", "consent_unknown"): 3}
