@@ -3,7 +3,7 @@
     python -m bench sweep [--quick] [--rates 500,1000,...] [--duration 20] ...
     python -m bench replay FILE [--speed N]
     python -m bench gen-pcap OUT.pcap [--calls N] [--cps R]
-    python -m bench admission | proxy-core | sip-parse [ARGS...]   (micro-benchmarks)
+    python -m bench admission | proxy-core | sip-parse | stages [ARGS...]   (micro-benchmarks)
 
 Every run writes into ``bench/results/<timestamp>-<kind>/`` (git-ignored)
 and prints that path at the end.
@@ -21,6 +21,7 @@ MICRO = {
     "admission": "bench.admission",
     "proxy-core": "bench.proxy_core",
     "sip-parse": "bench.sip_parse",
+    "stages": "bench.stages",  # µs per call by stage, in process (issue 13's budget)
 }
 
 
