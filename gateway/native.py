@@ -79,13 +79,16 @@ def pure_forced() -> bool:
     return os.environ.get(PURE_ENV, "") not in ("", "0")
 
 
+PACKAGES: tuple[str, ...] = ("gateway", "policy", "bench")  # the project ships no other .so
+
+
 def artefacts() -> list[Path]:
-    """Every compiled file of the build that exists now (for clean-up and the stale check)."""
-    found = [extension_of(p) for p in source_files()] + [shared_library()]
-    # Also extension modules of sources dropped from SOURCES since the last build.
-    for pattern in SOURCES:
-        found.extend(ROOT.glob(pattern.removesuffix(".py") + EXT_SUFFIX))
-    return sorted({p for p in found if p.exists()})
+    """Every extension module in the project's packages: this build's, or one left by an older list."""
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*" + EXT_SUFFIX))
+
+
+def _source_of(ext: Path) -> Path:
+    return ext.with_name(ext.name.removesuffix(EXT_SUFFIX) + ".py")
 
 
 def stale_reasons() -> list[str]:
@@ -111,6 +114,8 @@ def stale_reasons() -> list[str]:
             reasons.append(f"{name}: {extension_of(path).name} missing")
     if not shared_library().exists():
         reasons.append(f"{shared_library().name} missing")
+    expected = {extension_of(p) for p in current.values()} | {shared_library()}
+    reasons += [f"{p.relative_to(ROOT)}: not part of this build" for p in artefacts() if p not in expected]
     return reasons
 
 
@@ -121,6 +126,11 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         self._pure: bool | None = None  # decided at the first listed import, then fixed
         self.reasons: list[str] = []
         self._names = {module_name(p): p for p in source_files()}
+        # An extension module left from an older build list is redirected too (if its .py is there).
+        for ext in artefacts():
+            src = _source_of(ext)
+            if src.exists():
+                self._names.setdefault(module_name(src), src)
 
     def use_pure(self) -> bool:
         if self._pure is None:

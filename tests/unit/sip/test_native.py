@@ -110,3 +110,17 @@ def test_pure_build_passes_the_sip_and_rules_tests() -> None:
     assert run.returncode == 0, tail
     assert "compiled modules loaded: []" in run.stdout, tail
     assert " passed" in run.stdout, tail
+
+
+def test_an_extension_left_by_an_older_build_list_is_stale_and_bypassed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Taking a module out of SOURCES must not leave its old .so loading behind the guard's back."""
+    monkeypatch.delenv(native.PURE_ENV, raising=False)
+    orphan = ROOT / "policy" / f"model{native.EXT_SUFFIX}"
+    real = native.artefacts()
+    monkeypatch.setattr(native, "artefacts", lambda: [*real, orphan])
+    assert f"policy/model{native.EXT_SUFFIX}: not part of this build" in native.stale_reasons()
+    finder = native._PureFinder()
+    spec = finder.find_spec("policy.model", None)
+    assert spec is not None and spec.origin == str(ROOT / "policy" / "model.py")
