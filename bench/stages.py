@@ -33,6 +33,12 @@ Not here, because they need sockets or the event loop: receive, send,
 asyncio tasks and futures per decision, redis-py's connection path.
 
 Run: ``python -m bench stages [--calls 2000] [--repeat 5] [--json]``.
+
+``--instructions`` counts instructions per call instead, with callgrind
+(``apt-get install valgrind``): the same figure whatever else the machine
+runs, so two builds compare on a busy box where CPU time swings by ±20 %.
+Each stage's run goes through ``sys.call_tracing`` (a C function nothing else
+calls), and callgrind collects only inside it and dumps after each.
 """
 
 from __future__ import annotations
@@ -351,29 +357,73 @@ def measure(calls: int, repeat: int, only: tuple[str, ...] = STAGES) -> dict[str
     return {name: _best(FACTORIES[name](calls), calls, repeat) for name in only}
 
 
+def _under_callgrind(calls: int, only: tuple[str, ...]) -> None:
+    """Inside valgrind: warm every stage, then each stage's timed run once, inside the toggle."""
+    runs = []
+    for name in only:
+        factory = FACTORIES[name](calls)
+        factory()()  # warm-up: lazy imports, caches, prometheus files; not collected
+        runs.append(factory())
+    for run in runs:
+        sys.call_tracing(run, ())
+
+
+def instructions(calls: int, only: tuple[str, ...]) -> dict[str, float]:
+    """Instructions per call by stage, from one callgrind run of this module (see the docstring)."""
+    import re
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="cag-stages-cg-") as tmp:
+        cmd = [
+            "valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=sys_call_tracing",
+            "--dump-after=sys_call_tracing", f"--callgrind-out-file={tmp}/cg.%p",
+            sys.executable, "-m", "bench.stages", "--under-callgrind", "--calls", str(calls),
+            *[a for n in only for a in ("--stage", n)],
+        ]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dumps = sorted(Path(tmp).glob("cg.*.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+        totals = []
+        for d in dumps:
+            m = re.search(r"^(?:totals|summary): (\d+)", d.read_text(errors="replace"), re.M)
+            totals.append(int(m.group(1)) if m else 0)
+    if len(totals) != len(only):
+        raise SystemExit(f"stages: expected {len(only)} callgrind dumps, got {len(totals)}")
+    return {name: t / calls for name, t in zip(only, totals, strict=True)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench stages", description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=5, help="best of this many runs per stage")
     ap.add_argument("--stage", action="append", choices=STAGES, help="only these stages (repeatable)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instructions per call under callgrind instead of CPU µs (slow; --calls 300 is plenty)")
+    ap.add_argument("--under-callgrind", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     only = tuple(args.stage) if args.stage else STAGES
+    if args.under_callgrind:
+        _under_callgrind(args.calls, only)
+        return 0
     status = build_status()
-    figures = measure(args.calls, args.repeat, only)
+    unit = "instructions" if args.instructions else "µs thread CPU"
+    figures = instructions(args.calls, only) if args.instructions else measure(args.calls, args.repeat, only)
     total = sum(v for k, v in figures.items() if k in IN_TOTAL)
     if args.json:
         print(json.dumps({
             "build": status, "python": sys.version.split()[0], "calls": args.calls, "repeat": args.repeat,
-            "unit": "µs thread CPU per admitted call", "stages": {k: round(v, 2) for k, v in figures.items()},
+            "unit": f"{unit} per admitted call", "stages": {k: round(v, 2) for k, v in figures.items()},
             "total": round(total, 2), "total_of": [k for k in IN_TOTAL if k in figures],
         }, ensure_ascii=False))
         return 0
-    print(f"per-stage CPU per admitted call ({status}; best of {args.repeat} runs of {args.calls} calls)")
+    how = f"{args.calls} calls under callgrind" if args.instructions else f"best of {args.repeat} runs of {args.calls} calls"
+    print(f"per-stage {unit} per admitted call ({status}; {how})")
+    u = "" if args.instructions else " µs"
     for k, v in figures.items():
         note = "  (inside core)" if k == "parse" else ""
-        print(f"  {k:<13} {v:8.1f} µs{note}")
-    print(f"  {'total':<13} {total:8.1f} µs  (all but parse; no sockets, loop or redis-py)")
+        print(f"  {k:<13} {v:10.1f}{u}{note}")
+    print(f"  {'total':<13} {total:10.1f}{u}  (all but parse; no sockets, loop or redis-py)")
     return 0
 
 

@@ -17,9 +17,10 @@ match and every ``.so`` is there, loads *every* listed module from its
 ``scripts/setup.sh`` remove the build). ``scripts/native.py status`` says which it is and why; ``tests/unit/sip/test_native.py`` fails when a
 build is present but stale.
 
-Adding a package to the build is one line in ``SOURCES`` (``__init__.py``
-files are never compiled: they only re-export, and a package's
-``__init__`` must stay importable before the finder decides).
+Adding a package to the build is one line in ``SOURCES``. The top-level
+packages' ``__init__.py`` (``gateway``, ``policy``) are never compiled: they
+install the guard, so they must load before it decides; a sub-package's
+``__init__`` is (``policy.rules`` keeps its evaluation there).
 """
 
 from __future__ import annotations
@@ -50,16 +51,21 @@ PURE_ENV = "CAG_PURE"
 EXT_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
+def _top_level_init(path: Path) -> bool:
+    return path.name == "__init__.py" and len(path.relative_to(ROOT).parts) == 2
+
+
 def source_files() -> list[Path]:
-    """The compiled sources, sorted; ``__init__.py`` never (see the module docstring)."""
+    """The compiled sources, sorted; never a top-level ``__init__.py`` (see the module docstring)."""
     out: set[Path] = set()
     for pattern in SOURCES:
-        out.update(p for p in ROOT.glob(pattern) if p.name != "__init__.py")
+        out.update(p for p in ROOT.glob(pattern) if not _top_level_init(p))
     return sorted(out)
 
 
 def module_name(path: Path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def extension_of(path: Path) -> Path:
@@ -129,7 +135,7 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         # An extension module left from an older build list is redirected too (if its .py is there).
         for ext in artefacts():
             src = _source_of(ext)
-            if src.exists():
+            if src.exists() and not _top_level_init(src):
                 self._names.setdefault(module_name(src), src)
 
     def use_pure(self) -> bool:
@@ -155,6 +161,10 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         src = self._names.get(fullname)
         if src is None or not self.use_pure():
             return None  # the normal finders: the .so when there is one
+        if src.name == "__init__.py":  # a package: its submodules are searched beside it
+            return importlib.util.spec_from_file_location(
+                fullname, src, submodule_search_locations=[str(src.parent)]
+            )
         return importlib.util.spec_from_file_location(fullname, src)
 
 
