@@ -3,7 +3,10 @@
 ``scripts/native.py build`` compiles the modules of ``SOURCES`` with
 mypyc, in place: each ``x.py`` gets an ``x.<abi>.so`` beside it (which
 Python's import system prefers to the ``.py``), plus one shared library,
-``gateway/_native__mypyc.<abi>.so``, holding the code of them all. Then it
+``cag_native__mypyc.<abi>.so`` at the project root, holding the code of them
+all. It sits at the root because mypyc derives a compiled package's
+``__path__`` from the library's directory; the editable install does not put
+the root on ``sys.path``, so the guard's finder is what locates it. Then it
 writes ``STAMP``: the SHA-256 of every compiled source as it was built.
 
 Why a guard: compiled modules call each other's functions and classes
@@ -45,7 +48,7 @@ SOURCES: tuple[str, ...] = (
     "policy/numbers.py",
     "policy/rules/*.py",
 )
-GROUP = "gateway._native"  # the shared library: gateway/_native__mypyc.<abi>.so
+GROUP = "cag_native"  # the shared library: cag_native__mypyc.<abi>.so at ROOT
 STAMP = ROOT / "gateway" / "native-build.json"
 PURE_ENV = "CAG_PURE"
 EXT_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -72,9 +75,11 @@ def extension_of(path: Path) -> Path:
     return path.with_name(path.stem + EXT_SUFFIX)
 
 
+SHARED = f"{GROUP}__mypyc"  # its module name
+
+
 def shared_library() -> Path:
-    pkg, _, name = GROUP.rpartition(".")
-    return ROOT.joinpath(*pkg.split("."), f"{name}__mypyc{EXT_SUFFIX}")
+    return ROOT / f"{SHARED}{EXT_SUFFIX}"
 
 
 def _digest(path: Path) -> str:
@@ -90,7 +95,10 @@ PACKAGES: tuple[str, ...] = ("gateway", "policy", "bench")  # the project ships 
 
 def artefacts() -> list[Path]:
     """Every extension module in the project's packages: this build's, or one left by an older list."""
-    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*" + EXT_SUFFIX))
+    found = {p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*" + EXT_SUFFIX)}
+    if shared_library().exists():
+        found.add(shared_library())
+    return sorted(found)
 
 
 def _source_of(ext: Path) -> Path:
@@ -158,6 +166,9 @@ class _PureFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == SHARED:  # imported by the compiled modules only, so only when they run
+            lib = shared_library()
+            return importlib.util.spec_from_file_location(fullname, lib) if lib.exists() else None
         src = self._names.get(fullname)
         if src is None or not self.use_pure():
             return None  # the normal finders: the .so when there is one

@@ -49,6 +49,12 @@ def test_compiled_build_is_present_fresh_and_loaded() -> None:
     assert not reasons, f"stale mypyc build (./scripts/setup.sh rebuilds): {reasons}"
     loaded = native.compiled_modules()
     assert all(loaded.values()), f"not loaded compiled: {[m for m, c in loaded.items() if not c]}"
+    # mypyc derives a compiled package's __path__ from where the shared library is: a wrong
+    # one only shows when a submodule outside the build is imported later.
+    for name in loaded:
+        mod = sys.modules[name]
+        if hasattr(mod, "__path__"):
+            assert list(mod.__path__) == [str(ROOT.joinpath(*name.split(".")))], name
 
 
 def test_stamp_mismatch_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
