@@ -3,7 +3,7 @@
     python -m bench sweep [--quick] [--rates 500,1000,...] [--duration 20] ...
     python -m bench replay FILE [--speed N]
     python -m bench gen-pcap OUT.pcap [--calls N] [--cps R]
-    python -m bench admission | proxy-core | sip-parse | api [ARGS...]   (micro-benchmarks)
+    python -m bench admission | proxy-core | sip-parse | stages | api [ARGS...]   (micro-benchmarks)
 
 Every run writes into ``bench/results/<timestamp>-<kind>/`` (git-ignored)
 and prints that path at the end.
@@ -22,6 +22,7 @@ MICRO = {
     "proxy-core": "bench.proxy_core",
     "sip-parse": "bench.sip_parse",
     "api": "bench.api",
+    "stages": "bench.stages",  # µs per call by stage, in process (issue 13's budget)
 }
 
 

@@ -53,7 +53,7 @@ def record(calls: int) -> list[Step]:
         acts = feed("INVITE", invite(call_id=f"c{i}@x", branch=f"z9hG4bK-{i}-1"), TRUNK)
         adm = next(a for a in acts if isinstance(a, Admit))
         steps.append(("decision", adm.key, TRUNK, False, now))
-        fwd = sends(core.decided(adm.key, ADMIT, now))[1].data
+        fwd = sends([*core.decided(adm.key, ADMIT, now)])[1].data
         feed("180", respond(fwd, 180, "Ringing"), HOP1, True)
         feed("200", respond(fwd, 200, "OK"), HOP1, True)
         rr = next(x for x in fwd.split(b"\r\n") if x.startswith(b"Record-Route")).split(b": ", 1)[1].decode()

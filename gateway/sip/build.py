@@ -8,12 +8,13 @@ would let that text inject header lines.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from .errors import SipError
 from .headers import check_value, header_key, new_header_name
 from .message import Request
 
-PHRASES: dict[int, str] = {
+PHRASES: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -63,7 +64,7 @@ PHRASES: dict[int, str] = {
     608: "Rejected",
 }
 
-_CLASS_PHRASE = {
+_CLASS_PHRASE: Final = {
     1: "Trying",
     2: "OK",
     3: "Redirection",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import Final
 
 # RFC 3261 §7.3.3 plus the compact forms registered since (RFC 3265, 3515, 3892, 4028, 8224, 3841).
-COMPACT: dict[str, str] = {
+COMPACT: Final[dict[str, str]] = {
     "i": "call-id",
     "m": "contact",
     "e": "content-encoding",
@@ -34,7 +35,7 @@ COMPACT: dict[str, str] = {
     "d": "request-disposition",
 }
 
-_CANONICAL_LIST = (
+_CANONICAL_LIST: Final = (
     "Via",
     "From",
     "To",
@@ -101,13 +102,13 @@ _CANONICAL_LIST = (
     "SIP-ETag",
     "SIP-If-Match",
 )
-CANONICAL: dict[str, str] = {n.lower(): n for n in _CANONICAL_LIST}
+CANONICAL: Final[dict[str, str]] = {n.lower(): n for n in _CANONICAL_LIST}
 
 # Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1 allows
 # joining or splitting those lines freely). Anything else may carry commas
 # as plain data (Date, WWW-Authenticate, Identity, User-Agent...) and is
 # never split.
-LIST_HEADERS: frozenset[str] = frozenset(
+LIST_HEADERS: Final[frozenset[str]] = frozenset(
     {
         "via",
         "route",
@@ -166,7 +167,7 @@ def canonical_name(name: str) -> str:
 # came; an edit replaces the entry with one whose ``raw`` is None, which is
 # how ``to_bytes`` knows what to regenerate.
 Header = tuple[str, str, str, str | None, str]
-CRLF = "\r\n"
+CRLF: Final = "\r\n"
 
 
 def check_value(value: str) -> None:
@@ -175,7 +176,7 @@ def check_value(value: str) -> None:
         raise ValueError("header value contains CR, LF or NUL")
 
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 
 
 @lru_cache(maxsize=256)

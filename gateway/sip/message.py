@@ -8,6 +8,8 @@ only the lines that were edited or added.
 
 from __future__ import annotations
 
+from typing import Final, final
+
 from .errors import SipError
 from .headers import (
     CRLF,
@@ -22,10 +24,10 @@ from .headers import (
 from .uri import header_params
 from .via import Via, parse_via
 
-CRLF_B = b"\r\n"
+CRLF_B: Final = b"\r\n"
 _UNSET = "\0"  # "not computed yet" for the cached tags (a real tag never holds a NUL)
-_KEYS: dict[str, str] = {}  # name as callers spell it -> lookup key (the code uses a few dozen)
-_KEYS_MAX = 1024
+_KEYS: Final[dict[str, str]] = {}  # name as callers spell it -> lookup key (the code uses a few dozen)
+_KEYS_MAX: Final = 1024
 
 
 def _key(name: str) -> str:
@@ -431,6 +433,7 @@ def parse_cseq(value: str) -> tuple[int, str]:
     return n, method
 
 
+@final
 class Request(Message):
     __slots__ = ("_fields", "method", "uri", "version")
 
@@ -465,6 +468,7 @@ class Request(Message):
         return f"<Request {self.method} {self.uri}>"
 
 
+@final
 class Response(Message):
     __slots__ = ("_fields", "reason_phrase", "status", "version")
 

@@ -9,22 +9,23 @@ asked, because most messages through a proxy need only the top Via and a tag.
 from __future__ import annotations
 
 from itertools import repeat
+from typing import Final
 
 from .errors import SipError
 from .headers import COMPACT, CRLF, Header, split_list
 from .message import Request, Response, parse_cseq
 from .uri import SCHEMES
 
-MAX_MESSAGE = 65535  # bytes; larger is a 513
-MAX_HEADERS = 256  # header lines (continuations count); more is a 400
-MAX_LINE = 8192  # bytes per line; longer is a 400
-MAX_VIAS = 64  # Via values; a deeper stack is a 400
+MAX_MESSAGE: Final = 65535  # bytes; larger is a 513
+MAX_HEADERS: Final = 256  # header lines (continuations count); more is a 400
+MAX_LINE: Final = 8192  # bytes per line; longer is a 400
+MAX_VIAS: Final = 64  # Via values; a deeper stack is a 400
 
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_MANDATORY = ("via", "from", "to", "call-id", "cseq")
-_SINGLE = ("from", "to", "call-id", "cseq", "content-length")  # at most one line each
-_NON_EMPTY = ("from", "to", "call-id", "cseq")
-_PRETTY = {
+_TOKEN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")
+_SINGLE: Final = ("from", "to", "call-id", "cseq", "content-length")  # at most one line each
+_NON_EMPTY: Final = ("from", "to", "call-id", "cseq")
+_PRETTY: Final = {
     "via": "Via",
     "from": "From",
     "to": "To",

@@ -28,6 +28,7 @@ Python, so requests always take ``parse``.
 from __future__ import annotations
 
 import re
+from typing import Final, final
 
 from .errors import SipError
 from .headers import first_element_end, split_list
@@ -38,10 +39,10 @@ from .via import Via, parse_via
 # A header line that is not ``token:`` (a name of printable ASCII without space,
 # tab or colon, then the colon at once): ``parse`` would read it another way or
 # refuse it, so the quick view gives up.
-_NAME = re.compile(rb"\r\n([!-9;-~]+):")
+_NAME: Final = re.compile(rb"\r\n([!-9;-~]+):")
 
 # Lower-cased name -> lookup key, for the headers the checks and the relay read (others: None).
-_KEYS: dict[bytes, str] = {
+_KEYS: Final[dict[bytes, str]] = {
     b"via": "via",
     b"v": "via",
     b"from": "from",
@@ -55,9 +56,9 @@ _KEYS: dict[bytes, str] = {
     b"l": "content-length",
     b"max-forwards": "max-forwards",
 }
-_READ = frozenset(_KEYS.values())
-_SINGLES = ("call-id", "content-length", "cseq", "from", "to")  # sorted
-_SINGLE = frozenset(_SINGLES)
+_READ: Final = frozenset(_KEYS.values())
+_SINGLES: Final = ("call-id", "content-length", "cseq", "from", "to")  # sorted
+_SINGLE: Final = frozenset(_SINGLES)
 
 
 def _val(line: bytes) -> bytes:
@@ -69,6 +70,7 @@ def _digits(v: bytes) -> bool:
     return v.isdigit() and len(v) <= 10
 
 
+@final
 class QuickResponse(Tagged):
     """A response seen through ``quick_response``: reads and edits like ``Response`` where the core needs it.
 

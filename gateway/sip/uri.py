@@ -9,14 +9,16 @@ user part is percent-decoded and stripped of user-parameters
 from __future__ import annotations
 
 import re
+from typing import Final, final
 from urllib.parse import unquote
 
 from .errors import SipError
 from .headers import split_params
 
-SCHEMES = frozenset({"sip", "sips", "tel"})
+SCHEMES: Final = frozenset({"sip", "sips", "tel"})
 
 
+@final
 class SipUri:
     """A parsed URI; ``host`` keeps IPv6 brackets, ``host`` is "" for tel:."""
 
@@ -85,7 +87,7 @@ def split_hostport(text: str) -> tuple[str, int | None]:
     return host, parse_port(port) if colon else None
 
 
-_BAD_HOST = re.compile(r'[\s<>"@;,?\[\]/\\]')
+_BAD_HOST: Final = re.compile(r'[\s<>"@;,?\[\]/\\]')
 
 
 def _host_ok(host: str) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import final
+
 from .errors import SipError
 from .headers import split_params
 from .uri import split_hostport
 
 
+@final
 class Via:
     """One Via value. ``host`` is as written (IPv6 keeps its brackets); ``raw`` is the value text."""
 
