@@ -9,6 +9,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)  # bench: latency from a loopback capture
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # deploy/ checks: promtool, a real Prometheus in the tests
+command -v baresip >/dev/null 2>&1 || need+=(baresip)  # interop: a real user agent (tests/integration/ua.py)
+command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)  # interop: a second real user agent
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}" >&2
   SUDO=""
