@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import shutil
 import socket
 import subprocess
@@ -33,13 +34,14 @@ LINPHONEC = shutil.which("linphonec")
 MODULES = Path("/usr/lib/baresip/modules")
 
 
-def _free_both() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (a UA listens on both)."""
+def _free_both(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host`` (a UA listens on both)."""
     for _ in range(100):
         port = free_port()
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port))
+            with socket.socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                s.bind((host, port))
+                u.bind((host, port))
         except OSError:
             continue
         return port
@@ -57,14 +59,16 @@ class Baresip:
     workdir: Path
     user: str
     answer: bool = True  # auto-answer incoming calls (answermode=auto)
-    transports: tuple[str, ...] = ("udp", "tcp")
-    port: int = field(default_factory=_free_both)
+    host: str = "127.0.0.1"  # any loopback address: a callee on 127.0.0.3 still connects from 127.0.0.1 over TCP
+    port: int = 0  # 0: a free one
     ctrl_port: int = field(default_factory=lambda: free_port(socket.SOCK_STREAM))
     proc: subprocess.Popen[bytes] | None = None
     events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
     seen: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.port:
+            self.port = _free_both(self.host)
         self._sock: socket.socket | None = None
         self._responses: queue.Queue[dict[str, Any]] = queue.Queue()
         self._log: IO[bytes] | None = None
@@ -72,7 +76,7 @@ class Baresip:
 
     @property
     def uri(self) -> str:
-        return f"sip:{self.user}@127.0.0.1:{self.port}"
+        return f"sip:{self.user}@{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -82,8 +86,8 @@ class Baresip:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             "poll_method poll",
-            "net_interface 127.0.0.1",
-            f"sip_listen 127.0.0.1:{self.port}",
+            f"net_interface {self.host}",
+            f"sip_listen {self.host}:{self.port}",
             f"module_path {MODULES}",
             "module g711.so",
             "module ausine.so",
@@ -102,7 +106,7 @@ class Baresip:
         (self.workdir / "config").write_text("\n".join(lines) + "\n")
         mode = "auto" if self.answer else "manual"
         (self.workdir / "accounts").write_text(
-            f"<sip:{self.user}@127.0.0.1>;regint=0;answermode={mode};audio_codecs=PCMU\n"
+            f"<sip:{self.user}@{self.host}>;regint=0;answermode={mode};audio_codecs=PCMU\n"
         )
         (self.workdir / "contacts").write_text("")
 
@@ -203,6 +207,23 @@ class Baresip:
             except queue.Empty:
                 break
         return any(e.get("type") == type_ for e in self.seen)
+
+    def trace(self) -> list[tuple[str, str, str, str]]:
+        """The SIP trace (``-s``): (transport, from, to, first line) of every message sent or received."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [
+            (m[1], m[2], m[3], m[4].strip())
+            for m in re.finditer(r"(UDP|TCP|TLS) (\S+) -> (\S+)\r?\n([^\r\n]*)", text)
+        ]
+
+    def received(self, start: str, transport: str | None = None) -> list[str]:
+        """First lines of the messages this UA received that start with ``start``."""
+        here = f":{self.port}"
+        return [
+            line
+            for t, _src, dst, line in self.trace()
+            if dst.endswith(here) and line.startswith(start) and (transport is None or t == transport.upper())
+        ]
 
     def log_tail(self, n: int = 4000) -> str:
         try:
