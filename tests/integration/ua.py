@@ -16,9 +16,11 @@ bounded in time and killed at ``stop``.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -248,3 +250,130 @@ class Baresip:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+@dataclass
+class Linphonec:
+    """linphonec (linphone-cli) as a caller, scripted on its stdin; state read from its console output.
+
+    Headless set-up, each found necessary on Debian's 5.1: ``soundcard use
+    files`` (no ALSA/PulseAudio device: wav files instead of a sound card),
+    ``ipv6 disable`` (else the SDP offers the host's IPv6 address and an
+    IPv4-only callee answers 488) and ``ports sip N`` at run time (the port
+    in the configuration file is not listened on until it is set again). The
+    SIP identity is ``[sip] contact``; HOME points into the work dir so the
+    user's ~/.local/share/linphone is never touched. Used as caller only: as
+    callee it would have to be told the address the gateway reaches it at.
+    """
+
+    workdir: Path
+    user: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            self.port = _free_both(self.host)
+        self._out: IO[bytes] | None = None
+
+    @property
+    def console_path(self) -> Path:
+        return self.workdir / "console.txt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "linphone.log"
+
+    def start(self, timeout: float = 10.0) -> Linphonec:
+        if LINPHONEC is None:
+            raise UaError("linphonec is not installed")
+        home = self.workdir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        rc = self.workdir / "linphonerc"
+        rc.write_text(
+            "[sip]\n"
+            f"sip_port={self.port}\n"
+            f"sip_tcp_port={self.port}\n"
+            "sip_tls_port=-1\n"
+            f"contact=sip:{self.user}@{self.host}\n"
+            "default_proxy=-1\n"
+            "inc_timeout=30\n"
+            "[rtp]\n"
+            f"audio_rtp_port={30000 + self.port % 20000}\n"
+            "[video]\nenabled=0\ncapture=0\ndisplay=0\n"
+            "[net]\nfirewall_policy=0\n"
+        )
+        self._out = open(self.console_path, "ab")  # closed in stop()
+        env = dict(os.environ, HOME=str(home))
+        self.proc = subprocess.Popen(  # fixed argv
+            [LINPHONEC, "-c", str(rc), "-d", "6", "-l", str(self.log_path)],
+            stdin=subprocess.PIPE,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.command("ipv6 disable")
+        self.command("soundcard use files")
+        self.command(f"ports sip {self.port}")
+        self.wait_console(f"sip port = {self.port}", timeout, after=lambda: self.command("ports"))
+        return self
+
+    def command(self, line: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        if self.proc.poll() is not None:
+            raise UaError(f"linphonec exited {self.proc.returncode}: {self.console()}")
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_console(self, text: str, timeout: float = 8.0, after: Any = None) -> None:
+        """Until ``text`` appears on the console (``after`` is called once per poll when given)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.console():
+                return
+            if after is not None:
+                after()
+            time.sleep(0.2)
+        raise UaError(f"linphonec: no {text!r} within {timeout}s: {self.console()[-3000:]}")
+
+    def call(self, uri: str) -> None:
+        self.command(f"call {uri}")
+
+    def wait_connected(self, timeout: float = 8.0) -> None:
+        self.wait_console(" connected.", timeout)
+
+    def wait_ended(self, timeout: float = 8.0) -> None:
+        self.wait_console(" ended (", timeout)
+
+    def sip_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.command("quit")
+                self.proc.wait(3)
+            except (UaError, OSError, subprocess.TimeoutExpired):
+                pass
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        if self._out is not None:
+            self._out.close()
+            self._out = None
