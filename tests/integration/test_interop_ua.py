@@ -178,3 +178,15 @@ def test_tcp_caller_udp_callee_reinvite_and_callee_bye(world_node: World) -> Non
     world.caller.wait_event("CALL_CLOSED", timeout=5)
     assert _received(world.caller, "BYE sip:"), world.diagnostics()
     assert "SIP/2.0 481" not in world.callee.log_tail(400_000), world.diagnostics()
+
+
+def test_udp_callee_rejects_and_the_caller_gets_it(world_manual: World) -> None:
+    """The callee declines the ringing call: its final error is relayed to the caller, ACKed hop by hop."""
+    w = world_manual
+    w.dial()
+    w.callee.wait_event("CALL_INCOMING")
+    assert w.callee.command("hangup")["ok"]
+    closed = w.caller.wait_event("CALL_CLOSED")
+    assert str(closed.get("param", "")).startswith("486"), closed  # baresip declines with 486
+    assert w.caller.received("SIP/2.0 486"), w.diagnostics()
+    assert w.callee.received("ACK sip:"), w.diagnostics()
