@@ -221,3 +221,24 @@ def test_silent_hop_is_down(tmp_path: Path, redis_url: str) -> None:
     finally:
         g.stop()
         mute.close()
+
+
+def test_torture_corpus_leaves_every_worker_serving(gw: GatewayProc, hop: Hop) -> None:
+    """All 49 RFC 4475 messages over UDP, twice (both workers see them), then calls still go through."""
+    corpus = sorted((Path(__file__).resolve().parents[1] / "data" / "rfc4475").glob("*.dat"))
+    assert len(corpus) == 49
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        for _ in range(2):
+            for p in corpus:
+                s.sendto(p.read_bytes(), ("127.0.0.1", gw.port))
+        port = s.getsockname()[1]
+        for n in range(4):  # several calls: SO_REUSEPORT spreads them over the workers
+            s.sendto(raw_invite(port, gw.port, caller="95500", callee=CALLEE, token="tok-0",
+                                call_id=f"i15-after-{n}-{time.monotonic_ns()}@test", branch=f"z9hG4bK-after-{n}"),
+                     ("127.0.0.1", gw.port))
+    got = [d for d, _ in hop.pump(4.0) if d.startswith(b"INVITE ") and b"i15-after-" in d]
+    call_ids = {_all(d, "Call-ID")[0] for d in got}
+    assert len(call_ids) == 4, call_ids
+    assert gw.http("/readyz")[0] == 200
+    assert gw.metric("cag_proxy_events_total", event="internal_error") == 0
