@@ -210,3 +210,25 @@ def test_probe_404_still_means_up() -> None:
     p = _probe_to(core, T0 + 2.0)
     core.receive(respond(p.data, 404, "Not Found"), HOP1, "udp", None, T0 + 2.1, True)
     assert [up for _, up in core.hop_status()] == [True]
+
+
+# ------------------------------------------------------------------ finding 7
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 7: Proxy-Require is never checked (RFC 3261 §16.3 step 5)")
+def test_invite_with_unsupported_proxy_require_gets_420() -> None:
+    core = make_core()
+    inv = make_invite(extra=("X-Consent-Token: tok-1", "Proxy-Require: com.example.nothing"))
+    acts = core.receive(inv, TRUNK, "udp", None, T0)
+    assert not any(isinstance(a, Admit) for a in acts)
+    out = _sends(acts)
+    assert len(out) == 1 and out[0].dest == TRUNK
+    assert first_line(out[0].data).startswith("SIP/2.0 420 ")
+    assert hall(out[0].data, "Unsupported") == ["com.example.nothing"]
+
+
+def test_invite_with_require_only_is_not_a_proxy_matter() -> None:
+    """Require is for the UAS (RFC 3261 §16.3 step 5 names Proxy-Require only): it goes to policy."""
+    core = make_core()
+    inv = make_invite(extra=("X-Consent-Token: tok-1", "Require: com.example.nothing"))
+    assert any(isinstance(a, Admit) for a in core.receive(inv, TRUNK, "udp", None, T0))
