@@ -33,10 +33,16 @@ CALLEE = "+8613800000000"
 class World:
     def __init__(self, tmp: Path, redis_url: str, callee_host: str = "127.0.0.1") -> None:
         standard_policy(redis_url, callees=1)
-        self.callee = Baresip(tmp / "callee", CALLEE, host=callee_host).start()
-        self.caller = Linphonec(tmp / "caller", "95500").start()
+        self.callee = Baresip(tmp / "callee", CALLEE, host=callee_host)
+        self.caller = Linphonec(tmp / "caller", "95500")
         self.gw = GatewayProc(redis_url, tmp / "gw", [f"udp:{callee_host}:{self.callee.port}"], extra=["--shadow"])
-        self.gw.start()
+        try:
+            self.callee.start()
+            self.caller.start()
+            self.gw.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def dial(self) -> None:
         self.caller.call(f"sip:{CALLEE}@127.0.0.1:{self.gw.port}")

@@ -36,10 +36,16 @@ class World:
         self, tmp: Path, redis_url: str, *, callee_answers: bool = True, callee_host: str = "127.0.0.1"
     ) -> None:
         standard_policy(redis_url, callees=1)
-        self.callee = Baresip(tmp / "callee", CALLEE, answer=callee_answers, host=callee_host).start()
-        self.caller = Baresip(tmp / "caller", CALLER, answer=False).start()
+        self.callee = Baresip(tmp / "callee", CALLEE, answer=callee_answers, host=callee_host)
+        self.caller = Baresip(tmp / "caller", CALLER, answer=False)
         self.gw = GatewayProc(redis_url, tmp / "gw", [f"udp:{callee_host}:{self.callee.port}"], extra=["--shadow"])
-        self.gw.start()
+        try:
+            self.callee.start()
+            self.caller.start()
+            self.gw.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def dial(self, transport: str = "udp") -> None:
         uri = f"sip:{CALLEE}@127.0.0.1:{self.gw.port}"

@@ -127,7 +127,9 @@ class Baresip:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise UaError(f"baresip exited {self.proc.returncode}: {self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()
+                raise UaError(f"baresip exited {self.proc.returncode}: {tail}")
             try:
                 self._sock = socket.create_connection(("127.0.0.1", self.ctrl_port), 0.5)
                 break
