@@ -10,6 +10,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)  # bench: latency from a loopback capture
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # deploy/ checks: promtool, a real Prometheus in the tests
+command -v baresip >/dev/null 2>&1 || need+=(baresip)  # interop: a real user agent (tests/integration/ua.py)
+command -v linphonec >/dev/null 2>&1 || need+=(linphone-cli)  # interop: a second real user agent
 # The mypyc build needs a C compiler and the headers of the Python the venv uses.
 pure=0
 case "${CAG_PURE:-}" in ""|0) ;; *) pure=1 ;; esac  # as gateway/native.py reads it

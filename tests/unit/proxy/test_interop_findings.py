@@ -1,0 +1,234 @@
+"""Issue 15 findings reproduced at the proxy core (the lowest level that shows each).
+
+Strict xfail on every test that fails today: the fix flips it to XPASS and
+the fixer removes the marker. Findings about sockets (3: which socket a
+request leaves from; 9: the worker's metric) have integration twins in
+tests/integration/test_interop_findings.py. Only the public facade is used
+(``receive`` / ``decided`` / ``tick`` / ``hop_status``): the core is being
+split into modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.proxy import Admit, ProxyCore, Send
+from policy.decision import Decision
+from tests.unit.proxy._support import (
+    HOP1,
+    LISTEN,
+    TRUNK,
+    first_line,
+    hall,
+    make_core,
+    param,
+    request,
+    respond,
+)
+from tests.unit.proxy._support import invite as make_invite
+
+T0 = 1000.0
+ADMITTED = Decision(admit=True, reason="admitted", sip_code=0, trunk_id="T1", enterprise_id="E1")
+CONN = 7  # the caller's TCP connection id
+CALLER_TCP = (TRUNK[0], 54634)  # the TCP peer: an ephemeral port, not the Via's sent-by
+NODE = ("10.0.0.11", 5070)  # another node of the carrier core: not the configured next-hop address
+
+
+def _sends(actions: Sequence[object]) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send)]
+
+
+def _call(
+    core: ProxyCore, *, transport: str = "udp", via_host: str = "10.0.0.1:5060", source: tuple[str, int] = TRUNK
+) -> tuple[bytes, bytes]:
+    """An INVITE admitted and forwarded to HOP1, answered 200 by the callee; returns (forwarded, 200)."""
+    inv = make_invite(via_host=via_host, transport=transport.upper(), branch="z9hG4bK-i15-1;rport")
+    conn = CONN if transport == "tcp" else None
+    acts = core.receive(inv, source, transport, conn, T0)
+    (admit,) = [a for a in acts if isinstance(a, Admit)]
+    fwd = [s for s in _sends(core.decided(admit.key, ADMITTED, T0)) if s.dest == HOP1]
+    assert len(fwd) == 1
+    ok = respond(fwd[0].data, 200)
+    core.receive(ok, HOP1, "udp", None, T0 + 0.1, True)
+    return fwd[0].data, ok
+
+
+def _callee_bye(fwd: bytes, ok: bytes) -> bytes:
+    """The callee's BYE: From is the callee (its To tag), To the caller, Route = the Record-Route set."""
+    rr = hall(ok, "Record-Route")
+    caller_tag = param(hall(fwd, "From")[0], "tag")
+    return request(
+        "BYE",
+        call_id=hall(fwd, "Call-ID")[0],
+        branch="z9hG4bK-callee-bye-1",
+        via_host=f"{HOP1[0]}:{HOP1[1]}",
+        cseq=1,
+        from_tag="uas-tag-1",
+        to_tag=caller_tag,
+        uri="sip:sipp@10.0.0.1:5060",
+        routes=tuple(rr),
+        max_forwards="70",
+    )
+
+
+# ------------------------------------------------------------------ finding 1
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 1: the Record-Route facing a UDP hop says transport=tcp "
+                   "(built from the caller's transport); needs double Record-Route (RFC 5658)")
+def test_record_route_facing_the_hop_matches_the_hop_transport() -> None:
+    core = make_core()
+    fwd, _ = _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
+    rrs = hall(fwd, "Record-Route")
+    assert rrs, "no Record-Route"
+    # The callee routes its requests to the first Record-Route value: it must be reachable over UDP.
+    assert "transport=tcp" not in rrs[0].lower()
+    # And the caller (TCP) gets one that says tcp: two values when the transports differ.
+    assert any("transport=tcp" in v.lower() for v in rrs[1:])
+
+
+def test_callee_bye_from_the_hop_address_reaches_the_caller_udp() -> None:
+    """Baseline that works today: caller over UDP, the callee's BYE from the configured hop address."""
+    core = make_core()
+    fwd, ok = _call(core)
+    out = _sends(core.receive(_callee_bye(fwd, ok), HOP1, "udp", None, T0 + 1, True))
+    assert [first_line(s.data).split()[0] for s in out] == ["BYE"]
+    assert out[0].dest == TRUNK
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 1: direction decided from the source address, not from "
+                   "which tag the Record-Route token matches: a callee request from another core node gets 481/dropped")
+def test_callee_bye_from_another_core_node_reaches_the_caller() -> None:
+    core = make_core()
+    fwd, ok = _call(core)
+    acts = core.receive(_callee_bye(fwd, ok), NODE, "udp", None, T0 + 1)
+    out = _sends(acts)
+    assert [first_line(s.data).split()[0] for s in out] == ["BYE"], [first_line(s.data) for s in out]
+    assert out[0].dest == TRUNK
+
+
+# ------------------------------------------------------------------ finding 2
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: no received= on the caller's Via when its sent-by "
+                   "differs from the source (RFC 3261 §18.2.1)")
+def test_received_added_to_a_tcp_callers_via() -> None:
+    core = make_core()
+    fwd, _ = _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
+    caller_via = hall(fwd, "Via")[1]
+    assert param(caller_via, "received") == CALLER_TCP[0]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: rport left empty on the caller's Via (RFC 3581 §4: MUST fill it)")
+def test_rport_filled_on_the_callers_via() -> None:
+    core = make_core()
+    fwd, _ = _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
+    caller_via = hall(fwd, "Via")[1]
+    assert param(caller_via, "rport") == str(CALLER_TCP[1])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: rport left empty on a UDP caller's Via (RFC 3581 §4)")
+def test_rport_filled_on_a_udp_callers_via() -> None:
+    core = make_core()
+    fwd, _ = _call(core, via_host="10.0.0.1:5062", source=(TRUNK[0], 40123))
+    caller_via = hall(fwd, "Via")[1]
+    assert param(caller_via, "rport") == "40123"
+    assert param(caller_via, "received") == TRUNK[0]
+
+
+# ------------------------------------------------------------------ finding 3
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 3: requests towards the trunk leave from the worker's "
+                   "private socket (ephemeral port, also in the Via), not the listen port")
+def test_callee_bye_towards_the_trunk_leaves_from_the_listen_address() -> None:
+    core = make_core()
+    fwd, ok = _call(core)
+    out = _sends(core.receive(_callee_bye(fwd, ok), HOP1, "udp", None, T0 + 1, True))
+    assert len(out) == 1 and out[0].dest == TRUNK
+    assert not out[0].private
+    top = hall(out[0].data, "Via")[0]
+    assert f"{LISTEN[0]}:{LISTEN[1]};" in top, top
+
+
+# ------------------------------------------------------------------ finding 9
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 9: a UDP CRLF keep-alive (RFC 5626 §3.5.1) is counted "
+                   "as a malformed drop")
+def test_udp_crlf_keepalive_is_not_malformed() -> None:
+    core = make_core()
+    for ka in (b"\r\n\r\n", b"\r\n"):
+        assert [a for a in core.receive(ka, TRUNK, "udp", None, T0) if isinstance(a, Send) and a.dest != TRUNK] == []
+    assert core.stats["dropped_malformed"] == 0
+    assert core.stats["malformed_answered"] == 0
+
+
+# ------------------------------------------------------------------ finding 10
+
+
+def _probe_to(core: ProxyCore, now: float) -> Send:
+    (p,) = [s for s in _sends(core.tick(now)) if s.dest == HOP1 and first_line(s.data).startswith("OPTIONS ")]
+    return p
+
+
+def test_probe_silence_marks_a_hop_down() -> None:
+    """Baseline (works today): no answer within the hop timeout puts the hop down."""
+    core = make_core(probe_interval=2.0, hop_timeout=1.0)
+    _probe_to(core, T0)
+    core.tick(T0 + 1.5)
+    assert [up for _, up in core.hop_status()] == [False]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a 503 to the OPTIONS probe marks the hop up")
+def test_probe_503_keeps_a_hop_down() -> None:
+    core = make_core(probe_interval=2.0, hop_timeout=1.0)
+    _probe_to(core, T0)
+    core.tick(T0 + 1.5)  # silence: down
+    p = _probe_to(core, T0 + 2.0)
+    core.receive(respond(p.data, 503, "Service Unavailable"), HOP1, "udp", None, T0 + 2.1, True)
+    core.tick(T0 + 2.2)
+    assert [up for _, up in core.hop_status()] == [False]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a 503 to the OPTIONS probe does not mark an up hop down")
+def test_probe_503_puts_an_up_hop_down() -> None:
+    core = make_core(probe_interval=2.0, hop_timeout=1.0)
+    p = _probe_to(core, T0)
+    core.receive(respond(p.data, 503, "Service Unavailable"), HOP1, "udp", None, T0 + 0.1, True)
+    core.tick(T0 + 1.5)
+    assert [up for _, up in core.hop_status()] == [False]
+
+
+def test_probe_404_still_means_up() -> None:
+    """Any other answer (even 404) proves the hop alive: unchanged by finding 10."""
+    core = make_core(probe_interval=2.0, hop_timeout=1.0)
+    _probe_to(core, T0)
+    core.tick(T0 + 1.5)
+    p = _probe_to(core, T0 + 2.0)
+    core.receive(respond(p.data, 404, "Not Found"), HOP1, "udp", None, T0 + 2.1, True)
+    assert [up for _, up in core.hop_status()] == [True]
+
+
+# ------------------------------------------------------------------ finding 7
+
+
+@pytest.mark.xfail(strict=True, reason="issue 15 finding 7: Proxy-Require is never checked (RFC 3261 §16.3 step 5)")
+def test_invite_with_unsupported_proxy_require_gets_420() -> None:
+    core = make_core()
+    inv = make_invite(extra=("X-Consent-Token: tok-1", "Proxy-Require: com.example.nothing"))
+    acts = core.receive(inv, TRUNK, "udp", None, T0)
+    assert not any(isinstance(a, Admit) for a in acts)
+    out = _sends(acts)
+    assert len(out) == 1 and out[0].dest == TRUNK
+    assert first_line(out[0].data).startswith("SIP/2.0 420 ")
+    assert hall(out[0].data, "Unsupported") == ["com.example.nothing"]
+
+
+def test_invite_with_require_only_is_not_a_proxy_matter() -> None:
+    """Require is for the UAS (RFC 3261 §16.3 step 5 names Proxy-Require only): it goes to policy."""
+    core = make_core()
+    inv = make_invite(extra=("X-Consent-Token: tok-1", "Require: com.example.nothing"))
+    assert any(isinstance(a, Admit) for a in core.receive(inv, TRUNK, "udp", None, T0))
