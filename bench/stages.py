@@ -176,6 +176,7 @@ def _store() -> tuple[Any, _Collect]:
     store = PolicyStore(None, cluster=False)  # type: ignore[arg-type]  # never connects
     batch = _Collect()
     store._batcher = batch  # type: ignore[assignment]
+    store._set_layers({"dnc": "1", "consents": "1"})  # one generation of each, as after a load
     return store, batch
 
 
@@ -254,28 +255,31 @@ def _multiprocess_metrics() -> Any:
 
 
 def stage_metrics(calls: int) -> Callable[[], Callable[[], None]]:
+    """Per-call metrics as the worker records them: plain counters and the Meter
+    (flushed to prometheus-client once a second, one flush per ``calls`` here)."""
     metrics = _multiprocess_metrics()
-    decisions = metrics.DECISIONS.labels("admit", "admitted")  # the worker caches the child
 
     def factory() -> Callable[[], None]:
         rx: Counter[str] = Counter()
         tx: Counter[str] = Counter()
         ent: Counter[tuple[str, str]] = Counter()
+        meter = metrics.Meter()
 
         def run() -> None:
-            invites = metrics.INVITES
-            decision_s = metrics.DECISION_SECONDS
-            redis_s = metrics.REDIS_SECONDS
+            count, observe = meter.count, meter.observe
+            invites, decisions = metrics.INVITES, metrics.DECISIONS
+            decision_s, redis_s = metrics.DECISION_SECONDS, metrics.REDIS_SECONDS
             for _ in range(calls):
                 for _m in range(6):  # INVITE, 180, 200, ACK, BYE, 200 (BYE) received
                     rx["udp"] += 1
                 for _m in range(7):  # 100, INVITE, 180, 200, ACK, BYE, 200 (BYE) sent
                     tx["udp"] += 1
-                invites.inc()
-                redis_s.observe(0.00031)
-                decision_s.observe(0.00042)
-                decisions.inc()
+                count(invites)
+                observe(redis_s, 0.00031)
+                observe(decision_s, 0.00042)
+                count(decisions, "admit", "admitted")
                 ent[("ent-a", "admit")] += 1
+            meter.flush()
 
         return run
 
