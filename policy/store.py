@@ -557,6 +557,11 @@ class PolicyStore:
         pool = self.client.connection_pool
         packed = b"".join([_hiredis.pack_command(c) for c in commands])
         conn = await pool.get_connection()
+        # A load's batch is megabytes: Redis may still be busy with the batch before it
+        # when this one fills the socket buffer, so the write gets the bulk timeout too,
+        # not the 2 s the decisions' connections use.
+        hot_timeout = conn.socket_timeout
+        conn.socket_timeout = timeout
         try:
             await conn.send_packed_command(packed, check_health=False)
             parser: Any = conn._parser
@@ -582,6 +587,7 @@ class PolicyStore:
             await conn.disconnect()  # replies may be half read: never reuse
             raise
         finally:
+            conn.socket_timeout = hot_timeout
             await pool.release(conn)
 
     async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
