@@ -293,7 +293,7 @@ class ProxyCore:
         if br.startswith(STATELESS_PREFIX):
             return self.dialogs.response(resp, br)
         if br.startswith(PROBE_PREFIX):
-            self.prober.answered(br, now)
+            self.prober.answered(br, now, resp.status)
             return []
         self.shared.stats["dropped_unmatched_response"] += 1
         return []

@@ -182,7 +182,6 @@ def test_probe_silence_marks_a_hop_down() -> None:
     assert [up for _, up in core.hop_status()] == [False]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a 503 to the OPTIONS probe marks the hop up")
 def test_probe_503_keeps_a_hop_down() -> None:
     core = make_core(probe_interval=2.0, hop_timeout=1.0)
     _probe_to(core, T0)
@@ -193,7 +192,6 @@ def test_probe_503_keeps_a_hop_down() -> None:
     assert [up for _, up in core.hop_status()] == [False]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a 503 to the OPTIONS probe does not mark an up hop down")
 def test_probe_503_puts_an_up_hop_down() -> None:
     core = make_core(probe_interval=2.0, hop_timeout=1.0)
     p = _probe_to(core, T0)
