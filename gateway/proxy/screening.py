@@ -88,8 +88,17 @@ class Screen:
     def malformed(
         self, data: bytes, err: SipError, source: Addr, transport: str, conn_id: int | None, verdict: Verdict
     ) -> list[Action]:
-        """Answer a broken request when a response can still be built from its raw lines; else drop."""
+        """Answer a broken request when a response can still be built from its raw lines; else drop.
+
+        A datagram of nothing but CRLFs is an RFC 5626 §3.5.1 keep-alive (linphone
+        sends one every 30 s over UDP), not a broken message: counted as such and
+        ignored. No pong over UDP: the RFC's UDP keep-alive is STUN, and a bare
+        CRLF there expects no answer (TCP pongs are the transport's job).
+        """
         sh = self.shared
+        if data and not data.strip(b"\r\n"):
+            sh.stats["keepalives"] += 1
+            return []
         raw = None
         status = err.status or 400
         if data[:4] != b"SIP/" and data[:4] != b"ACK ":

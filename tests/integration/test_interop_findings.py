@@ -184,7 +184,6 @@ def test_request_towards_the_trunk_leaves_from_the_listen_port(gw: GatewayProc, 
         caller.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 9: UDP CRLF keep-alives counted as malformed drops")
 def test_udp_crlf_keepalives_are_not_malformed(gw: GatewayProc) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", free_port()))

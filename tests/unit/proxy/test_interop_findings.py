@@ -156,8 +156,6 @@ def test_callee_bye_towards_the_trunk_leaves_from_the_listen_address() -> None:
 # ------------------------------------------------------------------ finding 9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 9: a UDP CRLF keep-alive (RFC 5626 §3.5.1) is counted "
-                   "as a malformed drop")
 def test_udp_crlf_keepalive_is_not_malformed() -> None:
     core = make_core()
     for ka in (b"\r\n\r\n", b"\r\n"):
