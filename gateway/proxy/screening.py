@@ -32,6 +32,9 @@ KNOWN = 1  # a trunk's address
 UNKNOWN = 2  # no trunk's address (answered 403 later when configured)
 UNASKED = 3  # not looked up (a next hop, a response, or 403 mode): ask when it matters
 
+SUPPORTED: frozenset[str] = frozenset()
+"""Option tags the proxy implements for Proxy-Require (RFC 3261 §16.3 step 5): none."""
+
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _CANON = {b"via": b"Via", b"from": b"From", b"to": b"To", b"call-id": b"Call-ID", b"cseq": b"CSeq"}
 
@@ -84,6 +87,28 @@ class Screen:
         if code and req.method != "ACK":
             return [sh.reply(req, arr, code, extra=[reason_header(code, "unknown_source")])]
         return []
+
+    def proxy_require(self, req: Request, arr: Arrival) -> list[Action] | None:
+        """RFC 3261 §16.3 step 5: 420 naming every Proxy-Require option tag we lack; None to go on.
+
+        The gateway implements no proxy extension, so any tag is unsupported
+        (``SUPPORTED`` is where one would be added). ACK and CANCEL are never
+        refused for it (RFC 3261 §8.2.2.3: they cannot be rejected that way).
+        Require is the UAS's business and is forwarded untouched.
+        """
+        if req.method == "ACK" or req.method == "CANCEL":
+            return None
+        tags: list[str] = []
+        for value in req.get_all("Proxy-Require"):
+            for t in value.split(","):
+                t = t.strip()
+                if t and t.lower() not in SUPPORTED and t not in tags:
+                    tags.append(t)
+        if not tags:
+            return None
+        sh = self.shared
+        sh.stats["bad_extension"] += 1
+        return [sh.reply(req, arr, 420, extra=[("Unsupported", ", ".join(tags))])]
 
     def malformed(
         self, data: bytes, err: SipError, source: Addr, transport: str, conn_id: int | None, verdict: Verdict

@@ -211,7 +211,6 @@ def test_probe_404_still_means_up() -> None:
 # ------------------------------------------------------------------ finding 7
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 7: Proxy-Require is never checked (RFC 3261 §16.3 step 5)")
 def test_invite_with_unsupported_proxy_require_gets_420() -> None:
     core = make_core()
     inv = make_invite(extra=("X-Consent-Token: tok-1", "Proxy-Require: com.example.nothing"))

@@ -32,7 +32,6 @@ XFAIL = {
     "trws": "issue 15 finding 6: SP at the end of the request line (§3.1.2.10) silently dropped, not answered 400",
     "insuf": "issue 15 finding 6: missing From/To/Call-ID (§3.3.1) silently dropped, not answered 400",
     "escruri": "issue 15 finding 4: escaped headers in the Request-URI (§3.1.2.11) forwarded unchanged",
-    "bext01": "issue 15 finding 7: Proxy-Require (§3.3.5) never checked; 405 instead of 420 + Unsupported",
 }
 
 ADMITTED = Decision(admit=True, reason="admitted", sip_code=0, trunk_id="T1", enterprise_id="E1")
@@ -92,7 +91,6 @@ def test_core_outcome(name: str, section: str, expected: str) -> None:
         assert got == expected, (name, section, got)
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL["bext01"])
 def test_bext01_unsupported_lists_only_the_proxy_require_tag() -> None:
     """§3.3.5 / RFC 3261 §16.3 step 5: 420 with Unsupported naming the Proxy-Require tag, not Require's."""
     core = make_core()
