@@ -196,11 +196,17 @@ def _parse(
         if version[:4].upper() == "SIP/":
             raise SipError("SIP version not supported", 505)
         raise SipError("bad request line")
-    scheme, colon, _ = uri.partition(":")
+    scheme, colon, after = uri.partition(":")
     if not colon or not scheme:
         raise SipError("bad Request-URI")
-    if scheme.lower() not in SCHEMES:
+    lscheme = scheme.lower()
+    if lscheme not in SCHEMES:
         raise SipError("unsupported URI scheme", 416)
+    if lscheme != "tel" and "?" in after[after.find("@") + 1 :]:
+        # Escaped headers (RFC 4475 §3.1.2.11; RFC 3261 §19.1.1 allows none in a
+        # Request-URI): refused, not stripped, so a trunk cannot slip Route hints
+        # towards the carrier core by any spelling. A '?' in the user part is legal.
+        raise SipError("headers in the Request-URI")
     if cseq[1] != method:
         raise SipError("CSeq method does not match")
     return Request(

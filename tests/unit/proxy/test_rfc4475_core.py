@@ -31,7 +31,6 @@ XFAIL = {
     "lwsstart": "issue 15 finding 6: several SP in the request line (§3.1.2.9) silently dropped, not answered 400",
     "trws": "issue 15 finding 6: SP at the end of the request line (§3.1.2.10) silently dropped, not answered 400",
     "insuf": "issue 15 finding 6: missing From/To/Call-ID (§3.3.1) silently dropped, not answered 400",
-    "escruri": "issue 15 finding 4: escaped headers in the Request-URI (§3.1.2.11) forwarded unchanged",
 }
 
 ADMITTED = Decision(admit=True, reason="admitted", sip_code=0, trunk_id="T1", enterprise_id="E1")
