@@ -22,6 +22,9 @@ MAX_LINE: Final = 8192  # bytes per line; longer is a 400
 MAX_VIAS: Final = 64  # Via values; a deeper stack is a 400
 
 _TOKEN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+# Request headers whose values are checked for empty list elements / parameters
+# (RFC 4475 §3.1.2.1) before anyone forwards them: the proxy never parses Contact.
+_LIST_CHECKED: Final = frozenset({"via", "contact"})
 _MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")
 _SINGLE: Final = ("from", "to", "call-id", "cseq", "content-length")  # at most one line each
 _NON_EMPTY: Final = ("from", "to", "call-id", "cseq")
@@ -32,6 +35,7 @@ _PRETTY: Final = {
     "call-id": "Call-ID",
     "cseq": "CSeq",
     "content-length": "Content-Length",
+    "contact": "Contact",
 }
 
 
@@ -209,6 +213,7 @@ def _parse(
         raise SipError("headers in the Request-URI")
     if cseq[1] != method:
         raise SipError("CSeq method does not match")
+    _check_request_headers(keys, values, index)
     return Request(
         method,
         uri,
@@ -298,3 +303,64 @@ def _validate(
             if k == "max-forwards" and (not v.isascii() or not v.isdigit() or len(v) > 10):
                 raise SipError("bad Max-Forwards")
     return parse_cseq(index["cseq"])
+
+
+def _unquoted(value: str, angles: bool) -> str:
+    """``value`` without its quoted strings (and, when ``angles``, without the URIs in <...>)."""
+    out: list[str] = []
+    quoted = False
+    depth = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif angles and c == "<":
+            if not depth:
+                out.append("u")  # the URI stands in as one non-separator character
+            depth += 1
+        elif angles and c == ">" and depth:
+            depth -= 1
+        elif not depth:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _separators_ok(value: str, angles: bool) -> bool:
+    """No empty list element or parameter: no ',,', ';;', ',;', ';,', nor one at either end."""
+    t = _unquoted(value, angles) if '"' in value or angles else value
+    t = "".join(t.split())
+    if not t:
+        return False
+    if t[0] in ",;" or t[-1] in ",;":
+        return False
+    return ",," not in t and ";;" not in t and ",;" not in t and ";," not in t
+
+
+def _check_value(key: str, value: str) -> None:
+    if key in _LIST_CHECKED and value != "*" and not _separators_ok(value, key == "contact"):
+        raise SipError(f"empty element in {_PRETTY.get(key, key)}")
+
+
+def _check_request_headers(keys: list[str], values: list[str], index: dict[str, str]) -> None:
+    """Requests only: what the proxy would otherwise forward, or fail on later, broken.
+
+    A request is answered 400 here, while its raw lines can still be echoed;
+    a broken response would only be dropped, so responses are left alone.
+    """
+    if len(index) == len(keys):  # no repeated header: the first values are all the values
+        for key in ("via", "contact"):
+            v = index.get(key)
+            if v is not None:
+                _check_value(key, v)
+        return
+    for k, v in zip(keys, values, strict=False):
+        if k in _LIST_CHECKED:
+            _check_value(k, v)

@@ -24,7 +24,6 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 # Rows whose outcome is wrong today (column "finding"): strict xfail, so the fix flips them.
 XFAIL = {
     "intmeth": "issue 15 finding 6: a NUL inside a quoted string is legal (§3.1.1.2); dropped, not answered",
-    "badinv01": "issue 15 finding 5: broken Via and Contact (§3.1.2.1) are admitted and forwarded, not 400",
     "quotbal": "issue 15 finding 6: unbalanced quotes (§3.1.2.6) silently dropped, not answered 400",
     "ltgtruri": "RFC 4475 §3.1.2.7 (beyond issue 15's list): '<sip:...>' Request-URI answered 416, not 400",
     "lwsruri": "issue 15 finding 6: LWS in the Request-URI (§3.1.2.8) silently dropped, not answered 400",
@@ -101,7 +100,6 @@ def test_bext01_unsupported_lists_only_the_proxy_require_tag() -> None:
     assert "nothingSupportedHere" not in unsupported
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL["badinv01"])
 def test_badinv01_never_reaches_policy_or_a_hop() -> None:
     """§3.1.2.1: a 400 from the core itself; the INVITE is neither admitted nor forwarded."""
     core = make_core()
