@@ -22,15 +22,8 @@ from tests.unit.proxy._support import HOP1, TRUNK, first_line, hget, make_core, 
 DATA = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 
 # Rows whose outcome is wrong today (column "finding"): strict xfail, so the fix flips them.
-XFAIL = {
-    "intmeth": "issue 15 finding 6: a NUL inside a quoted string is legal (§3.1.1.2); dropped, not answered",
-    "quotbal": "issue 15 finding 6: unbalanced quotes (§3.1.2.6) silently dropped, not answered 400",
-    "ltgtruri": "RFC 4475 §3.1.2.7 (beyond issue 15's list): '<sip:...>' Request-URI answered 416, not 400",
-    "lwsruri": "issue 15 finding 6: LWS in the Request-URI (§3.1.2.8) silently dropped, not answered 400",
-    "lwsstart": "issue 15 finding 6: several SP in the request line (§3.1.2.9) silently dropped, not answered 400",
-    "trws": "issue 15 finding 6: SP at the end of the request line (§3.1.2.10) silently dropped, not answered 400",
-    "insuf": "issue 15 finding 6: missing From/To/Call-ID (§3.3.1) silently dropped, not answered 400",
-}
+# Empty since issue 15 findings 4-7 and the §3.1.2.7 gap (ltgtruri) were fixed.
+XFAIL: dict[str, str] = {}
 
 ADMITTED = Decision(admit=True, reason="admitted", sip_code=0, trunk_id="T1", enterprise_id="E1")
 
