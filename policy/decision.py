@@ -20,6 +20,11 @@ Outcome = Literal["pass", "fail", "skip"]
 # ``ResponseMap``.
 DEFAULT_SIP_CODES: dict[str, int] = {
     "malformed": 400,
+    # A well-formed Request-URI whose user is no dialable number (issue 15 finding 8):
+    # 404, the user does not exist here (RFC 3261 §21.4.5). Not 484: that asks the
+    # caller to send more digits, and "alice" will not become a number with more.
+    # Not 400 either: the syntax is fine, so it is a decision (audited, shadow-able).
+    "callee_invalid": 404,
     "too_many_hops": 483,
     "loop_detected": 482,
     "unknown_source": 0,  # dropped silently by default

@@ -246,6 +246,10 @@ class ProxyCore:
         if not known and not from_hop:
             return self.screening.unknown_source(msg, arr)
         method = msg.method
+        if msg.get("Proxy-Require") is not None:  # RFC 3261 §16.3 step 5: 420 (screening.py)
+            refused = self.screening.proxy_require(msg, arr)
+            if refused is not None:
+                return refused
         if method == "ACK":
             txn = sh.servers.get(txn_key(msg.call_id, top))
             if txn is not None and txn.state in ACKABLE:
@@ -293,7 +297,7 @@ class ProxyCore:
         if br.startswith(STATELESS_PREFIX):
             return self.dialogs.response(resp, br)
         if br.startswith(PROBE_PREFIX):
-            self.prober.answered(br, now)
+            self.prober.answered(br, now, resp.status)
             return []
         self.shared.stats["dropped_unmatched_response"] += 1
         return []

@@ -1,7 +1,10 @@
 """Next-hop probing: OPTIONS to every hop; an answer marks it up, silence for a hop timeout marks it down.
 
-A hop that fails an INVITE is marked down by the client transaction
-(``client.py``); only a probe answer brings it back.
+A 503 is no sign of life for routing purposes: the hop says it cannot take
+calls (overloaded, out of service), so it stays down, or goes down (issue 15
+finding 10). Any other answer, even a 404, proves it alive. A hop that fails
+an INVITE is marked down by the client transaction (``client.py``); only a
+probe answer other than 503 brings it back.
 """
 
 from __future__ import annotations
@@ -42,14 +45,25 @@ class Prober:
         if now >= self._next and self.shared.cfg.probe_interval > 0:
             self._probe(now, out)
 
-    def answered(self, branch: str, now: float) -> None:
-        """A response on a probe branch: the hop is up (late or unknown answers are ignored)."""
+    def answered(self, branch: str, now: float, status: int = 200) -> None:
+        """A response on a probe branch: up, unless it is a 503 (late or unknown answers are ignored).
+
+        Provisional responses are ignored (the probe waits for its final): a
+        100 to an OPTIONS says nothing about whether the hop will take calls.
+        """
+        if status < 200:
+            return
         probe = self._probes.pop(branch, None)
         if probe is None:
             return
         sh = self.shared
         sh.stats["probe_answered"] += 1
         self.rtt[probe[0]] = max(now - probe[1], 0.0)
+        if status == 503:
+            sh.stats["probe_unavailable"] += 1
+            if sh.hops.mark(probe[0], False):
+                log.warning("next hop %s is down (OPTIONS answered 503)", sh.hops.hops[probe[0]])
+            return
         if sh.hops.mark(probe[0], True):
             log.warning("next hop %s is up", sh.hops.hops[probe[0]])
 

@@ -32,6 +32,9 @@ KNOWN = 1  # a trunk's address
 UNKNOWN = 2  # no trunk's address (answered 403 later when configured)
 UNASKED = 3  # not looked up (a next hop, a response, or 403 mode): ask when it matters
 
+SUPPORTED: frozenset[str] = frozenset()
+"""Option tags the proxy implements for Proxy-Require (RFC 3261 §16.3 step 5): none."""
+
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _CANON = {b"via": b"Via", b"from": b"From", b"to": b"To", b"call-id": b"Call-ID", b"cseq": b"CSeq"}
 
@@ -85,11 +88,42 @@ class Screen:
             return [sh.reply(req, arr, code, extra=[reason_header(code, "unknown_source")])]
         return []
 
+    def proxy_require(self, req: Request, arr: Arrival) -> list[Action] | None:
+        """RFC 3261 §16.3 step 5: 420 naming every Proxy-Require option tag we lack; None to go on.
+
+        The gateway implements no proxy extension, so any tag is unsupported
+        (``SUPPORTED`` is where one would be added). ACK and CANCEL are never
+        refused for it (RFC 3261 §8.2.2.3: they cannot be rejected that way).
+        Require is the UAS's business and is forwarded untouched.
+        """
+        if req.method == "ACK" or req.method == "CANCEL":
+            return None
+        tags: list[str] = []
+        for value in req.get_all("Proxy-Require"):
+            for t in value.split(","):
+                t = t.strip()
+                if t and t.lower() not in SUPPORTED and t not in tags:
+                    tags.append(t)
+        if not tags:
+            return None
+        sh = self.shared
+        sh.stats["bad_extension"] += 1
+        return [sh.reply(req, arr, 420, extra=[("Unsupported", ", ".join(tags))])]
+
     def malformed(
         self, data: bytes, err: SipError, source: Addr, transport: str, conn_id: int | None, verdict: Verdict
     ) -> list[Action]:
-        """Answer a broken request when a response can still be built from its raw lines; else drop."""
+        """Answer a broken request when a response can still be built from its raw lines; else drop.
+
+        A datagram of nothing but CRLFs is an RFC 5626 §3.5.1 keep-alive (linphone
+        sends one every 30 s over UDP), not a broken message: counted as such and
+        ignored. No pong over UDP: the RFC's UDP keep-alive is STUN, and a bare
+        CRLF there expects no answer (TCP pongs are the transport's job).
+        """
         sh = self.shared
+        if data and not data.strip(b"\r\n"):
+            sh.stats["keepalives"] += 1
+            return []
         raw = None
         status = err.status or 400
         if data[:4] != b"SIP/" and data[:4] != b"ACK ":
@@ -104,16 +138,21 @@ class Screen:
 
 
 def raw_response(data: bytes, status: int, tag: str) -> bytes | None:
-    """A response built from the raw lines of a request the parser refused, if it has all it needs.
+    """A response built from the raw lines of a request the parser refused, if it can be routed.
 
     Not ``gateway.sip.build_response``: there is no parsed request to build from.
+    What a response needs to reach its client transaction is the Via (RFC 3261
+    §18.2.2, §17.1.3: the branch and CSeq match it), so a request line and a Via
+    are enough: a request line with stray whitespace (RFC 4475 §3.1.2.8-10) or one
+    missing From / To / Call-ID (§3.3.1) still gets its 400, echoing what it has,
+    rather than silence and 32 s of UDP retransmissions.
     """
     head = data.split(b"\r\n\r\n", 1)[0]
     lines = head.split(b"\r\n")
-    if len(lines) < 6 or len(lines) > 200:
+    if len(lines) < 2 or len(lines) > 200:
         return None
-    first = lines[0].split(b" ")
-    if len(first) != 3 or not first[2].startswith(b"SIP/") or not first[0].isalpha():
+    first = lines[0].split()  # any run of SP / HTAB, leading or trailing too
+    if len(first) < 3 or not first[-1].upper().startswith(b"SIP/") or not first[0].isalpha():
         return None
     found: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
@@ -127,20 +166,21 @@ def raw_response(data: bytes, status: int, tag: str) -> bytes | None:
             if b"\r" in v or b"\n" in v or b"\0" in v:
                 return None  # never echo a bare CR/LF/NUL: it could split our response (injection)
             found.setdefault(n, []).append(v)
-    if len(found) != 5:
+    vias = [v for v in found.get(b"via", ()) if v]
+    if not vias:
         return None
-    to = found[b"to"][0]
-    if status > 100 and b";tag=" not in to.lower():
-        to += b";tag=" + tag.encode()
     phrase = PHRASES.get(status, "Bad Request").encode()
     code = str(status).encode()
     out = [b"SIP/2.0 " + code + b" " + phrase]
-    out.extend(b"Via: " + v for v in found[b"via"])
+    out.extend(b"Via: " + v for v in vias)
+    for n in (b"from", b"to", b"call-id", b"cseq"):
+        if n not in found:
+            continue  # nothing to copy (§3.3.1): the Via alone routes the answer
+        v = found[n][0]
+        if n == b"to" and status > 100 and b";tag=" not in v.lower():
+            v += b";tag=" + tag.encode()
+        out.append(_CANON[n] + b": " + v)
     out += [
-        b"From: " + found[b"from"][0],
-        b"To: " + to,
-        b"Call-ID: " + found[b"call-id"][0],
-        b"CSeq: " + found[b"cseq"][0],
         b'Reason: SIP;cause=' + code + b';text="malformed"',
         b"Content-Length: 0",
         b"",

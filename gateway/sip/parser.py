@@ -22,6 +22,12 @@ MAX_LINE: Final = 8192  # bytes per line; longer is a 400
 MAX_VIAS: Final = 64  # Via values; a deeper stack is a 400
 
 _TOKEN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_SCHEME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
+# Request headers whose values are checked for empty list elements / parameters
+# (RFC 4475 §3.1.2.1) or an unterminated quoted string (§3.1.2.6) before anyone
+# forwards them: the proxy never parses Contact, and To / From only lazily.
+_LIST_CHECKED: Final = frozenset({"via", "contact"})
+_QUOTE_CHECKED: Final = frozenset({"to", "from", "contact"})
 _MANDATORY: Final = ("via", "from", "to", "call-id", "cseq")
 _SINGLE: Final = ("from", "to", "call-id", "cseq", "content-length")  # at most one line each
 _NON_EMPTY: Final = ("from", "to", "call-id", "cseq")
@@ -32,6 +38,7 @@ _PRETTY: Final = {
     "call-id": "Call-ID",
     "cseq": "CSeq",
     "content-length": "Content-Length",
+    "contact": "Contact",
 }
 
 
@@ -73,9 +80,10 @@ def _split_slow(data: bytes, pos: int) -> tuple[list[str], list[str], int]:
             return lines, eols, pos
         if b"\r" in line:
             raise SipError("bare CR in header")
-        if b"\0" in line:
+        text = line.decode("latin-1")
+        if "\0" in text and not _nuls_quoted(text):
             raise SipError("NUL in header")
-        lines.append(line.decode("latin-1"))
+        lines.append(text)
         eols.append(eol)
 
 
@@ -97,9 +105,9 @@ def _parse(
     p = data.find(b"\r\n\r\n", i)
     if p >= 0:
         head = data[i:p]
-        if b"\0" in head:
-            raise SipError("NUL in header")
         lines = head.decode("latin-1").split("\r\n")
+        if b"\0" in head:
+            _check_nuls(lines)
         n = len(lines) - 1
         if head.count(b"\n") != n or head.count(b"\r") != n:  # a bare CR or LF somewhere
             lines = None
@@ -196,13 +204,22 @@ def _parse(
         if version[:4].upper() == "SIP/":
             raise SipError("SIP version not supported", 505)
         raise SipError("bad request line")
-    scheme, colon, _ = uri.partition(":")
-    if not colon or not scheme:
+    scheme, colon, after = uri.partition(":")
+    if not colon or not scheme or not scheme[0].isalpha() or not all(c in _SCHEME_CHARS for c in scheme):
+        # Not a scheme at all (RFC 3261 §25.1), e.g. '<sip:...>' (RFC 4475 §3.1.2.7):
+        # bad syntax, so 400; 416 is for a well-formed scheme we do not serve.
         raise SipError("bad Request-URI")
-    if scheme.lower() not in SCHEMES:
+    lscheme = scheme.lower()
+    if lscheme not in SCHEMES:
         raise SipError("unsupported URI scheme", 416)
+    if lscheme != "tel" and "?" in after[after.find("@") + 1 :]:
+        # Escaped headers (RFC 4475 §3.1.2.11; RFC 3261 §19.1.1 allows none in a
+        # Request-URI): refused, not stripped, so a trunk cannot slip Route hints
+        # towards the carrier core by any spelling. A '?' in the user part is legal.
+        raise SipError("headers in the Request-URI")
     if cseq[1] != method:
         raise SipError("CSeq method does not match")
+    _check_request_headers(keys, values, index)
     return Request(
         method,
         uri,
@@ -292,3 +309,114 @@ def _validate(
             if k == "max-forwards" and (not v.isascii() or not v.isdigit() or len(v) > 10):
                 raise SipError("bad Max-Forwards")
     return parse_cseq(index["cseq"])
+
+
+def _nuls_quoted(line: str) -> bool:
+    """True when every NUL of the line is inside a quoted string.
+
+    RFC 3261 §25.1 allows any octet but CR and LF as a quoted-pair, NUL
+    included (RFC 4475 §3.1.1.2); a NUL anywhere else is refused.
+    """
+    quoted = False
+    i = 0
+    n = len(line)
+    while i < n:
+        c = line[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif c == "\0":
+            return False
+        i += 1
+    return True
+
+
+def _check_nuls(lines: list[str]) -> None:
+    for line in lines:
+        if "\0" in line and not _nuls_quoted(line):
+            raise SipError("NUL in header")
+
+
+def _quotes_closed(value: str) -> bool:
+    """An even number of unescaped double quotes: no quoted string runs off the end."""
+    quoted = False
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        i += 1
+    return not quoted
+
+
+def _unquoted(value: str, angles: bool) -> str:
+    """``value`` without its quoted strings (and, when ``angles``, without the URIs in <...>)."""
+    out: list[str] = []
+    quoted = False
+    depth = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif angles and c == "<":
+            if not depth:
+                out.append("u")  # the URI stands in as one non-separator character
+            depth += 1
+        elif angles and c == ">" and depth:
+            depth -= 1
+        elif not depth:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _separators_ok(value: str, angles: bool) -> bool:
+    """No empty list element or parameter: no ',,', ';;', ',;', ';,', nor one at either end."""
+    t = _unquoted(value, angles) if '"' in value or angles else value
+    t = "".join(t.split())
+    if not t:
+        return False
+    if t[0] in ",;" or t[-1] in ",;":
+        return False
+    return ",," not in t and ";;" not in t and ",;" not in t and ";," not in t
+
+
+def _check_value(key: str, value: str) -> None:
+    if key in _QUOTE_CHECKED and '"' in value and not _quotes_closed(value):
+        raise SipError(f"unterminated quoted string in {_PRETTY.get(key, key)}")
+    if key in _LIST_CHECKED and value != "*" and not _separators_ok(value, key == "contact"):
+        raise SipError(f"empty element in {_PRETTY.get(key, key)}")
+
+
+def _check_request_headers(keys: list[str], values: list[str], index: dict[str, str]) -> None:
+    """Requests only: what the proxy would otherwise forward, or fail on later, broken.
+
+    A request is answered 400 here, while its raw lines can still be echoed;
+    a broken response would only be dropped, so responses are left alone.
+    """
+    if len(index) == len(keys):  # no repeated header: the first values are all the values
+        for key in ("via", "to", "from", "contact"):
+            v = index.get(key)
+            if v is not None:
+                _check_value(key, v)
+        return
+    for k, v in zip(keys, values, strict=False):
+        if k in _LIST_CHECKED or k in _QUOTE_CHECKED:
+            _check_value(k, v)

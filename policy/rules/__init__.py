@@ -146,8 +146,10 @@ def evaluate_local(
 
     Besides SPEC's trunk → caller_id → filing → purpose there is a "callee"
     check right after the trunk: a Request-URI without a dialable number is
-    ``malformed`` (400). It comes after the trunk so an unknown source is
-    still dropped silently rather than answered.
+    ``callee_invalid`` (404). The message is well formed, so this is a policy
+    answer like any other (audited, and admitted in shadow mode), not the
+    SIP layer's ``malformed``. It comes after the trunk so an unknown source
+    is still dropped silently rather than answered.
     """
     trunk = ref.trunk_for(call.source_ip)
     enterprise = ref.enterprises.get(trunk.enterprise_id) if trunk is not None else None
@@ -207,7 +209,7 @@ def evaluate_local(
         return verdict()
     if callee is None:
         checks.append(
-            failed("callee", "malformed", f"Request-URI user {call.callee!r} is not a number")
+            failed("callee", "callee_invalid", f"Request-URI user {call.callee!r} is not a number")
         )
     else:
         checks.append(Check("callee", "pass", None, f"callee {callee} ({callee_tz})"))

@@ -184,7 +184,6 @@ def test_request_towards_the_trunk_leaves_from_the_listen_port(gw: GatewayProc, 
         caller.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 9: UDP CRLF keep-alives counted as malformed drops")
 def test_udp_crlf_keepalives_are_not_malformed(gw: GatewayProc) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", free_port()))
@@ -194,7 +193,6 @@ def test_udp_crlf_keepalives_are_not_malformed(gw: GatewayProc) -> None:
     assert gw.metric("cag_messages_dropped_total", reason="malformed") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a next hop answering OPTIONS with 503 is marked up")
 def test_probe_503_keeps_the_hop_down(tmp_path: Path, redis_url: str) -> None:
     sick = Hop(probe_status=503)
     standard_policy(redis_url, callees=1)

@@ -26,6 +26,7 @@ from tests.unit.proxy._support import (
     param,
     request,
     respond,
+    status_of,
 )
 from tests.unit.proxy._support import invite as make_invite
 
@@ -156,8 +157,6 @@ def test_callee_bye_towards_the_trunk_leaves_from_the_listen_address() -> None:
 # ------------------------------------------------------------------ finding 9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 9: a UDP CRLF keep-alive (RFC 5626 §3.5.1) is counted "
-                   "as a malformed drop")
 def test_udp_crlf_keepalive_is_not_malformed() -> None:
     core = make_core()
     for ka in (b"\r\n\r\n", b"\r\n"):
@@ -182,7 +181,6 @@ def test_probe_silence_marks_a_hop_down() -> None:
     assert [up for _, up in core.hop_status()] == [False]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a 503 to the OPTIONS probe marks the hop up")
 def test_probe_503_keeps_a_hop_down() -> None:
     core = make_core(probe_interval=2.0, hop_timeout=1.0)
     _probe_to(core, T0)
@@ -193,7 +191,6 @@ def test_probe_503_keeps_a_hop_down() -> None:
     assert [up for _, up in core.hop_status()] == [False]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 10: a 503 to the OPTIONS probe does not mark an up hop down")
 def test_probe_503_puts_an_up_hop_down() -> None:
     core = make_core(probe_interval=2.0, hop_timeout=1.0)
     p = _probe_to(core, T0)
@@ -215,7 +212,6 @@ def test_probe_404_still_means_up() -> None:
 # ------------------------------------------------------------------ finding 7
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 7: Proxy-Require is never checked (RFC 3261 §16.3 step 5)")
 def test_invite_with_unsupported_proxy_require_gets_420() -> None:
     core = make_core()
     inv = make_invite(extra=("X-Consent-Token: tok-1", "Proxy-Require: com.example.nothing"))
@@ -232,3 +228,62 @@ def test_invite_with_require_only_is_not_a_proxy_matter() -> None:
     core = make_core()
     inv = make_invite(extra=("X-Consent-Token: tok-1", "Require: com.example.nothing"))
     assert any(isinstance(a, Admit) for a in core.receive(inv, TRUNK, "udp", None, T0))
+
+
+def test_crlf_keepalives_are_counted_as_such() -> None:
+    """Finding 9: an event of their own; nothing answered over UDP (RFC 5626 §3.5.1: no pong there)."""
+    core = make_core()
+    assert core.receive(b"\r\n\r\n", TRUNK, "udp", None, T0) == []
+    assert core.receive(b"\r\n", TRUNK, "udp", None, T0) == []
+    assert core.stats["keepalives"] == 2
+
+
+def test_probe_provisional_is_not_an_answer() -> None:
+    """Finding 10: a 100 to the probe says nothing; the final (here silence) decides."""
+    core = make_core(probe_interval=2.0, hop_timeout=1.0)
+    p = _probe_to(core, T0)
+    core.receive(respond(p.data, 100, "Trying"), HOP1, "udp", None, T0 + 0.1, True)
+    core.tick(T0 + 1.5)
+    assert [up for _, up in core.hop_status()] == [False]
+
+
+def test_proxy_require_lists_every_tag_once_and_spares_ack_and_cancel() -> None:
+    """Finding 7: Unsupported names each Proxy-Require tag (several lines, repeats once); ACK/CANCEL never 420."""
+    core = make_core()
+    inv = make_invite(extra=("X-Consent-Token: tok-1", "Proxy-Require: a, b", "Proxy-Require: a,c"))
+    (out,) = _sends(core.receive(inv, TRUNK, "udp", None, T0))
+    assert first_line(out.data).startswith("SIP/2.0 420 ")
+    assert hall(out.data, "Unsupported") == ["a, b, c"]
+    assert core.stats["bad_extension"] == 1
+    for method in ("ACK", "CANCEL"):
+        req = request(method, extra=("Proxy-Require: a",), branch=f"z9hG4bK-pr-{method}")
+        assert not any(status_of(s.data) == 420 for s in _sends(core.receive(req, TRUNK, "udp", None, T0)))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"INVITE  sip:13800138000@10.0.0.2:5060 SIP/2.0",
+        b"INVITE sip:13800138000@10.0.0.2:5060 SIP/2.0 ",
+    ],
+)
+def test_raw_400_for_a_broken_request_line(line: bytes) -> None:
+    """Finding 6: the 400 built from raw lines copies Via, From, To (+ our tag), Call-ID, CSeq."""
+    core = make_core()
+    inv = make_invite()
+    data = line + inv[inv.index(b"\r\n") :]
+    (out,) = _sends(core.receive(data, TRUNK, "udp", None, T0))
+    assert out.dest == TRUNK and status_of(out.data) == 400
+    assert hall(out.data, "Via") == hall(inv, "Via")
+    assert hall(out.data, "Call-ID") == hall(inv, "Call-ID")
+    assert param(hall(out.data, "To")[0], "tag")
+
+
+def test_raw_400_needs_a_via() -> None:
+    """No Via, no way to route an answer: dropped (counted)."""
+    core = make_core()
+    inv = make_invite()
+    lines = [ln for ln in inv.split(b"\r\n") if not ln.startswith(b"Via:")]
+    data = b"\r\n".join(lines).replace(b"INVITE sip:", b"INVITE  sip:", 1)
+    assert _sends(core.receive(data, TRUNK, "udp", None, T0)) == []
+    assert core.stats["dropped_malformed"] == 1

@@ -22,18 +22,8 @@ from tests.unit.proxy._support import HOP1, TRUNK, first_line, hget, make_core, 
 DATA = Path(__file__).resolve().parents[2] / "data" / "rfc4475"
 
 # Rows whose outcome is wrong today (column "finding"): strict xfail, so the fix flips them.
-XFAIL = {
-    "intmeth": "issue 15 finding 6: a NUL inside a quoted string is legal (§3.1.1.2); dropped, not answered",
-    "badinv01": "issue 15 finding 5: broken Via and Contact (§3.1.2.1) are admitted and forwarded, not 400",
-    "quotbal": "issue 15 finding 6: unbalanced quotes (§3.1.2.6) silently dropped, not answered 400",
-    "ltgtruri": "RFC 4475 §3.1.2.7 (beyond issue 15's list): '<sip:...>' Request-URI answered 416, not 400",
-    "lwsruri": "issue 15 finding 6: LWS in the Request-URI (§3.1.2.8) silently dropped, not answered 400",
-    "lwsstart": "issue 15 finding 6: several SP in the request line (§3.1.2.9) silently dropped, not answered 400",
-    "trws": "issue 15 finding 6: SP at the end of the request line (§3.1.2.10) silently dropped, not answered 400",
-    "insuf": "issue 15 finding 6: missing From/To/Call-ID (§3.3.1) silently dropped, not answered 400",
-    "escruri": "issue 15 finding 4: escaped headers in the Request-URI (§3.1.2.11) forwarded unchanged",
-    "bext01": "issue 15 finding 7: Proxy-Require (§3.3.5) never checked; 405 instead of 420 + Unsupported",
-}
+# Empty since issue 15 findings 4-7 and the §3.1.2.7 gap (ltgtruri) were fixed.
+XFAIL: dict[str, str] = {}
 
 ADMITTED = Decision(admit=True, reason="admitted", sip_code=0, trunk_id="T1", enterprise_id="E1")
 
@@ -92,7 +82,6 @@ def test_core_outcome(name: str, section: str, expected: str) -> None:
         assert got == expected, (name, section, got)
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL["bext01"])
 def test_bext01_unsupported_lists_only_the_proxy_require_tag() -> None:
     """§3.3.5 / RFC 3261 §16.3 step 5: 420 with Unsupported naming the Proxy-Require tag, not Require's."""
     core = make_core()
@@ -104,7 +93,6 @@ def test_bext01_unsupported_lists_only_the_proxy_require_tag() -> None:
     assert "nothingSupportedHere" not in unsupported
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL["badinv01"])
 def test_badinv01_never_reaches_policy_or_a_hop() -> None:
     """§3.1.2.1: a 400 from the core itself; the INVITE is neither admitted nor forwarded."""
     core = make_core()
