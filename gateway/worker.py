@@ -54,7 +54,8 @@ log = logging.getLogger("cag.worker")
 # parent that imports this module: see gateway.metrics for why.
 metrics: Any = None
 
-TICK_S = 0.02
+TICK_S = 0.02  # receive-queue sampling for overload (the core's timers are armed from its deadline)
+TIMER_SLACK_S = 0.001  # uvloop's call_at has 1 ms steps: never wake just before the deadline and spin
 STATS_S = 1.0
 RCVBUF = 4 * 1024 * 1024
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6; [0] = bytes queued to read
@@ -186,6 +187,9 @@ class Worker:
         self._steer_tx = [pair[1] for pair in spec.steer]
         self._steer_rx = spec.steer[spec.index][0] if spec.steer else None
         self._queue_hist = [0, 0]  # bytes queued at the two previous ticks
+        # The one timer for the core (STYLE §7): armed for ``_timer_at`` from core.next_deadline().
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         # Labelled decision counters by (decision, reason): labels() takes a lock and
         # builds a key per call, the cached child is one inc.
         self._decision_counters: dict[tuple[str, str], Any] = {}
@@ -259,7 +263,8 @@ class Worker:
             set_rcvbuf(self._steer_rx)
             self.loop.add_reader(self._steer_rx.fileno(), self._steer_in)
             self._udp_socks.append(self._steer_rx)  # its backlog counts towards overload too
-        self.loop.call_later(TICK_S, self._tick)
+        self.loop.call_later(TICK_S, self._sample_queue)  # always: a reload may turn overload_queue_kb on
+        self._arm()
         self.loop.call_later(STATS_S, self._flush_stats)
         metrics.WORKERS.set(1)
         # Series a dashboard plots from the start (0 until something happens).
@@ -291,6 +296,7 @@ class Worker:
             return
         if actions:
             self._dispatch(actions)
+        self._arm()
 
     def _steer_out(self, core: ProxyCore, owner: int, source: Addr, data: bytes) -> None:
         """Hand a trunk's request to the worker owning its Call-ID (gateway/proxy/steer.py).
@@ -335,6 +341,7 @@ class Worker:
                 continue
             if actions:
                 self._dispatch(actions)
+        self._arm()
 
     # ---- actions out ----------------------------------------------------
     def _dispatch(self, actions: list[Any]) -> None:
@@ -408,6 +415,7 @@ class Worker:
             self._ent[(ent, decision.decision)] += 1
         if key is not None and self.core is not None:
             self._dispatch(self.core.decided(key, decision, core_time()))
+            self._arm()
         if not decision.admit and decision.sip_code:  # after the answer left; written by the log thread
             self.reject_log.reject(decision, record_id, time.time())
         if self.audit is not None:  # after the answer left: a list append, flushed off this path
@@ -447,7 +455,40 @@ class Worker:
             metrics.REDIS_SECONDS.observe(seconds)
 
     # ---- timers ---------------------------------------------------------
-    def _tick(self) -> None:
+    def _arm(self) -> None:
+        """After every event the core saw: arm the one timer if its next deadline moved earlier.
+
+        A deadline that moved later keeps the armed timer, which then wakes
+        the core early once (``_on_timer`` finds nothing due and re-arms);
+        cheaper than cancelling and re-arming on every message. Nothing due
+        (``inf``): no timer, an idle worker sleeps.
+        """
+        core = self.core
+        if core is None:
+            return
+        due = core.next_deadline()
+        if due < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = due
+            self._timer = self.loop.call_at(due + TIMER_SLACK_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """The core's deadline came: its due timers, then the timer for the next one."""
+        self._timer = None
+        self._timer_at = float("inf")
+        if self.core is not None:
+            try:
+                actions = self.core.tick(core_time())
+            except Exception:
+                log.exception("proxy core tick raised")
+                actions = []
+            if actions:
+                self._dispatch(actions)
+        self._arm()
+
+    def _sample_queue(self) -> None:
+        """Every TICK_S: read the listen sockets' receive queues to enter or leave overload."""
         limit = self.spec.settings.overload_queue_kb * 1024
         if limit > 0 and self._udp_socks:
             q = max(rx_queued(sock) for sock in self._udp_socks)
@@ -468,15 +509,7 @@ class Worker:
                     log.warning("receive queue above %d KiB: shedding new INVITEs (503 overload)", limit // 1024)
                 else:
                     log.warning("receive queue drained: accepting new INVITEs again")
-        if self.core is not None:
-            try:
-                actions = self.core.tick(core_time())
-            except Exception:
-                log.exception("proxy core tick raised")
-                actions = []
-            if actions:
-                self._dispatch(actions)
-        self.loop.call_later(TICK_S, self._tick)
+        self.loop.call_later(TICK_S, self._sample_queue)
 
     def _flush_stats(self) -> None:
         """Copy plain counters into Prometheus once a second, off the per-message path."""
@@ -545,6 +578,7 @@ class Worker:
             self.core.cfg = dataclasses.replace(self.core.cfg, **core_reloadable(new))
             if new.next_hop != old.next_hop:
                 self.core.set_next_hops(tuple(NextHop.parse(h) for h in new.next_hop))
+            self._arm()  # probing may have been turned on or its interval shortened
         self._event("reloads")
         log.info("worker %d reloaded settings", self.spec.index)
 
