@@ -47,7 +47,7 @@ class Clients:
         idx = sh.hops.pick(sh.rng, txn.tried)
         if idx is None:
             return False
-        txn.tried.add(idx)
+        txn.tried += (idx,)
         hop = sh.hops.hops[idx]
         req = txn.request()
         branch = f"{CLIENT_PREFIX}{sh.cfg.worker:x}x{sh.next_id():x}{sh.rng.getrandbits(32):08x}"

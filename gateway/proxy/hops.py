@@ -9,6 +9,7 @@ interval instead of one per call.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -68,7 +69,7 @@ class HopSet:
         self.hosts = frozenset(h.host for h in hops)
         self.addrs = {h.addr: i for i, h in enumerate(hops)}
 
-    def pick(self, rng: random.Random, tried: set[int] | None = None) -> int | None:
+    def pick(self, rng: random.Random, tried: Collection[int] = ()) -> int | None:
         """Weighted random among up hops not yet tried; on a first attempt with none up, among all."""
         hops, up, retired = self.hops, self.up, self.retired
         cands = [

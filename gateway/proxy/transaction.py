@@ -84,6 +84,9 @@ CLIENT_MOVES: frozenset[tuple[CState, CState]] = frozenset(
 HopFields = tuple[str, tuple[str, ...], str, str, int]
 
 
+_NO_FIELDS: HopFields = ("", (), "", "", 0)
+
+
 class ServerTxn:
     """One INVITE from a trunk, from arrival to the end of its 32 s linger.
 
@@ -156,7 +159,7 @@ class ServerTxn:
         self.mf = -1  # Max-Forwards as received (-1: absent)
         self.last: bytes | None = None  # last response sent upstream (replayed to retransmissions)
         self.client: ClientTxn | None = None  # the current downstream attempt
-        self.tried: set[int] = set()
+        self.tried: tuple[int, ...] = ()  # hop indices attempted; a tuple: 48 B, a set 216 B
         self.cancelled = False  # CANCEL answered with our own 487 before forwarding
         self.cancel_requested = False  # CANCEL arrived after forwarding
         self.answered_at: float | None = None
@@ -228,9 +231,12 @@ class ServerTxn:
         self.g_at = now + self.g_iv
 
     def slim(self) -> None:
-        """The final response has left: drop the request and the call (see the class docstring)."""
+        """The final response has left: drop what only forwarding needed (see the class docstring)."""
         self.req = None
         self.call = None
+        self.hop_fields = None
+        self.tried = ()
+        self.from_tag = ""
 
     def request(self) -> Request:
         """The INVITE, for a response we build; only asked for before the final response."""
@@ -338,7 +344,11 @@ class ClientTxn:
         self._move(CState.ACCEPTED)
         self._stop()
         self.end_at = now + TIMER_H
+        # Only the relaying of the 2xx's retransmissions is left: no ACK, CANCEL or orphan BYE
+        # of ours will repeat the INVITE, so neither it nor what they copy is kept.
         self.data = b""
+        self.via = ""
+        self.fields = _NO_FIELDS
 
     def on_final(self, ack: bytes, now: float) -> None:
         """A non-2xx final, ACKed hop by hop with ``ack``; late copies absorbed for Timer D (UDP)."""
