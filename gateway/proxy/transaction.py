@@ -31,7 +31,7 @@ TIMER_D = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
 TIMER_F = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
 
 
-class TransactionError(RuntimeError):
+class TransactionError(Exception):
     """A state change the machine does not have: a bug in the caller, raised where it happens."""
 
 
