@@ -11,7 +11,10 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Final
+
+# Module level, not a ClassVar of the frozen dataclass: mypyc makes that attribute read-only.
+_TRANSPORTS: Final = ("udp", "tcp")
 
 
 @dataclass(frozen=True)
@@ -21,15 +24,13 @@ class NextHop:
     transport: str = "udp"
     weight: int = 1
 
-    _TRANSPORTS: ClassVar[tuple[str, ...]] = ("udp", "tcp")
-
     @classmethod
     def parse(cls, text: str) -> NextHop:
         """``[udp:|tcp:]HOST:PORT[;weight=N]`` (UDP by default; IPv6 as ``[::1]:5060``)."""
         main, _, params = text.strip().partition(";")
         transport = "udp"
         head, sep, rest = main.partition(":")
-        if sep and head.lower() in cls._TRANSPORTS:
+        if sep and head.lower() in _TRANSPORTS:
             transport = head.lower()
             main = rest
         if main.startswith("["):
