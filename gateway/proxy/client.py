@@ -11,7 +11,7 @@ closing the orphan dialog of a 2xx that arrives after we gave up on a hop.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from gateway.sip import Request, build_request, build_response, header_uri
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cag.proxy")
 
 
+@final
 class Clients:
     """See the module docstring. ``servers`` is set by the core (the two sides call each other)."""
 

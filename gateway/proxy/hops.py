@@ -11,13 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, final
 
 # Module level, not a ClassVar of the frozen dataclass: mypyc makes that attribute read-only.
 _TRANSPORTS: Final = ("udp", "tcp")
 
 
 @dataclass(frozen=True)
+@final
 class NextHop:
     host: str
     port: int
@@ -58,6 +59,7 @@ class NextHop:
         return f"{self.transport}:{self.host}:{self.port};weight={self.weight}"
 
 
+@final
 class HopSet:
     """The configured hops with their health; indices are stable (they go into Record-Route tokens)."""
 

@@ -7,6 +7,7 @@ A hop that fails an INVITE is marked down by the client transaction
 from __future__ import annotations
 
 import logging
+from typing import final
 
 from gateway.sip import build_request
 
@@ -17,6 +18,7 @@ from .transaction import INF
 log = logging.getLogger("cag.proxy")
 
 
+@final
 class Prober:
     __slots__ = ("_from", "_next", "_probes", "_seq", "rtt", "shared")
 

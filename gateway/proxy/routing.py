@@ -18,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from functools import lru_cache
+from typing import Final, final
 
 from gateway.sip import QuickResponse, Request, Response, SipError, Via, header_uri, parse_uri
 
 from .actions import Action, Addr, Outcome, Release, Send
 from .shared import STATELESS_PREFIX, Arrival, Shared, reason_header, reply_addr
 
-ROUTE_MAP_MAX = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
-ROUTE_MAP_TTL = 64.0
+ROUTE_MAP_MAX: Final = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
+ROUTE_MAP_TTL: Final = 64.0
 # What RouteToken.mint writes (base64url and "."): such a token needs no URI parse to be cut out.
-_TOKEN_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_TOKEN_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 # A response relayed on a quick view (gateway/sip/quick.py) or fully parsed: the
 # relay paths read and edit both the same way.
@@ -57,7 +58,7 @@ def _first_route(req: Request) -> str | None:
     return routes[0] if routes else None
 
 
-_BRANCH_LEN = len(STATELESS_PREFIX) + 20  # prefix + the 10-byte keyed hash in hex; the return address follows
+_BRANCH_LEN: Final = len(STATELESS_PREFIX) + 20  # prefix + the 10-byte keyed hash in hex; the return address follows
 
 
 def _back(addr: Addr) -> str:
@@ -71,6 +72,7 @@ def _unback(back: str) -> Addr:
     return host.replace("_", ":"), int(port)
 
 
+@final
 class Dialogs:
     """See the module docstring."""
 

@@ -16,19 +16,20 @@ that time (``due``, ``heap_due``, ``dead`` are the heap's bookkeeping).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final, final
 
 from gateway.sip import Request
 from policy.model import CallAttempt
 
 from .actions import Addr
 
-INF = float("inf")
-T1 = 0.5  # RTT estimate: first retransmission interval (Timers A, G)
-T2 = 4.0  # cap of the non-INVITE / response retransmission interval (Timer G)
-T4 = 5.0  # how long a message may live in the network (Timer I)
-TIMER_H = 64 * T1  # 32 s: wait for the ACK of a non-2xx final; also the 2xx linger (RFC 6026)
-TIMER_D = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
-TIMER_F = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
+INF: Final = float("inf")
+T1: Final = 0.5  # RTT estimate: first retransmission interval (Timers A, G)
+T2: Final = 4.0  # cap of the non-INVITE / response retransmission interval (Timer G)
+T4: Final = 5.0  # how long a message may live in the network (Timer I)
+TIMER_H: Final = 64 * T1  # 32 s: wait for the ACK of a non-2xx final; also the 2xx linger (RFC 6026)
+TIMER_D: Final = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
+TIMER_F: Final = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
 
 
 class TransactionError(Exception):
@@ -87,6 +88,7 @@ HopFields = tuple[str, tuple[str, ...], str, str, int]
 _NO_FIELDS: HopFields = ("", (), "", "", 0)
 
 
+@final
 class ServerTxn:
     """One INVITE from a trunk, from arrival to the end of its 32 s linger.
 
@@ -246,6 +248,7 @@ class ServerTxn:
         return req
 
 
+@final
 class ClientTxn:
     """One forwarding attempt of an admitted INVITE to one hop, keyed by our branch."""
 
