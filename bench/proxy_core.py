@@ -17,7 +17,11 @@ Instruction counts, which do not depend on what else runs on the box:
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m bench.proxy_core --repeat 1
     ... the same with --repeat 0; (difference) / --calls = instructions per call
 
-Run: ``python -m bench.proxy_core [--calls 3000] [--repeat 5] [--by-kind]``.
+``--memory`` also replays once under tracemalloc and prints what the core
+still holds per call once every call has ended (BYE answered): the lingering
+transactions (RFC 6026, 32 s) and the route-map entry of the BYE.
+
+Run: ``python -m bench.proxy_core [--calls 3000] [--repeat 5] [--by-kind] [--memory]``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+import tracemalloc
 from collections.abc import Callable
 
 from gateway.proxy import Admit, ProxyCore
@@ -94,11 +99,27 @@ def replay(steps: list[Step], by_kind: dict[str, float] | None = None) -> float:
     return total
 
 
+def held_per_call(steps: list[Step], calls: int) -> float:
+    """Bytes a fresh core still holds per call after the replay (tracemalloc, after a collection)."""
+    core = make_core()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for step in steps:
+            _call(core, step)
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - before) / calls
+    finally:
+        tracemalloc.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=5, help="best of this many replays (0: record only)")
     ap.add_argument("--by-kind", action="store_true", help="also time each message kind (best per kind)")
+    ap.add_argument("--memory", action="store_true", help="also print the bytes held per lingering call")
     args = ap.parse_args()
     steps = record(args.calls)
     if args.repeat <= 0:
@@ -119,6 +140,8 @@ def main() -> None:
             for k, v in one.items():
                 kinds[k] = min(kinds.get(k, v), v)
         print("  " + ", ".join(f"{k} {kinds[k] / args.calls * 1e6:.1f}" for k in KINDS) + " (µs each)")
+    if args.memory:
+        print(f"  held per lingering call: {held_per_call(steps, args.calls):.0f} B")
 
 
 if __name__ == "__main__":

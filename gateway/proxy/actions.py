@@ -7,6 +7,7 @@ carry no validation and no behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 from policy.decision import Decision
 from policy.model import CallAttempt
@@ -15,6 +16,7 @@ Addr = tuple[str, int]
 
 
 @dataclass(slots=True)
+@final
 class Send:
     """Send ``data`` to ``dest``.
 
@@ -33,6 +35,7 @@ class Send:
 
 
 @dataclass(slots=True)
+@final
 class Admit:
     """Ask policy about ``call``; the adapter answers with ``ProxyCore.decided(key, ...)``."""
 
@@ -42,6 +45,7 @@ class Admit:
 
 
 @dataclass(slots=True)
+@final
 class Refused:
     """The core answered an INVITE itself (400, 482, 483, 503, already sent): finish it as a decision.
 
@@ -55,6 +59,7 @@ class Refused:
 
 
 @dataclass(slots=True)
+@final
 class Release:
     """A concurrency slot is free again (BYE, CANCEL, final error, timeout)."""
 
@@ -63,6 +68,7 @@ class Release:
 
 
 @dataclass(slots=True)
+@final
 class Outcome:
     """What became of an admitted call, for the audit record (SPEC §7). Times are wall-clock."""
 

@@ -11,7 +11,7 @@ closing the orphan dialog of a 2xx that arrives after we gave up on a hop.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from gateway.sip import Request, build_request, build_response, header_uri
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cag.proxy")
 
 
+@final
 class Clients:
     """See the module docstring. ``servers`` is set by the core (the two sides call each other)."""
 
@@ -47,7 +48,7 @@ class Clients:
         idx = sh.hops.pick(sh.rng, txn.tried)
         if idx is None:
             return False
-        txn.tried.add(idx)
+        txn.tried += (idx,)
         hop = sh.hops.hops[idx]
         req = txn.request()
         branch = f"{CLIENT_PREFIX}{sh.cfg.worker:x}x{sh.next_id():x}{sh.rng.getrandbits(32):08x}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from typing import final
 
 from gateway.sip import QuickResponse, Request, Response, SipError, parse, parse_uri, quick_response
 from policy.decision import Decision
@@ -67,6 +68,7 @@ def _top_branch(first_line: str | None) -> str | None:
     return br or None
 
 
+@final
 class ProxyCore:
     """See the module docstring. Not thread-safe; one instance per worker.
 

@@ -22,6 +22,7 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
+from typing import final
 
 _SEP = b"\x1f"
 _MAC_BYTES = 12
@@ -29,6 +30,7 @@ MINTED_MAX = 65536  # tokens remembered per worker (a few hundred bytes each)
 
 
 @dataclass(frozen=True, slots=True)
+@final
 class DialogInfo:
     record_id: str
     hop: int
@@ -43,6 +45,7 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@final
 class RouteToken:
     __slots__ = ("_hmac", "_minted", "_minted_max", "_secret")
 

@@ -9,18 +9,21 @@ interval instead of one per call.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Final, final
+
+# Module level, not a ClassVar of the frozen dataclass: mypyc makes that attribute read-only.
+_TRANSPORTS: Final = ("udp", "tcp")
 
 
 @dataclass(frozen=True)
+@final
 class NextHop:
     host: str
     port: int
     transport: str = "udp"
     weight: int = 1
-
-    _TRANSPORTS: ClassVar[tuple[str, ...]] = ("udp", "tcp")
 
     @classmethod
     def parse(cls, text: str) -> NextHop:
@@ -28,7 +31,7 @@ class NextHop:
         main, _, params = text.strip().partition(";")
         transport = "udp"
         head, sep, rest = main.partition(":")
-        if sep and head.lower() in cls._TRANSPORTS:
+        if sep and head.lower() in _TRANSPORTS:
             transport = head.lower()
             main = rest
         if main.startswith("["):
@@ -56,6 +59,7 @@ class NextHop:
         return f"{self.transport}:{self.host}:{self.port};weight={self.weight}"
 
 
+@final
 class HopSet:
     """The configured hops with their health; indices are stable (they go into Record-Route tokens)."""
 
@@ -68,7 +72,7 @@ class HopSet:
         self.hosts = frozenset(h.host for h in hops)
         self.addrs = {h.addr: i for i, h in enumerate(hops)}
 
-    def pick(self, rng: random.Random, tried: set[int] | None = None) -> int | None:
+    def pick(self, rng: random.Random, tried: Collection[int] = ()) -> int | None:
         """Weighted random among up hops not yet tried; on a first attempt with none up, among all."""
         hops, up, retired = self.hops, self.up, self.retired
         cands = [

@@ -27,11 +27,13 @@ check (a set lookup) already drops everything from addresses we do not know.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 __all__ = ["Pike", "PikeConfig"]
 
 
 @dataclass(frozen=True)
+@final
 class PikeConfig:
     density: int = 0  # requests per interval per address before blocking; 0 = off
     interval: float = 2.0  # seconds per sampling window
@@ -39,6 +41,7 @@ class PikeConfig:
     max_sources: int = 100_000  # addresses tracked at most
 
 
+@final
 class Pike:
     """Fixed-window counter per source address plus a block list. Not thread-safe."""
 

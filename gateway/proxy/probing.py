@@ -10,6 +10,7 @@ probe answer other than 503 brings it back.
 from __future__ import annotations
 
 import logging
+from typing import final
 
 from gateway.sip import build_request
 
@@ -20,6 +21,7 @@ from .transaction import INF
 log = logging.getLogger("cag.proxy")
 
 
+@final
 class Prober:
     __slots__ = ("_from", "_next", "_probes", "_seq", "rtt", "shared")
 

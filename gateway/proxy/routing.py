@@ -2,10 +2,15 @@
 
 Nothing is kept per dialog: the HMAC'd token in the Route says which hop
 the INVITE went to, for which trunk and audit record, so any worker on any
-node can route the request. Responses come back on a branch derived from
-the upstream one with our secret (``stateless_branch``); a small bounded
-map (``ROUTE_MAP_MAX``, ``ROUTE_MAP_TTL``) only remembers where each
-request came from, for TCP connections and NATed trunks.
+node can route the request. Nothing is kept per UDP request either (as
+Kamailio's ``loose_route()`` + stateless forwarding): the address its
+response goes back to (RFC 3261 §18.2.2, RFC 3581) is written into the
+branch we mint (``stateless_branch``), keyed with our secret together with
+the upstream Via, so a response finds its way back with no look-up and
+nobody can forge one that we reflect elsewhere. A small bounded map
+(``ROUTE_MAP_MAX``, ``ROUTE_MAP_TTL``) remains for what the branch cannot
+carry: the connection a TCP request came on, and the BYEs already seen (a
+retransmitted BYE must not free the slot or file the outcome twice).
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from functools import lru_cache
+from typing import Final, final
 
 from gateway.sip import QuickResponse, Request, Response, SipError, Via, header_uri, parse_uri
 
 from .actions import Action, Addr, Outcome, Release, Send
 from .shared import STATELESS_PREFIX, Arrival, Shared, reason_header, reply_addr
 
-ROUTE_MAP_MAX = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
-ROUTE_MAP_TTL = 64.0
+ROUTE_MAP_MAX: Final = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
+ROUTE_MAP_TTL: Final = 64.0
 # What RouteToken.mint writes (base64url and "."): such a token needs no URI parse to be cut out.
-_TOKEN_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+_TOKEN_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 # A response relayed on a quick view (gateway/sip/quick.py) or fully parsed: the
 # relay paths read and edit both the same way.
@@ -52,6 +58,21 @@ def _first_route(req: Request) -> str | None:
     return routes[0] if routes else None
 
 
+_BRANCH_LEN: Final = len(STATELESS_PREFIX) + 20  # prefix + the 10-byte keyed hash in hex; the return address follows
+
+
+def _back(addr: Addr) -> str:
+    """A UDP return address as branch token characters (RFC 3261 §25.1): ``-host-port``, IPv6 ':' as '_'."""
+    return f"-{addr[0].replace(':', '_')}-{addr[1]}"
+
+
+def _unback(back: str) -> Addr:
+    """``_back`` read again; only ever given what our keyed hash vouched for."""
+    _, host, port = back.rsplit("-", 2)
+    return host.replace("_", ":"), int(port)
+
+
+@final
 class Dialogs:
     """See the module docstring."""
 
@@ -62,20 +83,22 @@ class Dialogs:
         self._key = hashlib.blake2b(shared.cfg.rr_secret, digest_size=32).digest()
         self._routes: dict[str, tuple[Addr, str, int | None, float]] = {}
 
-    def stateless_branch(self, call_id: str, upstream: Via) -> str:
+    def stateless_branch(self, call_id: str, upstream: Via, back: str = "") -> str:
         """Deterministic per upstream transaction (RFC 3261 §16.11), and keyed with our secret.
 
         Deterministic: a retransmission, the CANCEL and the non-2xx ACK of an
         in-dialog request get the same branch downstream without any state.
-        Keyed: a response's second Via must hash to its first, so nobody can
-        make us reflect a forged response to an address of their choice.
+        Keyed: a response's second Via must hash to its first, and the
+        return address ``back`` (``_back``; "" over TCP) is under the same
+        key, so nobody can make us reflect a forged response to an address
+        of their choice.
         """
         h = hashlib.blake2b(
-            f"{call_id}\x1f{upstream.branch or ''}\x1f{upstream.host}:{upstream.port or 0}".encode(),
+            f"{call_id}\x1f{upstream.branch or ''}\x1f{upstream.host}:{upstream.port or 0}\x1f{back}".encode(),
             digest_size=10,
             key=self._key,
         ).hexdigest()
-        return STATELESS_PREFIX + h
+        return STATELESS_PREFIX + h + back
 
     def request(
         self,
@@ -138,7 +161,8 @@ class Dialogs:
             hop = hops[info.hop]
             dest = hop.addr
             out_transport = hop.transport
-        branch = self.stateless_branch(req.call_id, arr.top)
+        udp = arr.transport != "tcp"
+        branch = self.stateless_branch(req.call_id, arr.top, _back(reply_addr(arr.top, arr.source)) if udp else "")
         via = sh.via[out_transport] + branch + (";rport" if out_transport == "udp" else "")
         if mf is None:
             req.append("Max-Forwards", new_mf)
@@ -147,15 +171,15 @@ class Dialogs:
         req.prepend("Via", via)
         out: list[Action] = [Send(req.to_bytes(), dest, out_transport, None, True)]
         sh.stats["forwarded_requests"] += 1
-        if is_ack:
-            return out
+        is_bye = req.method == "BYE"
+        if udp and not is_bye:
+            return out  # stateless: the response finds its way back by the branch
         routes = self._routes
         if branch not in routes:
             if len(routes) >= ROUTE_MAP_MAX:
                 del routes[next(iter(routes))]
-            back = arr.source if arr.transport == "tcp" else reply_addr(arr.top, arr.source)
-            routes[branch] = (back, arr.transport, arr.conn_id, now + ROUTE_MAP_TTL)
-            if req.method == "BYE":
+            routes[branch] = (arr.source, arr.transport, arr.conn_id, now + ROUTE_MAP_TTL)
+            if is_bye:
                 sh.stats["byes"] += 1
                 if info.trunk_id:
                     out.append(Release(info.trunk_id, req.call_id))
@@ -187,18 +211,21 @@ class Dialogs:
     def response(self, resp: AnyResponse, br: str) -> list[Action]:
         """Responses to in-dialog requests: pop our Via, back to whoever sent the request."""
         nxt = resp.via_at(1)  # the requester's Via: only it is parsed
-        if nxt is None or self.stateless_branch(resp.call_id, nxt) != br:
+        back = br[_BRANCH_LEN:]
+        if nxt is None or self.stateless_branch(resp.call_id, nxt, back) != br:
             self.shared.stats["dropped_unmatched_response"] += 1
             return []
         resp.drop_first_via()
+        self.shared.stats["forwarded_responses"] += 1
+        if back:  # a UDP request: its return address is in the branch
+            return [Send(resp.to_bytes(), _unback(back), "udp", None)]
         entry = self._routes.get(br)
         if entry is not None:
             dest, transport, conn_id, _ = entry
-        else:
+        else:  # a TCP request whose connection entry was forgotten: as the Via says
             dest = nxt.response_address()
             transport = nxt.transport.lower()
             conn_id = None
-        self.shared.stats["forwarded_responses"] += 1
         return [Send(resp.to_bytes(), dest, transport, conn_id if transport == "tcp" else None)]
 
     def next_deadline(self) -> float:

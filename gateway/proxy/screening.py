@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import final
 
 from gateway.sip import PHRASES, Request, SipError
 
@@ -39,6 +40,7 @@ _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _CANON = {b"via": b"Via", b"from": b"From", b"to": b"To", b"call-id": b"Call-ID", b"cseq": b"CSeq"}
 
 
+@final
 class Screen:
     """Pike, unknown sources, malformed requests (see the module docstring)."""
 

@@ -11,7 +11,7 @@ the adapter finishes them like policy's (metrics, log, audit, SPEC §7).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 from gateway.sip import Request, SipError, Via, build_response
 from policy.decision import Decision, reject
@@ -33,6 +33,7 @@ def txn_key(call_id: str, top: Via) -> str:
     return f"{call_id}|{top.branch or ''}|{top.host}:{top.port or 5060}"
 
 
+@final
 class Servers:
     """See the module docstring. ``clients`` is set by the core (the two sides call each other)."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from random import Random
+from typing import Final, final
 
 from gateway.sip import Request, SipError, Via, build_response, header_uri, parse_uri
 from policy.decision import Decision
@@ -26,16 +27,17 @@ from .pike import PikeConfig
 from .timers import TimerHeap
 from .transaction import ClientTxn, ServerTxn
 
-MAGIC = "z9hG4bKcag"  # every branch we mint starts with this (loop detection, response matching)
-CLIENT_PREFIX = MAGIC + "t"  # INVITE client transactions
-STATELESS_PREFIX = MAGIC + "s"  # in-dialog requests (branch derived from the upstream branch)
-PROBE_PREFIX = MAGIC + "probe"  # OPTIONS probes to next hops
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, NOTIFY, REFER"
+MAGIC: Final = "z9hG4bKcag"  # every branch we mint starts with this (loop detection, response matching)
+CLIENT_PREFIX: Final = MAGIC + "t"  # INVITE client transactions
+STATELESS_PREFIX: Final = MAGIC + "s"  # in-dialog requests (branch derived from the upstream branch)
+PROBE_PREFIX: Final = MAGIC + "probe"  # OPTIONS probes to next hops
+ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, NOTIFY, REFER"
 
 _PIKE_OFF = PikeConfig()
 
 
 @dataclass(frozen=True)
+@final
 class CoreConfig:
     listen: Addr  # public address for Record-Route and "addressed to us" checks
     private: Addr  # this worker's downstream UDP socket (our Via for UDP forwarding)
@@ -69,6 +71,7 @@ def reply_addr(via: Via, source: Addr) -> Addr:
 
 
 @dataclass(slots=True)
+@final
 class Arrival:
     """How a request reached us: what any response to it needs (RFC 3261 §18.2.2: its top Via, source, connection)."""
 
@@ -93,6 +96,7 @@ def refusal(req: Request, decision: Decision, to_tag: str | None) -> bytes:
     return build_response(req, code, to_tag=to_tag, extra=extra)
 
 
+@final
 class Shared:
     """See the module docstring. Not thread-safe; one per core."""
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from typing import final
 
 from .transaction import INF, ClientTxn, ServerTxn
 
 Txn = ServerTxn | ClientTxn
 
 
+@final
 class TimerHeap:
     """Deadlines of the live transactions (``servers`` by key, ``clients`` by branch)."""
 

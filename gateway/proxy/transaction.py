@@ -16,22 +16,23 @@ that time (``due``, ``heap_due``, ``dead`` are the heap's bookkeeping).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final, final
 
 from gateway.sip import Request
 from policy.model import CallAttempt
 
 from .actions import Addr
 
-INF = float("inf")
-T1 = 0.5  # RTT estimate: first retransmission interval (Timers A, G)
-T2 = 4.0  # cap of the non-INVITE / response retransmission interval (Timer G)
-T4 = 5.0  # how long a message may live in the network (Timer I)
-TIMER_H = 64 * T1  # 32 s: wait for the ACK of a non-2xx final; also the 2xx linger (RFC 6026)
-TIMER_D = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
-TIMER_F = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
+INF: Final = float("inf")
+T1: Final = 0.5  # RTT estimate: first retransmission interval (Timers A, G)
+T2: Final = 4.0  # cap of the non-INVITE / response retransmission interval (Timer G)
+T4: Final = 5.0  # how long a message may live in the network (Timer I)
+TIMER_H: Final = 64 * T1  # 32 s: wait for the ACK of a non-2xx final; also the 2xx linger (RFC 6026)
+TIMER_D: Final = 32.0  # client: absorb retransmitted non-2xx finals (UDP)
+TIMER_F: Final = 64 * T1  # a non-INVITE client transaction (our CANCEL) gives up retransmitting
 
 
-class TransactionError(RuntimeError):
+class TransactionError(Exception):
     """A state change the machine does not have: a bug in the caller, raised where it happens."""
 
 
@@ -84,6 +85,10 @@ CLIENT_MOVES: frozenset[tuple[CState, CState]] = frozenset(
 HopFields = tuple[str, tuple[str, ...], str, str, int]
 
 
+_NO_FIELDS: HopFields = ("", (), "", "", 0)
+
+
+@final
 class ServerTxn:
     """One INVITE from a trunk, from arrival to the end of its 32 s linger.
 
@@ -156,7 +161,7 @@ class ServerTxn:
         self.mf = -1  # Max-Forwards as received (-1: absent)
         self.last: bytes | None = None  # last response sent upstream (replayed to retransmissions)
         self.client: ClientTxn | None = None  # the current downstream attempt
-        self.tried: set[int] = set()
+        self.tried: tuple[int, ...] = ()  # hop indices attempted; a tuple: 48 B, a set 216 B
         self.cancelled = False  # CANCEL answered with our own 487 before forwarding
         self.cancel_requested = False  # CANCEL arrived after forwarding
         self.answered_at: float | None = None
@@ -228,9 +233,12 @@ class ServerTxn:
         self.g_at = now + self.g_iv
 
     def slim(self) -> None:
-        """The final response has left: drop the request and the call (see the class docstring)."""
+        """The final response has left: drop what only forwarding needed (see the class docstring)."""
         self.req = None
         self.call = None
+        self.hop_fields = None
+        self.tried = ()
+        self.from_tag = ""
 
     def request(self) -> Request:
         """The INVITE, for a response we build; only asked for before the final response."""
@@ -240,6 +248,7 @@ class ServerTxn:
         return req
 
 
+@final
 class ClientTxn:
     """One forwarding attempt of an admitted INVITE to one hop, keyed by our branch."""
 
@@ -338,7 +347,11 @@ class ClientTxn:
         self._move(CState.ACCEPTED)
         self._stop()
         self.end_at = now + TIMER_H
+        # Only the relaying of the 2xx's retransmissions is left: no ACK, CANCEL or orphan BYE
+        # of ours will repeat the INVITE, so neither it nor what they copy is kept.
         self.data = b""
+        self.via = ""
+        self.fields = _NO_FIELDS
 
     def on_final(self, ack: bytes, now: float) -> None:
         """A non-2xx final, ACKed hop by hop with ``ack``; late copies absorbed for Timer D (UDP)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.proxy import Release
+import math
+
+from gateway.proxy import Outcome, ProxyCore, Release
 from tests.unit.proxy._support import (
     HOP1,
     LISTEN,
@@ -17,6 +19,7 @@ from tests.unit.proxy._support import (
     param,
     request,
     respond,
+    sends,
     start_call,
     status_of,
 )
@@ -93,3 +96,76 @@ def test_forged_response_is_not_reflected() -> None:
     )
     assert core.receive(resp, HOP1, "udp", None, T0, True) == []
     assert core.stats["dropped_unmatched_response"] == 1
+
+
+def _answered(core: ProxyCore) -> str:
+    """A call through to its 200; the Record-Route the trunk's in-dialog requests carry."""
+    _, fwd = start_call(core)
+    core.receive(respond(fwd.data, 200), HOP1, "udp", None, T0 + 1, True)
+    rr = hget(fwd.data, "Record-Route")
+    assert rr is not None
+    return rr
+
+
+def test_in_dialog_udp_requests_are_relayed_with_no_state_kept() -> None:
+    """UPDATE, INFO, re-INVITE, ACK: forwarded on the token; no transaction, no timer, no route entry."""
+    core = make_core()
+    rr = _answered(core)
+    servers, clients, deadline = len(core.shared.servers), len(core.shared.clients), core.next_deadline()
+    # A NATed trunk: the Via says 5062 without rport, so the answer goes to source IP : Via port.
+    natted = ("10.0.0.1", 31000)
+    for n, method in enumerate(("UPDATE", "INFO", "INVITE", "ACK"), start=2):
+        data = request(
+            method, branch=f"z9hG4bK-nat-{n}", via_host="10.0.0.1:5062", cseq=n, to_tag="uas-tag-1", routes=(rr,)
+        )
+        s = only_send(core.receive(data, natted, "udp", None, T0 + n))
+        assert s.dest == HOP1 and first_line(s.data).startswith(f"{method} ") and hget(s.data, "Route") is None
+        if method == "ACK":
+            continue
+        back = only_send(core.receive(respond(s.data, 200), HOP1, "udp", None, T0 + n + 0.1, True))
+        assert back.dest == ("10.0.0.1", 5062) and back.transport == "udp"
+        assert hall(back.data, "Via") == [f"SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bK-nat-{n}"]
+    assert not core.dialogs._routes and core.dialogs.next_deadline() == math.inf
+    assert (len(core.shared.servers), len(core.shared.clients)) == (servers, clients)
+    assert core.next_deadline() == deadline  # no new timer either
+    assert core.stats["forwarded_requests"] == 1 + 4 and core.stats["forwarded_responses"] == 1 + 3
+
+
+def test_rport_return_address_rides_in_the_branch_and_cannot_be_redirected() -> None:
+    core = make_core()
+    rr = _answered(core)
+    data = request("INFO", branch="z9hG4bK-r", via_host="10.0.0.1:5060;rport", cseq=2, to_tag="uas-tag-1", routes=(rr,))
+    s = only_send(core.receive(data, ("10.0.0.1", 31000), "udp", None, T0 + 2))
+    ours = param(hall(s.data, "Via")[0], "branch")
+    assert ours is not None and ours.endswith("-10.0.0.1-31000")
+    back = only_send(core.receive(respond(s.data, 200), HOP1, "udp", None, T0 + 2.1, True))
+    assert back.dest == ("10.0.0.1", 31000)
+    # The same response with the return address in our branch changed: not ours, dropped.
+    forged = respond(s.data, 200).replace(b"-10.0.0.1-31000", b"-6.6.6.6-31000")
+    assert core.receive(forged, HOP1, "udp", None, T0 + 2.2, True) == []
+    assert core.stats["dropped_unmatched_response"] == 1
+
+
+def test_bye_still_releases_and_files_its_outcome_once() -> None:
+    """The one in-dialog request that keeps an entry: a retransmitted BYE must not end the call twice."""
+    core = make_core()
+    rr = _answered(core)
+    bye = request("BYE", branch="z9hG4bK-bye", cseq=2, to_tag="uas-tag-1", routes=(rr,))
+    first = core.receive(bye, TRUNK, "udp", None, T0 + 2)
+    again = core.receive(bye, TRUNK, "udp", None, T0 + 2.5)
+    assert Release("t-a", "1-123@10.0.0.1") in first and sum(isinstance(a, Outcome) for a in first) == 1
+    assert len(sends(again)) == 1 and not any(isinstance(a, (Release, Outcome)) for a in again)
+    back = only_send(core.receive(respond(sends(first)[0].data, 200), HOP1, "udp", None, T0 + 2.6, True))
+    assert back.dest == TRUNK
+
+
+def test_tampered_token_on_a_stateless_request_is_refused_and_keeps_nothing() -> None:
+    core = make_core()
+    rr = _answered(core)
+    token = param(rr, "cag")
+    assert token
+    bad = rr.replace(token, token[:-1] + ("A" if token[-1] != "A" else "B"))
+    info = request("INFO", cseq=2, to_tag="uas-tag-1", routes=(bad,))
+    s = only_send(core.receive(info, TRUNK, "udp", None, T0 + 2))
+    assert status_of(s.data) == 481 and s.dest == TRUNK
+    assert not core.dialogs._routes and core.stats["forwarded_requests"] == 1
