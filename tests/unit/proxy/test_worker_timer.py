@@ -18,6 +18,20 @@ from tests.unit.proxy._support import TRUNK, invite, make_core
 INF = float("inf")
 
 
+class _Meter:
+    def count(self, *a: Any, **kw: Any) -> None:
+        pass
+
+    def observe(self, *a: Any) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _no_prometheus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's metrics module is bound in the worker process only (multiprocess mode)."""
+    monkeypatch.setattr(worker_mod, "metrics", type("M", (), {"Meter": _Meter, "INVITES": None}))
+
+
 class _Handle:
     def __init__(self, when: float, cb: Callable[[], None]) -> None:
         self.when, self.cb, self.cancelled = when, cb, False
