@@ -44,6 +44,13 @@ The hot path does not await Redis call by call: ``admit_callee``, ``rate``,
 ``token_callee`` … return futures, and every call made during one event-loop
 turn goes out as ONE pipeline (see ``_Batcher``), which is what makes an
 FCALL cost ~11 µs of client CPU instead of ~36 µs (BENCHMARKS.md).
+
+Reference data and its change notifications are in policy/store_refdata.py,
+the operator's writes in policy/store_writes.py, the keys and result types
+in policy/store_keys.py, the wire (Cluster routing, hiredis packing, the
+batcher) in policy/store_wire.py. This module keeps connecting, both
+pipelines and the hot-path calls in one class, because the hot path's cost
+is exactly how they meet.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
@@ -103,6 +110,7 @@ from policy.store_keys import (
     unconsented_key,
 )
 from policy.store_refdata import RefData, RefWriter
+from policy.store_wire import _Batcher, _Cluster, _hiredis, _hiredis_packer
 from policy.store_writes import Writes, row_of
 
 # Imported from here by the rest of the project: the store's public names stay in one place.
@@ -131,12 +139,6 @@ __all__ = [
     "txn_key",
     "unconsented_key",
 ]
-
-_hiredis: Any
-try:
-    import hiredis as _hiredis
-except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
-    _hiredis = None
 
 log = logging.getLogger(__name__)
 
@@ -177,131 +179,6 @@ def _purposes_arg(purposes: tuple[str, ...]) -> str:
 
 def _load_library() -> str:
     return resources.files("policy").joinpath("lua/cag.lua").read_text()
-
-
-class _Cluster(RedisCluster):
-    """RedisCluster that routes FCALL by its first key locally.
-
-    redis-py asks the server (COMMAND GETKEYS, one extra round trip) for the
-    keys of commands with movable keys such as FCALL; that would double the
-    latency of every admission. FCALL's keys are ``args[2 : 2 + numkeys]``,
-    and all of ours share one slot, so the first key decides.
-    """
-
-    async def _determine_slot(self, command: str, *args: Any) -> int:
-        if command.upper() in ("FCALL", "FCALL_RO") and len(args) > 2 and int(args[1]) > 0:
-            return int(self.keyslot(args[2]))
-        return int(await super()._determine_slot(command, *args))
-
-
-def _hiredis_packer(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    """``base`` with hiredis's C ``pack_command``.
-
-    redis-py's asyncio connections pack commands in Python (~35 µs for a
-    16-argument FCALL on the reference box); hiredis does the same in C in
-    ~1 µs. The output is the same RESP bytes. Without hiredis, ``base`` is
-    returned unchanged.
-    """
-    if _hiredis is None or issubclass(base, _HiredisPack):
-        return base
-    return type("Hiredis" + base.__name__, (_HiredisPack, base), {})
-
-
-class _HiredisPack:
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " in args[0]:  # "FUNCTION LOAD" style names
-            args = (*args[0].split(), *args[1:])
-        return [_hiredis.pack_command(args)]
-
-
-_Entry = tuple[tuple[Any, ...], Callable[[Any], Any] | None, "asyncio.Future[Any]"]
-
-
-class _Batcher:
-    """Collects the commands issued during one event-loop turn into one pipeline.
-
-    ``submit`` returns a future at once; the flush is scheduled with
-    ``loop.call_soon``, i.e. after every coroutine that is ready in this turn
-    has enqueued its calls. Works with the Cluster pipeline too (it groups the
-    commands per node). A future whose waiter gave up (budget) is simply
-    skipped when the answer arrives; the script still ran and its transaction
-    record makes a retry count nothing twice.
-    """
-
-    def __init__(self, store: PolicyStore) -> None:
-        self._store = store
-        self._queue: list[_Entry] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def submit(
-        self, args: tuple[Any, ...], parse: Callable[[Any], Any] | None = None
-    ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, parse, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return fut
-
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        self._scheduled = False
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[_Entry]) -> None:
-        try:
-            results = await self._store._pipeline([e[0] for e in batch])
-            retry = [i for i, r in enumerate(results) if _function_missing(r)]
-            if retry:
-                # Library missing (flushed server, new node, first start): load and retry once.
-                await self._store.ensure_functions(force=True)
-                again = await self._store._pipeline([batch[i][0] for i in retry])
-                for i, r in zip(retry, again, strict=True):
-                    results[i] = r
-        except (RedisError, OSError, StoreError) as e:
-            err = e if isinstance(e, StoreError) else StoreError(f"redis: {e}")
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
-            return
-        except (
-            BaseException
-        ) as e:  # cancellation on shutdown, or a bug: never leave waiters hanging
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(StoreError(f"batch failed: {e!r}"))
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            log.exception("pipeline batch failed")
-            return
-        for (_, parse, fut), r in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(r, Exception):
-                fut.set_exception(StoreError(f"redis: {r}"))
-                continue
-            try:
-                fut.set_result(parse(r) if parse is not None else r)
-            except Exception as e:  # a malformed reply must not hang the waiter
-                fut.set_exception(StoreError(f"bad reply {r!r}: {e}"))
-
-    async def aclose(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            try:
-                await t
-            except BaseException:  # shutting down
-                pass
-
-
-def _function_missing(r: Any) -> bool:
-    return isinstance(r, ResponseError) and "function not found" in str(r).lower()
 
 
 class PolicyStore(Writes, RefData):
