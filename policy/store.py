@@ -109,9 +109,9 @@ from policy.store_keys import (
     txn_key,
     unconsented_key,
 )
-from policy.store_refdata import RefData, RefWriter
+from policy.store_refdata import RefDataMixin, RefWriter
 from policy.store_wire import _Batcher, _Cluster, _hiredis, _hiredis_packer
-from policy.store_writes import Writes, row_of
+from policy.store_writes import WritesMixin, row_of
 
 # Imported from here by the rest of the project: the store's public names stay in one place.
 __all__ = [
@@ -181,12 +181,12 @@ def _load_library() -> str:
     return resources.files("policy").joinpath("lua/cag.lua").read_text()
 
 
-class PolicyStore(Writes, RefData):
+class PolicyStore(WritesMixin, RefDataMixin):
     """Reference data, consents, DNC and counters in Redis or Redis Cluster.
 
     This module: the connection, the pipelines and the hot-path calls;
-    ``RefData`` (policy/store_refdata.py) reads reference data and follows
-    its changes; ``Writes`` (policy/store_writes.py) holds the operator's
+    ``RefDataMixin`` (policy/store_refdata.py) reads reference data and follows
+    its changes; ``WritesMixin`` (policy/store_writes.py) holds the operator's
     loads and one-off changes.
     """
 

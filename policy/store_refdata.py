@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("policy.store")
 
 
-class RefData:
+class RefDataMixin:
     """Reference data and change notifications (mixed into ``PolicyStore``)."""
 
     client: aioredis.Redis | RedisCluster

@@ -37,7 +37,7 @@ from policy.layout import (
 )
 from policy.model import KIND_MODELS, Consent, DncEntry, Record
 from policy.store_keys import REF_KINDS, REF_VERSION, StoreError, _opt, _pairs, _s, ref_key
-from policy.store_refdata import RefData, RefWriter
+from policy.store_refdata import RefDataMixin, RefWriter
 
 if TYPE_CHECKING:
     from policy.store import PolicyStore
@@ -56,7 +56,7 @@ def _normalize(number: str) -> str:
     return normalize_number(number) or number
 
 
-class Writes(RefData):
+class WritesMixin(RefDataMixin):
     """Operator writes and one-off look-ups (mixed into ``PolicyStore``)."""
 
     if TYPE_CHECKING:  # PolicyStore's own (policy/store.py)
@@ -68,7 +68,7 @@ class Writes(RefData):
         async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
 
     def _store(self) -> PolicyStore:
-        """This object as the store the bulk writers take (every ``Writes`` is a ``PolicyStore``)."""
+        """This object as the store the bulk writers take (every ``WritesMixin`` is a ``PolicyStore``)."""
         return cast("PolicyStore", self)
 
     # ------------------------------------------------------------------ plumbing
