@@ -44,6 +44,13 @@ The hot path does not await Redis call by call: ``admit_callee``, ``rate``,
 ``token_callee`` … return futures, and every call made during one event-loop
 turn goes out as ONE pipeline (see ``_Batcher``), which is what makes an
 FCALL cost ~11 µs of client CPU instead of ~36 µs (BENCHMARKS.md).
+
+Reference data and its change notifications are in policy/store_refdata.py,
+the operator's writes in policy/store_writes.py, the keys and result types
+in policy/store_keys.py, the wire (Cluster routing, hiredis packing, the
+batcher) in policy/store_wire.py. This module keeps connecting, both
+pipelines and the hot-path calls in one class, because the hot path's cost
+is exactly how they meet.
 """
 
 from __future__ import annotations
@@ -51,150 +58,89 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal
 
-import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError
 
-from policy.bulk import BATCH_ROWS, GC_GRACE_S, LayerWriter
 from policy.hotlink import HotLink, LinkTarget
 from policy.layout import (
-    GEN_POINTER,
-    GEN_SEQ,
-    OPS,
-    callee_tag,
     consent_field,
     consent_layer_key,
-    dnc_decode,
     dnc_layer_key,
-    dnc_value,
-    from_ms,
-    index_key,
-    index_shard,
-    pack_consent,
-    parse_layers,
     revoked_key,
     split,
     token_layer_key,
     token_shard,
-    unpack_consent,
     used_key,
-)
-from policy.model import (
-    KIND_KEYS,
-    KIND_MODELS,
-    Consent,
-    DncEntry,
-    Enterprise,
-    NumberFiling,
-    Record,
-    Trunk,
 )
 from policy.redact import redact_url
 from policy.redis_client import async_client
 from policy.rules.purpose import normalize_purpose
+from policy.store_keys import (
+    CHANNEL,
+    DAY_TTL_SLACK,
+    LAYERS_CHANGED,
+    LIBRARY,
+    REF_KINDS,
+    REF_MULTI_MAX,
+    REF_VERSION,
+    SOCKET_TIMEOUT,
+    TXN_TTL,
+    CalleeResult,
+    RateResult,
+    StoreError,
+    _opt,
+    _pairs,
+    _s,
+    callee_txn_key,
+    conc_key,
+    day_key,
+    rate_key,
+    ref_key,
+    total_day_key,
+    txn_key,
+    unconsented_key,
+)
+from policy.store_refdata import RefDataMixin, RefWriter
+from policy.store_wire import _Batcher, _Cluster, _hiredis, _hiredis_packer
+from policy.store_writes import WritesMixin, row_of
 
-_hiredis: Any
-try:
-    import hiredis as _hiredis
-except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
-    _hiredis = None
+# Imported from here by the rest of the project: the store's public names stay in one place.
+__all__ = [
+    "CHANNEL",
+    "DAY_TTL_SLACK",
+    "LAYERS_CHANGED",
+    "LIBRARY",
+    "REF_KINDS",
+    "REF_MULTI_MAX",
+    "REF_VERSION",
+    "SOCKET_TIMEOUT",
+    "TXN_TTL",
+    "CalleeResult",
+    "PolicyStore",
+    "RateResult",
+    "RefWriter",
+    "StoreError",
+    "callee_txn_key",
+    "conc_key",
+    "day_key",
+    "rate_key",
+    "ref_key",
+    "row_of",
+    "total_day_key",
+    "txn_key",
+    "unconsented_key",
+]
 
 log = logging.getLogger(__name__)
-
-LIBRARY = "cag"
-CHANNEL = "cag:ref:changed"
-LAYERS_CHANGED = "layers"  # message on CHANNEL: the consent/DNC layer pointer moved
-REF_VERSION = "{cag:ref}:version"
-REF_KINDS = ("trunks", "enterprises", "filings")
-REF_MULTI_MAX = 5000  # reference records written in one MULTI; more are staged (RefWriter)
-TXN_TTL = 64  # s; SPEC section 4 asks for >= 32 s
-DAY_TTL_SLACK = 3600  # s kept after callee-local midnight (clock skew, late refunds)
-SOCKET_TIMEOUT = 2.0  # s; the engine's budget cuts a decision much earlier
-
-
-def ref_key(kind: str) -> str:
-    return f"{{cag:ref}}:{kind}"
-
-
-def day_key(callee: str, enterprise_id: str, day: str) -> str:
-    return f"{callee_tag(callee)}:day:{enterprise_id}:{day}"
-
-
-def total_day_key(callee: str, day: str) -> str:
-    return f"{callee_tag(callee)}:day:*:{day}"
-
-
-def callee_txn_key(callee: str, txn: str) -> str:
-    return f"{callee_tag(callee)}:txn:{txn}"
-
-
-def txn_key(tag: str, txn: str) -> str:
-    return f"{{{tag}}}:txn:{txn}"
-
-
-def rate_key(tag: str, second: int) -> str:
-    return f"{{{tag}}}:rate:{second}"
-
-
-def conc_key(trunk_id: str) -> str:
-    return f"{{t:{trunk_id}}}:conc"
-
-
-def unconsented_key(enterprise_id: str) -> str:
-    return f"{{e:{enterprise_id}}}:unconsented"
-
-
-class StoreError(Exception):
-    """Redis is unreachable or answered with an error; the engine applies its fail mode."""
-
-
-@dataclass(frozen=True, slots=True)
-class CalleeResult:
-    """What ``cag_admit`` said; counts are the values before this call."""
-
-    consent_reason: str | None
-    dnc_reason: str | None
-    used: int
-    evidence_ref: str | None
-    consent_purpose: str | None
-    day_count: int
-    total_count: int
-    counted: bool
-    replay: bool
-    refunded: bool  # replay of a transaction that was refunded (its decision was a rejection)
-    keys: tuple[str, ...]  # for cag_refund
-
-
-@dataclass(frozen=True, slots=True)
-class RateResult:
-    """What ``cag_rate`` said; counts are the values before this call."""
-
-    rate_count: int
-    concurrent: int
-    counted: bool
-    replay: bool
-    refunded: bool
-    keys: tuple[str, ...]  # for cag_refund
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _opt(v: Any) -> str | None:
-    s = _s(v) if v is not None else ""
-    return s or None
 
 
 def _parse_callee(keys: tuple[str, ...]) -> Callable[[Any], CalleeResult]:
@@ -225,19 +171,6 @@ def _parse_rate(keys: tuple[str, ...]) -> Callable[[Any], RateResult]:
     return parse
 
 
-def _ms(t: datetime | None) -> str:
-    return "" if t is None else str(round(t.timestamp() * 1000))
-
-
-def _normalize(number: str) -> str:
-    """Keys use the same normalised form as the engine's callee (E.164)."""
-    try:
-        from policy.numbers import normalize_number
-    except ImportError:  # pragma: no cover - numbers.py is written in parallel
-        return number
-    return normalize_number(number) or number
-
-
 @lru_cache(maxsize=1024)
 def _purposes_arg(purposes: tuple[str, ...]) -> str:
     """An enterprise's purposes as ``cag_admit`` takes them: normalised, space-separated."""
@@ -248,133 +181,14 @@ def _load_library() -> str:
     return resources.files("policy").joinpath("lua/cag.lua").read_text()
 
 
-class _Cluster(RedisCluster):
-    """RedisCluster that routes FCALL by its first key locally.
+class PolicyStore(WritesMixin, RefDataMixin):
+    """Reference data, consents, DNC and counters in Redis or Redis Cluster.
 
-    redis-py asks the server (COMMAND GETKEYS, one extra round trip) for the
-    keys of commands with movable keys such as FCALL; that would double the
-    latency of every admission. FCALL's keys are ``args[2 : 2 + numkeys]``,
-    and all of ours share one slot, so the first key decides.
+    This module: the connection, the pipelines and the hot-path calls;
+    ``RefDataMixin`` (policy/store_refdata.py) reads reference data and follows
+    its changes; ``WritesMixin`` (policy/store_writes.py) holds the operator's
+    loads and one-off changes.
     """
-
-    async def _determine_slot(self, command: str, *args: Any) -> int:
-        if command.upper() in ("FCALL", "FCALL_RO") and len(args) > 2 and int(args[1]) > 0:
-            return int(self.keyslot(args[2]))
-        return int(await super()._determine_slot(command, *args))
-
-
-def _hiredis_packer(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    """``base`` with hiredis's C ``pack_command``.
-
-    redis-py's asyncio connections pack commands in Python (~35 µs for a
-    16-argument FCALL on the reference box); hiredis does the same in C in
-    ~1 µs. The output is the same RESP bytes. Without hiredis, ``base`` is
-    returned unchanged.
-    """
-    if _hiredis is None or issubclass(base, _HiredisPack):
-        return base
-    return type("Hiredis" + base.__name__, (_HiredisPack, base), {})
-
-
-class _HiredisPack:
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " in args[0]:  # "FUNCTION LOAD" style names
-            args = (*args[0].split(), *args[1:])
-        return [_hiredis.pack_command(args)]
-
-
-_Entry = tuple[tuple[Any, ...], Callable[[Any], Any] | None, "asyncio.Future[Any]"]
-
-
-class _Batcher:
-    """Collects the commands issued during one event-loop turn into one pipeline.
-
-    ``submit`` returns a future at once; the flush is scheduled with
-    ``loop.call_soon``, i.e. after every coroutine that is ready in this turn
-    has enqueued its calls. Works with the Cluster pipeline too (it groups the
-    commands per node). A future whose waiter gave up (budget) is simply
-    skipped when the answer arrives; the script still ran and its transaction
-    record makes a retry count nothing twice.
-    """
-
-    def __init__(self, store: PolicyStore) -> None:
-        self._store = store
-        self._queue: list[_Entry] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def submit(
-        self, args: tuple[Any, ...], parse: Callable[[Any], Any] | None = None
-    ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, parse, fut))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return fut
-
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        self._scheduled = False
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[_Entry]) -> None:
-        try:
-            results = await self._store._pipeline([e[0] for e in batch])
-            retry = [i for i, r in enumerate(results) if _function_missing(r)]
-            if retry:
-                # Library missing (flushed server, new node, first start): load and retry once.
-                await self._store.ensure_functions(force=True)
-                again = await self._store._pipeline([batch[i][0] for i in retry])
-                for i, r in zip(retry, again, strict=True):
-                    results[i] = r
-        except (RedisError, OSError, StoreError) as e:
-            err = e if isinstance(e, StoreError) else StoreError(f"redis: {e}")
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
-            return
-        except (
-            BaseException
-        ) as e:  # cancellation on shutdown, or a bug: never leave waiters hanging
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(StoreError(f"batch failed: {e!r}"))
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            log.exception("pipeline batch failed")
-            return
-        for (_, parse, fut), r in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(r, Exception):
-                fut.set_exception(StoreError(f"redis: {r}"))
-                continue
-            try:
-                fut.set_result(parse(r) if parse is not None else r)
-            except Exception as e:  # a malformed reply must not hang the waiter
-                fut.set_exception(StoreError(f"bad reply {r!r}: {e}"))
-
-    async def aclose(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            try:
-                await t
-            except BaseException:  # shutting down
-                pass
-
-
-def _function_missing(r: Any) -> bool:
-    return isinstance(r, ResponseError) and "function not found" in str(r).lower()
-
-
-class PolicyStore:
-    """Reference data, consents, DNC and counters in Redis or Redis Cluster."""
 
     def __init__(self, client: aioredis.Redis | RedisCluster, *, cluster: bool) -> None:
         self.client = client
@@ -729,592 +543,3 @@ class PolicyStore:
             ("FCALL", "cag_unconsented", 1, unconsented_key(enterprise_id), threshold, window_s),
             lambda r: (int(r[0]), bool(int(r[1]))),
         )
-
-    # --------------------------------------------------------- reference data
-    async def ref_version(self) -> int:
-        """The reference version; also refreshes the consent/DNC layer pointers (same slot, one trip).
-
-        The engine polls this (and is notified on change), so a worker sees a
-        load's generation switch within its refresh interval; the loader waits
-        ``GC_GRACE_S`` before deleting the generation it replaced.
-        """
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(REF_VERSION)
-            pipe.hgetall(GEN_POINTER)
-            v, gens = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        self._set_layers(gens)
-        return int(v or 0)
-
-    async def refresh_layers(self) -> dict[str, tuple[int, ...]]:
-        """Read the consent/DNC layer pointers now (first admission, CLI look-ups)."""
-        try:
-            gens = await self.client.hgetall(GEN_POINTER)
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        return self._set_layers(gens)
-
-    def _set_layers(self, raw: Any) -> dict[str, tuple[int, ...]]:
-        gens = {_s(k): parse_layers(v) for k, v in (raw or {}).items()}
-        self._gens = gens
-        return gens
-
-    async def load_refdata(self) -> tuple[list[Trunk], list[Enterprise], list[NumberFiling], int]:
-        """A consistent snapshot (one MULTI/EXEC) of all reference data and its version.
-
-        Operator statuses (``OPS``: suspend/resume by hand or by the engine)
-        are applied over the loaded records here, which is why reloading a
-        trunks or enterprises file does not lift a suspension.
-        """
-        try:
-            pipe = self.client.pipeline(transaction=True)
-            for kind in REF_KINDS:
-                pipe.hgetall(ref_key(kind))
-            pipe.get(REF_VERSION)
-            pipe.hgetall(OPS)
-            pipe.hgetall(GEN_POINTER)
-            trunks, ents, filings, version, ops, gens = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        self._set_layers(gens)
-        opmap = {_s(k): msgpack.unpackb(v) for k, v in (ops or {}).items()}
-        return (
-            [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
-            [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
-            [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
-            int(version or 0),
-        )
-
-    async def get_ref(self, kind: str, ident: str) -> Record | None:
-        """One reference record (operator status applied), without reading the whole kind."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hget(ref_key(kind), ident)
-            pipe.hget(OPS, f"{_OP_PREFIX.get(kind, '')}:{ident}")
-            raw, op = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        if raw is None:
-            return None
-        opmap = {f"{_OP_PREFIX.get(kind, '')}:{ident}": msgpack.unpackb(op)} if op else {}
-        if kind in _OP_PREFIX:
-            return _with_op(KIND_MODELS[kind], _OP_PREFIX[kind], ident, raw, opmap)
-        return KIND_MODELS[kind].model_validate(msgpack.unpackb(raw))
-
-    async def scan_ref(self, kind: str, count: int = 1000) -> AsyncIterator[Record]:
-        """Every record of a reference kind, read in bounded HSCAN steps (``show`` of a big kind)."""
-        opmap: dict[str, Any] = {}
-        if kind in _OP_PREFIX:
-            try:
-                opmap = {_s(k): msgpack.unpackb(v) for k, v in (await self.client.hgetall(OPS)).items()}
-            except (RedisError, OSError) as e:
-                raise StoreError(f"redis: {e}") from e
-        cursor = 0
-        while True:
-            try:
-                cursor, items = await self.client.hscan(ref_key(kind), cursor, count=count)
-            except (RedisError, OSError) as e:
-                raise StoreError(f"redis: {e}") from e
-            for k, v in _pairs(items).items():
-                if kind in _OP_PREFIX:
-                    yield _with_op(KIND_MODELS[kind], _OP_PREFIX[kind], k, v, opmap)
-                else:
-                    yield KIND_MODELS[kind].model_validate(msgpack.unpackb(v))
-            if not cursor:
-                return
-
-    async def _publish(self, version: int) -> None:
-        try:
-            await self.client.publish(CHANNEL, version)
-        except (RedisError, OSError) as e:  # workers still poll the version
-            log.warning("publish %s failed: %s", CHANNEL, e)
-
-    async def publish_layers(self) -> None:
-        """Tell every worker the consent/DNC layers moved (they re-read the pointer at once)."""
-        try:
-            await self.client.publish(CHANNEL, LAYERS_CHANGED)
-        except (RedisError, OSError) as e:  # workers still poll
-            log.warning("publish %s failed: %s", CHANNEL, e)
-
-    async def subscribe_changes(
-        self, on_change: Callable[[int], None], stop: asyncio.Event
-    ) -> None:
-        """Call ``on_change(version)`` for every notification until ``stop``; reconnects on errors."""
-        while not stop.is_set():
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(CHANNEL)
-                while not stop.is_set():
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                    if msg and msg.get("type") == "message":
-                        if _s(msg["data"]) == LAYERS_CHANGED:
-                            # A consent/DNC switch: re-read the layer pointer (one HGETALL),
-                            # not all reference data (which a version change would cause).
-                            try:
-                                await self.refresh_layers()
-                            except StoreError as e:
-                                log.debug("layer refresh failed (the version poll retries): %s", e)
-                            continue
-                        try:
-                            on_change(int(msg["data"]))
-                        except ValueError:
-                            on_change(-1)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # reconnect; polling covers the gap
-                log.debug("subscription to %s lost: %s", CHANNEL, e)
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # already broken
-                    pass
-
-    # ------------------------------------------------------------------ plumbing
-    async def _call(self, *args: Any) -> Any:
-        """One command outside the hot path; errors become StoreError."""
-        try:
-            return await self.client.execute_command(*args)
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-
-    _call_raw = _call
-
-    async def _checked(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """A non-transactional pipeline whose every reply must be a success."""
-        if not commands:
-            return []
-        try:
-            results = await self.bulk_pipeline(commands)
-        except (RedisError, OSError, TimeoutError) as e:
-            raise StoreError(f"redis: {e}") from e
-        for r in results:
-            if isinstance(r, Exception):
-                raise StoreError(f"redis: {r}")
-        return results
-
-    async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return await self._checked(commands)
-
-    # ------------------------------------------------------------------ writes
-    async def put_records(
-        self, kind: str, records: Sequence[Record], *, replace: bool = False
-    ) -> int:
-        """Upsert ``records`` of ``kind`` (``replace``: they become the whole set). Returns the count.
-
-        All-or-nothing on a single server and on Cluster alike. Reference
-        kinds: one MULTI/EXEC on the ``{cag:ref}`` slot (a staged hash swapped
-        in for big sets, so no single command runs long). Consents and DNC: a
-        new generation switched in by one script (policy/bulk.py); a
-        duplicate key raises ValueError and switches nothing. Streaming file
-        loads use ``LayerWriter`` / ``RefWriter`` directly.
-        """
-        if kind not in KIND_MODELS:
-            raise ValueError(f"unknown kind {kind!r}")
-        model = KIND_MODELS[kind]
-        wrong = [r for r in records if not isinstance(r, model)]
-        if wrong:
-            raise TypeError(f"{kind}: expected {model.__name__} records, got {type(wrong[0]).__name__}")
-        if kind in REF_KINDS:
-            w = RefWriter(self, kind, replace=replace)
-            await w.begin()
-            await w.add(records)
-            await w.commit()
-            return len(records)
-        lw = LayerWriter(self, kind, replace=replace)
-        await lw.begin()
-        try:
-            for i in range(0, len(records), BATCH_ROWS):
-                await lw.add([row_of(r) for r in records[i : i + BATCH_ROWS]])
-            await lw.finish()
-            if lw.suspects:
-                raise ValueError(f"{kind}: duplicate keys in the records: {sorted(lw.suspects)[:5]}")
-        except BaseException:
-            await lw.abort()
-            raise
-        await lw.commit(grace_s=GC_GRACE_S)
-        return len(records)
-
-    async def layer_writer(self, kind: str, *, replace: bool) -> LayerWriter:
-        """A started streaming load of ``dnc`` or ``consents`` (``add`` rows from ``row_of``, ``finish``, ``commit``)."""
-        w = LayerWriter(self, kind, replace=replace)
-        await w.begin()
-        return w
-
-    async def _ensure_layer(self, kind: str) -> tuple[int, ...]:
-        """The kind's layers; a first base generation when none exists (single-record writes)."""
-        layers = (await self.refresh_layers()).get(kind, ())
-        if layers:
-            return layers
-        # No version bump: an empty kind has nothing to switch from; workers read the
-        # pointer with every version poll (refresh interval, 0.5 s) and on the publish.
-        gen = int(await self._call("INCR", GEN_SEQ))
-        await self._call("HSETNX", GEN_POINTER, kind, str(gen))
-        await self.publish_layers()
-        return (await self.refresh_layers()).get(kind, ())
-
-    async def _token_owner(self, token: str, layers: tuple[int, ...]) -> str | None:
-        if not layers:
-            return None
-        keys = [token_layer_key(token_shard(token), g) for g in layers]
-        (owner,) = await self._checked([("FCALL_RO", "cag_token", len(keys), *keys, token)])
-        return _opt(owner)
-
-    async def grant_consent(self, consent: Consent) -> None:
-        """Grant (or re-grant) one consent in the top layer: effective on the next INVITE.
-
-        Its use count (operator state) survives; an explicit re-grant clears
-        an operator revocation of the same token (a file reload does not).
-        A token granted before for another callee is removed there.
-        """
-        layers = await self._ensure_layer("consents")
-        top = layers[0]
-        callee = _normalize(consent.callee)
-        token = consent.token
-        old = await self._token_owner(token, layers)
-        cmds: list[tuple[Any, ...]] = []
-        if old is not None and old != callee:
-            ob, _ = split(old)
-            cmds += [("HDEL", consent_layer_key(ob, g), consent_field(old, token)) for g in layers]
-        bucket, _ = split(callee)
-        field = consent_field(callee, token)
-        cmds += [
-            ("HSET", consent_layer_key(bucket, top), field, _pack(consent)),
-            ("HSET", token_layer_key(token_shard(token), top), token, callee),
-            ("SADD", index_key("consents", top, index_shard(bucket)), bucket),
-            ("HDEL", revoked_key(bucket), field),
-        ]
-        await self._checked(cmds)
-
-    async def revoke_consent(self, token: str, at: datetime) -> bool:
-        """Record an operator revocation at ``at``; effective on the next INVITE. False: unknown token.
-
-        Kept apart from the loaded consent (``{c:<bucket>}:crv``), so reloading
-        the consent file does not re-grant it.
-        """
-        layers = (await self.refresh_layers()).get("consents", ())
-        callee = await self._token_owner(token, layers)
-        if callee is None:
-            return False
-        bucket, _ = split(callee)
-        keys = [revoked_key(bucket), *[consent_layer_key(bucket, g) for g in layers]]
-        res = await self.fcall("cag_revoke", keys, (consent_field(callee, token), _ms(at)))
-        return bool(int(res))
-
-    async def _consent_raw(self, token: str) -> tuple[str, dict[str, Any], str] | None:
-        layers = (await self.refresh_layers()).get("consents", ())
-        callee = await self._token_owner(token, layers)
-        if callee is None:
-            return None
-        bucket, _ = split(callee)
-        field = consent_field(callee, token)
-        replies = await self._checked(
-            [("HGET", consent_layer_key(bucket, g), field) for g in layers]
-            + [("HGET", revoked_key(bucket), field), ("HGET", used_key(bucket), field)]
-        )
-        *found, rvo, used = replies
-        value = next((v for v in found if v is not None), None)
-        if not value:  # absent, or a tombstone
-            return None
-        d = unpack_consent(value)
-        if rvo is not None and (d.get("rv") in ("", None) or int(rvo) < int(d["rv"])):
-            d["rv"] = int(rvo)
-        return callee, d, _s(used) if used is not None else "0"
-
-    async def get_consent(self, token: str) -> Consent | None:
-        """The consent as the gateway judges it (an operator revocation shown as ``revoked_at``)."""
-        raw = await self._consent_raw(token)
-        if raw is None:
-            return None
-        callee, d, _ = raw
-        return Consent(
-            token=token,
-            callee=callee,
-            enterprise_id=d.get("ent", ""),
-            purpose=d.get("pur") or "callback",
-            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
-            expires_at=from_ms(d.get("ex")),
-            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
-            evidence_ref=d.get("ev", ""),
-            revoked_at=from_ms(d.get("rv")),
-        )
-
-    async def consent_used(self, token: str) -> int:
-        """How many admitted calls a consent has counted (for explain / tests)."""
-        raw = await self._consent_raw(token)
-        return int(raw[2]) if raw is not None else 0
-
-    async def set_consent_used(self, token: str, used: int) -> bool:
-        """Set a consent's use count (operator correction; tests). False: unknown token."""
-        layers = (await self.refresh_layers()).get("consents", ())
-        callee = await self._token_owner(token, layers)
-        if callee is None:
-            return False
-        await self._checked([("HSET", used_key(split(callee)[0]), consent_field(callee, token), used)])
-        return True
-
-    async def consents_for(self, callee: str) -> list[Consent]:
-        """Every consent granted for one callee (one bucket read per layer)."""
-        n = _normalize(callee)
-        bucket, suffix = split(n)
-        layers = (await self.refresh_layers()).get("consents", ())
-        seen: dict[str, bytes] = {}
-        for g in layers:
-            (h,) = await self._checked([("HGETALL", consent_layer_key(bucket, g))])
-            for k, v in (h or {}).items():
-                f = _s(k)
-                if f.startswith(suffix + ":") and f not in seen:
-                    seen[f] = v
-        out = []
-        for f, v in sorted(seen.items()):
-            if v:
-                c = await self.get_consent(f.split(":", 1)[1])
-                if c is not None and c.callee == n:
-                    out.append(c)
-        return out
-
-    async def export_layered(self, kind: str) -> AsyncIterator[Record]:
-        """Every live DNC entry or consent, bucket by bucket (bounded reads; ``policy export``).
-
-        Overlay buckets first (their entries shadow the base's), then the base
-        buckets the overlay did not have. Consents carry an operator revocation
-        as ``revoked_at``, like ``get_consent``.
-        """
-        from policy.bulk import bucket_batches
-
-        layers = (await self.refresh_layers()).get(kind, ())
-        layer_key = dnc_layer_key if kind == "dnc" else consent_layer_key
-        done: set[str] = set()  # buckets already written (those of the overlay: small)
-        for i, gen in enumerate(layers):
-            async for batch in bucket_batches(self, kind, gen):
-                todo = [b for b in batch if b not in done]
-                cmds: list[tuple[Any, ...]] = []
-                for b in todo:
-                    cmds += [("HGETALL", layer_key(b, g)) for g in layers]
-                    if kind == "consents":
-                        cmds.append(("HGETALL", revoked_key(b)))
-                replies = await self._checked(cmds)
-                per = len(layers) + (1 if kind == "consents" else 0)
-                for j, b in enumerate(todo):
-                    got = replies[j * per : (j + 1) * per]
-                    merged: dict[str, Any] = {}
-                    for h in got[: len(layers)]:
-                        for f, v in _pairs(h).items():
-                            merged.setdefault(f, v)
-                    rvo = _pairs(got[-1]) if kind == "consents" else {}
-                    for f in sorted(merged):
-                        rec = self._exported(kind, b, f, merged[f], rvo)
-                        if rec is not None:
-                            yield rec
-                if i < len(layers) - 1:
-                    done.update(todo)
-
-    def _exported(self, kind: str, bucket: str, field: str, value: Any, rvo: dict[str, Any]) -> Record | None:
-        if kind == "dnc":
-            scope, at = dnc_decode(value)
-            return DncEntry(number=bucket + field, scope=scope, registered_at=at)  # type: ignore[arg-type]
-        if not value:
-            return None  # a tombstone
-        suffix, _, token = field.partition(":")
-        d = unpack_consent(value)
-        r = rvo.get(field)
-        if r is not None and (d.get("rv") in ("", None) or int(r) < int(d["rv"])):
-            d["rv"] = int(r)
-        return Consent(
-            token=token,
-            callee=bucket + suffix,
-            enterprise_id=d.get("ent", ""),
-            purpose=d.get("pur") or "callback",
-            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
-            expires_at=from_ms(d.get("ex")),
-            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
-            evidence_ref=d.get("ev", ""),
-            revoked_at=from_ms(d.get("rv")),
-        )
-
-    async def dnc_add(self, entry: DncEntry) -> None:
-        """Register one number in the top DNC layer (effective on the next INVITE)."""
-        layers = await self._ensure_layer("dnc")
-        n = _normalize(entry.number)
-        bucket, suffix = split(n)
-        await self._checked(
-            [
-                ("HSET", dnc_layer_key(bucket, layers[0]), suffix, dnc_value(entry.scope, entry.registered_at)),
-                ("SADD", index_key("dnc", layers[0], index_shard(bucket)), bucket),
-            ]
-        )
-
-    async def dnc_remove(self, number: str) -> bool:
-        """Remove a number from every DNC layer (True when it was registered)."""
-        n = _normalize(number)
-        bucket, suffix = split(n)
-        layers = (await self.refresh_layers()).get("dnc", ())
-        res = await self._checked([("HDEL", dnc_layer_key(bucket, g), suffix) for g in layers])
-        return any(int(r) for r in res)
-
-    async def get_dnc(self, number: str) -> DncEntry | None:
-        n = _normalize(number)
-        bucket, suffix = split(n)
-        layers = (await self.refresh_layers()).get("dnc", ())
-        res = await self._checked([("HGET", dnc_layer_key(bucket, g), suffix) for g in layers])
-        value = next((v for v in res if v is not None), None)
-        if value is None:
-            return None
-        scope, at = dnc_decode(value)
-        return DncEntry(number=n, scope=scope, registered_at=at)  # type: ignore[arg-type]
-
-    async def set_status(
-        self,
-        kind: Literal["enterprise", "trunk"],
-        ident: str,
-        status: str,
-        *,
-        cause: str | None = None,
-        at: datetime | None = None,
-    ) -> bool:
-        """Suspend / resume one trunk or enterprise; False when it does not exist.
-
-        Operator state of its own (``{cag:ref}:ops``), applied over the loaded
-        record by ``load_refdata``: reloading the trunks or enterprises file
-        does not lift a suspension, manual or automatic. ``active`` over a
-        record loaded as active simply drops the operator entry. Checked in
-        Lua (``cag_ref_op``) against the record's existence, atomically.
-        """
-        plural = "enterprises" if kind == "enterprise" else "trunks"
-        model = KIND_MODELS[plural]
-        key = ref_key(plural)
-        (old,) = await self._read([("HGET", key, ident)])
-        if old is None:
-            return False
-        data = msgpack.unpackb(old)
-        op: dict[str, Any] = {"status": status}
-        if kind == "enterprise" and status != "active":
-            op["suspended_at"] = (at or datetime.now(UTC)).isoformat()
-            op["suspended_cause"] = cause
-        model.model_validate({**data, **op})  # raises ValueError on a bad status
-        value = b"" if status == data.get("status", "active") == "active" else msgpack.packb(op)
-        version = await self.fcall("cag_ref_op", (key, OPS, REF_VERSION), (ident, f"{kind}:{ident}", value))
-        if int(version) < 0:
-            return False
-        await self._publish(int(version))
-        return True
-
-
-_OP_PREFIX = {"trunks": "trunk", "enterprises": "enterprise"}
-
-
-def _with_op(model: type[Record], prefix: str, key: Any, raw: bytes, opmap: dict[str, Any]) -> Any:
-    """A loaded record with its operator status applied (a blacklisting in the file always wins)."""
-    data = msgpack.unpackb(raw)
-    op = opmap.get(f"{prefix}:{_s(key)}")
-    if op and data.get("status") != "blacklisted":
-        data = {**data, "suspended_at": None, "suspended_cause": None, **op} if prefix == "enterprise" else {**data, **op}
-    return model.model_validate(data)
-
-
-def _pack(c: Consent) -> bytes:
-    return pack_consent(
-        c.enterprise_id, c.purpose, c.granted_at, c.expires_at, c.max_calls, c.evidence_ref, c.revoked_at
-    )
-
-
-def row_of(r: Record) -> Any:
-    """A validated record as the row LayerWriter takes."""
-    if isinstance(r, DncEntry):
-        return (_normalize(r.number), dnc_value(r.scope, r.registered_at))
-    if isinstance(r, Consent):
-        return (r.token, _normalize(r.callee), _pack(r))
-    raise TypeError(f"not a layered record: {type(r).__name__}")
-
-
-class RefWriter:
-    """A trunks / enterprises / filings load: all-or-nothing on the ``{cag:ref}`` slot.
-
-    Up to ``REF_MULTI_MAX`` records: one MULTI/EXEC (what it always was).
-    More: the rows go to a staging hash in bounded HSETs (an upsert first
-    copies the live entries the file does not override, in HSCAN steps), then
-    one MULTI renames staging over the live hash and bumps the version, and the
-    replaced hash is UNLINKed (freed in the background). No single command
-    touches more than a batch.
-    """
-
-    def __init__(self, store: PolicyStore, kind: str, *, replace: bool) -> None:
-        self.store, self.kind, self.replace = store, kind, replace
-        self.field = KIND_KEYS[kind]
-        self.pending: dict[str, bytes] = {}
-        self.staged = False
-        self.staging = f"{ref_key(kind)}:staging"
-        self.rows = 0
-
-    async def begin(self) -> None:
-        await self.store._call("UNLINK", self.staging)
-
-    async def add(self, records: Sequence[Record]) -> None:
-        for r in records:
-            self.pending[getattr(r, self.field)] = msgpack.packb(r.model_dump(mode="json"))
-        self.rows += len(records)
-        if len(self.pending) > REF_MULTI_MAX or (self.staged and len(self.pending) >= BATCH_ROWS):
-            await self._stage()
-
-    async def _stage(self) -> None:
-        items = list(self.pending.items())
-        self.pending.clear()
-        self.staged = True
-        for i in range(0, len(items), BATCH_ROWS):
-            chunk = items[i : i + BATCH_ROWS]
-            await self.store._checked([("HSET", self.staging, *[x for kv in chunk for x in kv])])
-
-    async def commit(self) -> int:
-        store, live = self.store, ref_key(self.kind)
-        try:
-            if not self.staged:
-                pipe = store.client.pipeline(transaction=True)
-                if self.replace:
-                    pipe.execute_command("UNLINK", live)  # freed in the background, however big
-                if self.pending:
-                    pipe.execute_command("HSET", live, *[x for kv in self.pending.items() for x in kv])
-                pipe.execute_command("INCR", REF_VERSION)
-                res = await pipe.execute()
-                await store._publish(int(res[-1]))
-                return int(res[-1])
-            await self._stage()
-            if not self.replace:
-                cursor = 0
-                while True:
-                    cursor, items = await store.client.hscan(live, cursor, count=BATCH_ROWS)
-                    if items:
-                        flat = [x for kv in _pairs(items).items() for x in kv]
-                        await store._checked([("FCALL", "cag_hsetnx", 1, self.staging, *flat)])
-                    if not cursor:
-                        break
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        return await self._swap(live, f"{live}:old")
-
-    async def _swap(self, live: str, old: str) -> int:
-        store = self.store
-        try:
-            exists = int(await store.client.exists(live))
-            pipe = store.client.pipeline(transaction=True)
-            if exists:
-                pipe.execute_command("RENAME", live, old)
-            if int(await store.client.exists(self.staging)):
-                pipe.execute_command("RENAME", self.staging, live)
-            pipe.execute_command("INCR", REF_VERSION)
-            res = await pipe.execute()
-            await store.client.execute_command("UNLINK", old)  # freed in the background
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        await store._publish(int(res[-1]))
-        return int(res[-1])
-
-
-def _pairs(flat: Any) -> dict[str, Any]:
-    if isinstance(flat, dict):
-        return {_s(k): v for k, v in flat.items()}
-    return {_s(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}

@@ -10,6 +10,11 @@ key (401; the key record is cached 1 s, so a revoked key stops within a
 second), per-key token bucket (429, in this process: N API processes give
 a key N times its rate), then validation (422) and the handler. Every error
 is RFC 9457 problem JSON (``provisioning.problems``).
+
+The bodies are in ``provisioning.schemas``, the body-limit and metrics
+wrapper in ``provisioning.guard``; the routes stay in one ``create_app``
+because they all close over the same ``ApiState``, key dependency and
+idempotency helper, and read as the API's table of contents.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.config import Settings
@@ -44,118 +49,26 @@ from provisioning import metrics, problems
 from provisioning.batch import Coalescer
 from provisioning.changes import ChangeLog
 from provisioning.complaints import channel_label, file_complaint
+from provisioning.guard import MAX_BODY as MAX_BODY  # re-exported: the limit is part of the API
+from provisioning.guard import _Guard
 from provisioning.problems import Problem
+from provisioning.schemas import (
+    TOKEN_RE,
+    ComplaintIn,
+    ComplaintOut,
+    ConsentIn,
+    ConsentOut,
+    DncIn,
+    DncOut,
+    ExplainIn,
+    Time,
+)
 from provisioning.store import ApiKey, ApiStore, split_key
 
 log = logging.getLogger("cag.api")
 
-MAX_BODY = 64 * 1024
 KEY_CACHE_S = 1.0
-TOKEN_RE = r"^[A-Za-z0-9._~:@+=-]{1,128}$"
 FUTURE_SLACK = timedelta(minutes=5)
-
-_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-def _sane(t: datetime) -> datetime:
-    """Times far outside the service's life are typos (and overflow window arithmetic)."""
-    if not _EARLIEST <= t < _LATEST:
-        raise ValueError("must be between 2000 and 2200")
-    return t
-
-
-Time = Annotated[AwareDatetime, AfterValidator(_sane), Field(description="ISO 8601 with a zone")]
-Text = Annotated[str, Field(min_length=1, max_length=256)]
-Number = Annotated[str, Field(min_length=1, max_length=40, description="as `cag policy load` accepts; stored normalised")]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class ConsentIn(_Body):
-    callee: Number
-    purpose: Annotated[str, Field(min_length=1, max_length=64)]
-    expires_at: Time
-    evidence_ref: Annotated[str, Field(min_length=1, max_length=512)]
-    token: Annotated[str | None, Field(pattern=TOKEN_RE)] = None
-    granted_at: Time | None = None
-    max_calls: Annotated[int | None, Field(ge=1, le=1_000_000_000)] = None
-    enterprise_id: Annotated[str | None, Field(min_length=1, max_length=128,
-                                               description="admin keys only: the enterprise consented to")] = None
-
-
-class ConsentOut(BaseModel):
-    token: str
-    callee: str
-    enterprise_id: str
-    purpose: str
-    granted_at: datetime
-    expires_at: datetime | None
-    max_calls: int | None
-    evidence_ref: str
-    revoked_at: datetime | None
-    calls_used: int
-
-
-class DncIn(_Body):
-    number: Number
-    scope: Literal["all", "commercial"] = "all"
-    registered_at: Time | None = None
-
-
-class DncOut(BaseModel):
-    number: str
-    scope: str
-    registered_at: datetime | None
-
-
-class ComplaintIn(_Body):
-    callee: Number
-    caller: Number
-    reported_at: Time
-    channel: Annotated[str, Field(min_length=1, max_length=32, description="12321, carrier, or another source")]
-    ref: Text
-
-
-class TracedRecord(BaseModel):
-    record_id: str | None
-    time: str | None
-    call_id: str | None = None
-    enterprise_id: str | None
-    decision: str | None = None
-    reason: str | None = None
-    consent_token: str | None
-    evidence_ref: str | None
-
-
-class ComplaintOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    complaint_id: str
-    callee: str
-    caller: str
-    reported_at: str
-    channel: str
-    ref: str
-    filed_at: str
-    enterprise_id: str | None
-    records: list[TracedRecord]
-    actions: list[str] = Field(description="consent_withdrawn, enterprise_suspended")
-    withdrawn_tokens: list[str] = []
-
-
-class ExplainIn(_Body):
-    source: Annotated[str, Field(min_length=1, max_length=64, description="source IP of the INVITE (IP or IP:PORT)")]
-    caller: Annotated[str, Field(min_length=1, max_length=64)]
-    callee: Annotated[str, Field(min_length=1, max_length=64)]
-    token: Annotated[str | None, Field(max_length=256)] = None
-    purpose: Annotated[str | None, Field(max_length=64)] = None
-    at: Time | None = None
-    pai: Annotated[str | None, Field(max_length=64)] = None
-    privacy: bool = False
-    identity: Annotated[str | None, Field(max_length=8192)] = None
 
 
 @dataclass
@@ -656,104 +569,3 @@ async def complaint_service(
     if changes.failed > before:
         metrics.AUDIT_FAILED.inc(changes.failed - before)
     return out
-
-
-class _Guard:
-    """Raw ASGI wrapper: the 64 KiB body limit (413) and the request metrics.
-
-    Raw ASGI, not a Starlette middleware class: it costs a few µs per request,
-    and it sees the status even of answers the framework makes itself.
-    """
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.state = app.state  # tests reach app.state through the wrapper
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-            return
-        start = time.perf_counter()
-        status = [500]
-        started = [False]
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                started[0] = True
-            await send(message)
-
-        try:
-            length = _content_length(scope)
-            if length is not None and length > MAX_BODY:
-                await self._too_large(scope, send_wrapper)
-                return
-            # Read the whole body first (at most 64 KiB + one chunk), then hand it on:
-            # an oversized chunked body is refused before the framework parses any of it.
-            chunks: list[bytes] = []
-            seen = 0
-            more = scope.get("method") in ("POST", "PUT", "PATCH", "DELETE")
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # client went away
-                chunk = message.get("body", b"")
-                seen += len(chunk)
-                if seen > MAX_BODY:
-                    await self._too_large(scope, send_wrapper)
-                    return
-                chunks.append(chunk)
-                more = bool(message.get("more_body"))
-            replayed = False
-
-            async def replay() -> dict[str, Any]:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                return await receive()
-
-            try:
-                await self.app(scope, replay, send_wrapper)  # type: ignore[arg-type]
-            except Exception as e:
-                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-                if status[0] == 500 and not started[0]:
-                    await _send_problem(send_wrapper, problems.body(500, f"internal error ({type(e).__name__})"), 500)
-        finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            metrics.REQUESTS.labels(label, method if method in _METHODS else "other", str(status[0])).inc()
-            metrics.SECONDS.labels(label).observe(time.perf_counter() - start)
-
-    @staticmethod
-    async def _too_large(scope: dict[str, Any], send: Any) -> None:
-        await _send_problem(send, problems.body(413, f"request body over {MAX_BODY} bytes", instance=scope.get("path")),
-                            413)
-
-
-_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})  # bounded label
-
-
-def _content_length(scope: dict[str, Any]) -> int | None:
-    for k, v in scope.get("headers", ()):
-        if k == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return None
-    return None
-
-
-async def _send_problem(send: Any, payload: dict[str, Any], status: int) -> None:
-    import json
-
-    data = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", problems.MEDIA_TYPE.encode()), (b"content-length", str(len(data)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": data})
-

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from policy import layout
+from policy.decode import _fast_consent, _fast_dnc
 from policy.loader import (
     FileStream,
     RowError,
-    _fast_consent,
-    _fast_dnc,
     _row_of,
     detect_encoding,
     excel_number,

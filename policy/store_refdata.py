@@ -1,0 +1,286 @@
+"""Reference data in Redis: the snapshot, single reads, change notifications, whole-kind writes.
+
+A mixin of ``policy.store.PolicyStore`` (the key layout is told there): what
+the engine reads on a version change (``load_refdata``, ``ref_version``,
+``subscribe_changes``), the operator's look-ups (``get_ref``, ``scan_ref``),
+and ``RefWriter``, the all-or-nothing load of a trunks / enterprises /
+filings file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from policy.bulk import BATCH_ROWS
+from policy.layout import GEN_POINTER, OPS, parse_layers
+from policy.model import KIND_KEYS, KIND_MODELS, Enterprise, NumberFiling, Record, Trunk
+from policy.store_keys import (
+    CHANNEL,
+    LAYERS_CHANGED,
+    REF_KINDS,
+    REF_MULTI_MAX,
+    REF_VERSION,
+    StoreError,
+    _pairs,
+    _s,
+    ref_key,
+)
+
+if TYPE_CHECKING:
+    from policy.store import PolicyStore
+
+log = logging.getLogger("policy.store")
+
+
+class RefDataMixin:
+    """Reference data and change notifications (mixed into ``PolicyStore``)."""
+
+    client: aioredis.Redis | RedisCluster
+    # Consent/DNC layer pointers ({cag:ref}:gen), refreshed by ref_version/load_refdata.
+    _gens: dict[str, tuple[int, ...]] | None
+
+    async def ref_version(self) -> int:
+        """The reference version; also refreshes the consent/DNC layer pointers (same slot, one trip).
+
+        The engine polls this (and is notified on change), so a worker sees a
+        load's generation switch within its refresh interval; the loader waits
+        ``GC_GRACE_S`` before deleting the generation it replaced.
+        """
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(REF_VERSION)
+            pipe.hgetall(GEN_POINTER)
+            v, gens = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
+        return int(v or 0)
+
+    async def refresh_layers(self) -> dict[str, tuple[int, ...]]:
+        """Read the consent/DNC layer pointers now (first admission, CLI look-ups)."""
+        try:
+            gens = await self.client.hgetall(GEN_POINTER)
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        return self._set_layers(gens)
+
+    def _set_layers(self, raw: Any) -> dict[str, tuple[int, ...]]:
+        gens = {_s(k): parse_layers(v) for k, v in (raw or {}).items()}
+        self._gens = gens
+        return gens
+
+    async def load_refdata(self) -> tuple[list[Trunk], list[Enterprise], list[NumberFiling], int]:
+        """A consistent snapshot (one MULTI/EXEC) of all reference data and its version.
+
+        Operator statuses (``OPS``: suspend/resume by hand or by the engine)
+        are applied over the loaded records here, which is why reloading a
+        trunks or enterprises file does not lift a suspension.
+        """
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            for kind in REF_KINDS:
+                pipe.hgetall(ref_key(kind))
+            pipe.get(REF_VERSION)
+            pipe.hgetall(OPS)
+            pipe.hgetall(GEN_POINTER)
+            trunks, ents, filings, version, ops, gens = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
+        opmap = {_s(k): msgpack.unpackb(v) for k, v in (ops or {}).items()}
+        return (
+            [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
+            [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
+            [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
+            int(version or 0),
+        )
+
+    async def get_ref(self, kind: str, ident: str) -> Record | None:
+        """One reference record (operator status applied), without reading the whole kind."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(ref_key(kind), ident)
+            pipe.hget(OPS, f"{_OP_PREFIX.get(kind, '')}:{ident}")
+            raw, op = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        if raw is None:
+            return None
+        opmap = {f"{_OP_PREFIX.get(kind, '')}:{ident}": msgpack.unpackb(op)} if op else {}
+        if kind in _OP_PREFIX:
+            return _with_op(KIND_MODELS[kind], _OP_PREFIX[kind], ident, raw, opmap)
+        return KIND_MODELS[kind].model_validate(msgpack.unpackb(raw))
+
+    async def scan_ref(self, kind: str, count: int = 1000) -> AsyncIterator[Record]:
+        """Every record of a reference kind, read in bounded HSCAN steps (``show`` of a big kind)."""
+        opmap: dict[str, Any] = {}
+        if kind in _OP_PREFIX:
+            try:
+                opmap = {_s(k): msgpack.unpackb(v) for k, v in (await self.client.hgetall(OPS)).items()}
+            except (RedisError, OSError) as e:
+                raise StoreError(f"redis: {e}") from e
+        cursor = 0
+        while True:
+            try:
+                cursor, items = await self.client.hscan(ref_key(kind), cursor, count=count)
+            except (RedisError, OSError) as e:
+                raise StoreError(f"redis: {e}") from e
+            for k, v in _pairs(items).items():
+                if kind in _OP_PREFIX:
+                    yield _with_op(KIND_MODELS[kind], _OP_PREFIX[kind], k, v, opmap)
+                else:
+                    yield KIND_MODELS[kind].model_validate(msgpack.unpackb(v))
+            if not cursor:
+                return
+
+    async def _publish(self, version: int) -> None:
+        try:
+            await self.client.publish(CHANNEL, version)
+        except (RedisError, OSError) as e:  # workers still poll the version
+            log.warning("publish %s failed: %s", CHANNEL, e)
+
+    async def publish_layers(self) -> None:
+        """Tell every worker the consent/DNC layers moved (they re-read the pointer at once)."""
+        try:
+            await self.client.publish(CHANNEL, LAYERS_CHANGED)
+        except (RedisError, OSError) as e:  # workers still poll
+            log.warning("publish %s failed: %s", CHANNEL, e)
+
+    async def subscribe_changes(
+        self, on_change: Callable[[int], None], stop: asyncio.Event
+    ) -> None:
+        """Call ``on_change(version)`` for every notification until ``stop``; reconnects on errors."""
+        while not stop.is_set():
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                while not stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if msg and msg.get("type") == "message":
+                        if _s(msg["data"]) == LAYERS_CHANGED:
+                            # A consent/DNC switch: re-read the layer pointer (one HGETALL),
+                            # not all reference data (which a version change would cause).
+                            try:
+                                await self.refresh_layers()
+                            except StoreError as e:
+                                log.debug("layer refresh failed (the version poll retries): %s", e)
+                            continue
+                        try:
+                            on_change(int(msg["data"]))
+                        except ValueError:
+                            on_change(-1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # reconnect; polling covers the gap
+                log.debug("subscription to %s lost: %s", CHANNEL, e)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # already broken
+                    pass
+
+
+_OP_PREFIX = {"trunks": "trunk", "enterprises": "enterprise"}
+
+
+def _with_op(model: type[Record], prefix: str, key: Any, raw: bytes, opmap: dict[str, Any]) -> Any:
+    """A loaded record with its operator status applied (a blacklisting in the file always wins)."""
+    data = msgpack.unpackb(raw)
+    op = opmap.get(f"{prefix}:{_s(key)}")
+    if op and data.get("status") != "blacklisted":
+        data = {**data, "suspended_at": None, "suspended_cause": None, **op} if prefix == "enterprise" else {**data, **op}
+    return model.model_validate(data)
+
+
+class RefWriter:
+    """A trunks / enterprises / filings load: all-or-nothing on the ``{cag:ref}`` slot.
+
+    Up to ``REF_MULTI_MAX`` records: one MULTI/EXEC (what it always was).
+    More: the rows go to a staging hash in bounded HSETs (an upsert first
+    copies the live entries the file does not override, in HSCAN steps), then
+    one MULTI renames staging over the live hash and bumps the version, and the
+    replaced hash is UNLINKed (freed in the background). No single command
+    touches more than a batch.
+    """
+
+    def __init__(self, store: PolicyStore, kind: str, *, replace: bool) -> None:
+        self.store, self.kind, self.replace = store, kind, replace
+        self.field = KIND_KEYS[kind]
+        self.pending: dict[str, bytes] = {}
+        self.staged = False
+        self.staging = f"{ref_key(kind)}:staging"
+        self.rows = 0
+
+    async def begin(self) -> None:
+        await self.store._call("UNLINK", self.staging)
+
+    async def add(self, records: Sequence[Record]) -> None:
+        for r in records:
+            self.pending[getattr(r, self.field)] = msgpack.packb(r.model_dump(mode="json"))
+        self.rows += len(records)
+        if len(self.pending) > REF_MULTI_MAX or (self.staged and len(self.pending) >= BATCH_ROWS):
+            await self._stage()
+
+    async def _stage(self) -> None:
+        items = list(self.pending.items())
+        self.pending.clear()
+        self.staged = True
+        for i in range(0, len(items), BATCH_ROWS):
+            chunk = items[i : i + BATCH_ROWS]
+            await self.store._checked([("HSET", self.staging, *[x for kv in chunk for x in kv])])
+
+    async def commit(self) -> int:
+        store, live = self.store, ref_key(self.kind)
+        try:
+            if not self.staged:
+                pipe = store.client.pipeline(transaction=True)
+                if self.replace:
+                    pipe.execute_command("UNLINK", live)  # freed in the background, however big
+                if self.pending:
+                    pipe.execute_command("HSET", live, *[x for kv in self.pending.items() for x in kv])
+                pipe.execute_command("INCR", REF_VERSION)
+                res = await pipe.execute()
+                await store._publish(int(res[-1]))
+                return int(res[-1])
+            await self._stage()
+            if not self.replace:
+                cursor = 0
+                while True:
+                    cursor, items = await store.client.hscan(live, cursor, count=BATCH_ROWS)
+                    if items:
+                        flat = [x for kv in _pairs(items).items() for x in kv]
+                        await store._checked([("FCALL", "cag_hsetnx", 1, self.staging, *flat)])
+                    if not cursor:
+                        break
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        return await self._swap(live, f"{live}:old")
+
+    async def _swap(self, live: str, old: str) -> int:
+        store = self.store
+        try:
+            exists = int(await store.client.exists(live))
+            pipe = store.client.pipeline(transaction=True)
+            if exists:
+                pipe.execute_command("RENAME", live, old)
+            if int(await store.client.exists(self.staging)):
+                pipe.execute_command("RENAME", self.staging, live)
+            pipe.execute_command("INCR", REF_VERSION)
+            res = await pipe.execute()
+            await store.client.execute_command("UNLINK", old)  # freed in the background
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        await store._publish(int(res[-1]))
+        return int(res[-1])
