@@ -27,6 +27,11 @@ Redis one. A decision is three steps — ``evaluate_local`` (in memory),
 ``store_part.submit`` (queue the store calls), ``_settle`` / ``_store_failed``
 (answers or failure → ``Decision``) — so a batch of decisions can share one
 budget timer (issue 13).
+
+One module on purpose: ``AdmissionEngine`` is one state machine — the waiting
+batch, the budget timer, the breaker's state and the refunds of late answers
+change together on every answer — and its parts that stand alone (breaker,
+budget, store part, reference cache) already have modules of their own.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ A proxy changes three or four lines of a message and must forward the rest
 exactly as received (signatures, odd-but-legal formatting, bytes it does not
 understand). So each header keeps its raw bytes and ``to_bytes`` regenerates
 only the lines that were edited or added.
+
+One module on purpose: ``Message`` is one type whose header accessors and edits
+share the raw-line bookkeeping that lets ``to_bytes`` regenerate only edited
+lines; ``Request`` and ``Response`` are thin subclasses.
 """
 
 from __future__ import annotations
