@@ -213,6 +213,23 @@ def reload_settings(
     return new
 
 
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker gets SIGTERM when the supervisor dies, even by SIGKILL (Linux PR_SET_PDEATHSIG).
+
+    Otherwise orphaned workers keep the listen port (SO_REUSEPORT) and take a
+    share of the calls with nobody restarting them or serving /metrics.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop path still applies
+        return
+    if os.getppid() != parent:  # it died before the call above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
 def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
     setup_logging(settings.log_level)
     state_dir = Path(settings.state_dir).resolve()
@@ -287,11 +304,13 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         steer_pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(settings.workers)]
 
     def spawn(index: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # child
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
+            _exit_with_parent(parent)
             for i, socks in enumerate(sockets):
                 if i != index:
                     for _, s in socks:

@@ -126,6 +126,30 @@ def test_sigterm_with_a_call_stuck_ringing_exits_within_the_bound(own_redis: Emb
         uas.stop()
 
 
+def test_workers_exit_when_the_supervisor_is_killed(own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no say: the workers must not live on holding the port."""
+    standard_policy(own_redis.url, callees=1)
+    uas = SippUas(tmp_path).start()
+    gw = GatewayProc(own_redis.url, tmp_path / "gw", [uas.hop], workers=2)
+    try:
+        gw.start()
+        workers = gw.worker_pids()
+        assert len(workers) == 2
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait(5)
+        deadline = time.monotonic() + 10
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in workers if Path(f"/proc/{p}").exists()
+                     and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[:1]]
+        assert not alive, f"workers {alive} outlived their supervisor"
+    finally:
+        gw.stop()
+        uas.stop()
+
+
 def _write_config(path: Path, **values: object) -> None:
     lines = []
     for k, v in values.items():

@@ -37,12 +37,13 @@ MODULES = Path("/usr/lib/baresip/modules")
 
 
 def _free_both(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host`` (a UA listens on both)."""
+    """A port free for UDP and TCP on ``host``, and port + 1 for TCP (baresip's TLS listener)."""
     for _ in range(100):
         port = free_port()
         try:
-            with socket.socket() as s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            with socket.socket() as s, socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 s.bind((host, port))
+                t.bind((host, port + 1))
                 u.bind((host, port))
         except OSError:
             continue
