@@ -1,27 +1,39 @@
-"""``cag audit export``: archived partitions and the live stream, joined, in time order.
+"""``cag audit export`` and the look-ups: archived partitions and the live stream, joined, in time order.
 
-Constant memory in the range: partitions are read one hour after another,
-each as a k-way merge of its sorted segments; the not-yet-archived stream
-(bounded by the sink's ``max_stream``) is read, sorted and merged in. The
-merged sequence is ordered by (decision time, record id, kind), so a
-decision and its outcomes are adjacent and are joined on the fly; entries
-seen twice (archived and still in the stream, or written twice after an
-archiver restart) are adjacent too and dropped.
+The archive is read by DuckDB (``engine``) over the Parquet files of the
+partitions in range, of any number of archive roots, with the
+not-yet-archived stream (bounded by the sink's ``max_stream``) as one more
+table: a decision and its outcomes are joined wherever each of them is, and
+a record seen twice (archived and still in the stream, written twice after
+an archiver restart, in two roots) is one row.
+
+- ``export``: the rows as JSON lines or CSV, built by DuckDB and written as
+  whole buffers; an unfiltered range is read one hour at a time (constant
+  memory), a filtered one in one query that skips, with the row-group
+  statistics and Bloom filters, what cannot match.
+- ``find``: the same rows as dicts (``record.COLUMNS``), for the complaint trace.
+- ``archived`` / ``records``: the entry-level merge in Python, as before
+  (any source of sorted entries; slower, kept for callers that merge their own).
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from gateway.audit import segments
-from gateway.audit.record import COLUMNS, Entry, join, sort_key, unpack
-from gateway.audit.sink import FIELD, STREAM
+from gateway.audit.record import Entry, join, sort_key, unpack, unpack_chunk
+from gateway.audit.sink import CHUNK_FIELD, FIELD, STREAM
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+T = TypeVar("T")
+Roots = Path | list[Path]
 
 
 @dataclass(frozen=True)
@@ -50,11 +62,12 @@ def read_stream(client: Any, stream: str = STREAM, chunk: int = 10_000) -> list[
     while True:
         rows = client.xrange(stream, min=start, max="+", count=chunk)
         for _mid, fields in rows:
-            raw = fields.get(FIELD.encode())
-            if raw is None:
-                continue
             try:
-                out.append(unpack(raw))
+                packed = fields.get(CHUNK_FIELD.encode())
+                if packed is not None:
+                    out += unpack_chunk(packed)
+                elif (raw := fields.get(FIELD.encode())) is not None:
+                    out.append(unpack(raw))
             except Exception:
                 continue
         if len(rows) < chunk:
@@ -91,6 +104,132 @@ def records(sources: Iterable[Iterable[Entry]], q: Query) -> Iterator[Entry]:
             yield row
 
 
+def _where(q: Query, since_us: int | None = None, until_us: int | None = None) -> str:
+    from gateway.audit.engine import where
+
+    lo = q.since_us if since_us is None else since_us if q.since_us is None else max(since_us, q.since_us)
+    hi = q.until_us if until_us is None else until_us if q.until_us is None else min(until_us, q.until_us)
+    return where(lo, hi, q.caller, q.callee, q.call_id)
+
+
+def _runs(roots: Roots, q: Query, live: list[Entry] | None, per_hour: bool) -> list[tuple[int, int, segments.Files]]:
+    """The hours to read as (start, end, files) spans in time order: one span for all the hours
+    of Parquet files (``per_hour``: one span per hour), an hour of legacy segments on its own
+    (they are read into memory)."""
+    by_hour: dict[int, segments.Files] = {}
+    for root in [roots] if isinstance(roots, Path) else roots:
+        for hour, part in segments.partitions(root, q.since_us, q.until_us):
+            by_hour.setdefault(hour, segments.Files()).add(segments.segments(part))
+    if live:
+        for h in {segments.hour_of(sort_key(e)[0]) for e in live}:
+            if (q.since_us is None or h + segments.HOUR_US > q.since_us) and (q.until_us is None or h < q.until_us):
+                by_hour.setdefault(h, segments.Files())
+    spans: list[tuple[int, int, segments.Files]] = []
+    for hour in sorted(by_hour):
+        f = by_hour[hour]
+        end = hour + segments.HOUR_US
+        if spans and not per_hour and not f.legacy and not spans[-1][2].legacy and spans[-1][1] == hour:
+            s0, _, acc = spans[-1]
+            acc.records += f.records
+            acc.entries += f.entries
+            spans[-1] = (s0, end, acc)
+        else:
+            spans.append((hour, end, segments.Files(list(f.records), list(f.entries), list(f.legacy))))
+    return spans
+
+
+def _in_span(live: list[Entry] | None, lo: int, hi: int) -> list[Entry]:
+    return [e for e in live or () if lo <= sort_key(e)[0] < hi]
+
+
+def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorReport,
+         fn: Callable[[Any], T], attempts: int = 5) -> T:
+    """``fn(engine)`` over the files and the live entries; a damaged file is reported and left
+    out, a file removed by a compaction meanwhile makes the caller's listing stale
+    (``FileNotFoundError``). Live entries and legacy segments reach DuckDB as JSON lines in a
+    temporary file (no pyarrow on this path: a command starts faster)."""
+    with tempfile.TemporaryDirectory(prefix="cag-audit-") as tmp:
+        ndjson = []
+        if live:
+            segments.write_ndjson(Path(tmp) / "live.jsonl", live)
+            ndjson.append(Path(tmp) / "live.jsonl")
+        for i, p in enumerate(files.legacy):
+            if segments.write_ndjson(Path(tmp) / f"legacy-{i}.jsonl", segments.read_segment(p, on_error)):
+                ndjson.append(Path(tmp) / f"legacy-{i}.jsonl")
+        return _run_engine(files, ndjson, on_error, fn, attempts)
+
+
+def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.ErrorReport,
+                fn: Callable[[Any], T], attempts: int) -> T:
+    import duckdb
+
+    from gateway.audit.engine import Engine
+
+    records, entries = list(files.records), list(files.entries)
+    for _ in range(attempts):
+        try:
+            with Engine(records, entries, ndjson=ndjson) as eng:
+                return fn(eng)
+        except duckdb.Error as exc:
+            before = set(records + entries)
+            gone = [p for p in before if not p.exists()]
+            if gone:
+                raise FileNotFoundError(gone[0]) from exc
+            good = set(segments.check_files(sorted(before), on_error))
+            if good == before:
+                good = set(segments.check_files(sorted(before), on_error, deep=True))
+            if good == before:
+                raise
+            records = [p for p in records if p in good]
+            entries = [p for p in entries if p in good]
+    raise RuntimeError("archive files kept failing")
+
+
+def _each_span(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
+               per_hour: bool, fn: Callable[[Any, str], T]) -> Iterator[T]:
+    """``fn(engine, where)`` for each span of hours in time order (a span re-listed when a
+    compaction replaced its files while it was being read)."""
+    for lo, hi, files in _runs(roots, q, live, per_hour):
+        for attempt in range(5):
+            try:
+                w = _where(q, lo, hi)
+                yield _run(files, _in_span(live, lo, hi), on_error, lambda eng, w=w: fn(eng, w))
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                files = segments.Files()
+                for root in [roots] if isinstance(roots, Path) else roots:
+                    for _, part in segments.partitions(root, max(lo, q.since_us or lo), min(hi, q.until_us or hi)):
+                        files.add(segments.segments(part))
+
+
+def stream_table(client: Any, stream: str = STREAM) -> pa.Table:
+    """The live stream's entries as an entries table."""
+    from gateway.audit import columnar
+
+    return columnar.table_of_entries(read_stream(client, stream))
+
+
+def _selective(q: Query) -> bool:
+    return bool(q.caller or q.callee or q.call_id is not None)
+
+
+def find(roots: list[Path] | Path, q: Query, *, client: Any = None, stream: str = STREAM,
+         on_error: segments.ErrorReport | None = None) -> list[Entry]:
+    """The records matching ``q`` — archived under ``roots`` and, with ``client``, still in the
+    stream — joined, one row per record, in time order (dicts of ``record.COLUMNS``, as export
+    writes them). Look-ups by callee, caller or Call-ID read only the row groups that can match."""
+    from gateway.audit.engine import rows
+
+    report = on_error or (lambda p, m: segments.log.error("damaged audit file %s: %s", p, m))
+    live = read_stream(client, stream) if client is not None else None
+    out: list[Entry] = []
+    for part in _each_span(roots, q, live, report, False, rows):
+        out += part
+    return out
+
+
 def export(
     root: Path | list[Path],
     q: Query,
@@ -102,17 +241,14 @@ def export(
     on_error: segments.ErrorReport,
 ) -> int:
     """Write the matching records to ``out``; returns how many."""
-    live = read_stream(client, stream) if client is not None else []
-    n = 0
-    write: Callable[[Entry], None]
+    from gateway.audit.engine import CSV_HEADER, stream_text, write_lines
+
+    live = read_stream(client, stream) if client is not None else None
+    write = stream_text(out)
     if fmt == "csv":
-        w = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
-        w.writeheader()
-        write = w.writerow
-    else:
-        def write(row: Entry) -> None:
-            out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-    for row in records([archived(root, q, on_error), live], q):
-        write(row)
-        n += 1
+        write(CSV_HEADER.encode())
+    n = 0
+    for k in _each_span(root, q, live, on_error, not _selective(q),
+                        lambda eng, w: write_lines(eng.con, w, fmt, write)):
+        n += k
     return n
