@@ -2,9 +2,9 @@
 
 One in-memory DuckDB connection per question, over the Parquet files of the
 partitions in range (any number of archive roots) plus in-memory entry
-tables (the live stream, legacy ``.jsonl.gz`` segments). Views:
+files of entries (the live stream, legacy ``.jsonl.gz`` segments). Views:
 
-- ``rec_src`` / ``ent_src``: the records files / every entry (files and tables);
+- ``rec_src`` / ``ent_src``: the records files / every entry (files, the live stream, legacy);
 - ``audit_raw``: one row per record, decision fields and outcome fields
   joined, times as integer µs (``t`` the decision time, ``rid`` the record id);
   a record seen twice (two roots, a file not yet removed after compaction,
@@ -82,9 +82,23 @@ def _file_list(paths: list[Path]) -> str:
 
 _DEC = ", ".join(DECISION_FIELDS)
 
+_OUT = f"t, rid, {_DEC}, final_code, answered_at, ended_at"
+
+# rec_one / rec_many: records files of hours with one / several of them (several roots, or a
+# compaction's output next to its not yet removed inputs: a record may be in two);
+# ent_near / ent_alone: entries of hours that have / have no records file.
 _VIEWS = f"""
+CREATE VIEW rec_src AS SELECT * FROM rec_one UNION ALL SELECT * FROM rec_many;
+CREATE VIEW ent_src AS SELECT * FROM ent_near UNION ALL SELECT * FROM ent_alone;
+CREATE VIEW special AS
+    SELECT t, rid FROM rec_many GROUP BY t, rid HAVING count(*) > 1
+    UNION SELECT coalesce(dt, t) AS t, rid FROM ent_near;
+CREATE VIEW plain AS
+    SELECT {_OUT} FROM rec_one r ANTI JOIN special s ON s.t = r.t AND s.rid = r.rid
+    UNION ALL
+    SELECT {_OUT} FROM rec_many r ANTI JOIN special s ON s.t = r.t AND s.rid = r.rid;
 CREATE VIEW cand AS
-    SELECT t, rid, {_DEC}, final_code, answered_at, ended_at FROM rec_src
+    SELECT {_OUT} FROM rec_src r SEMI JOIN special s ON s.t = r.t AND s.rid = r.rid
     UNION ALL
     SELECT t, rid, {_DEC}, NULL::INTEGER, NULL::BIGINT, NULL::BIGINT FROM ent_src WHERE k = 'd';
 CREATE VIEW late AS
@@ -96,14 +110,17 @@ CREATE VIEW late AS
 CREATE VIEW dec AS
     SELECT t, rid, {_DEC}, max(final_code) AS f0, max(answered_at) AS a0, max(ended_at) AS e0
     FROM cand GROUP BY t, rid, {_DEC};
-CREATE VIEW audit_raw AS
+CREATE VIEW joined AS
     SELECT d.t, d.rid, {", ".join("d." + f for f in DECISION_FIELDS)},
            coalesce(d.f0, l.f1) AS final_code, coalesce(d.a0, l.a1) AS answered_at,
            coalesce(d.e0, l.e1) AS ended_at
     FROM dec d LEFT JOIN late l ON l.st = d.t AND l.rid = d.rid;
+CREATE VIEW audit_raw AS SELECT * FROM plain UNION ALL SELECT * FROM joined;
+CREATE VIEW decisions AS
+    SELECT t, rid, {_DEC} FROM rec_src UNION ALL SELECT t, rid, {_DEC} FROM ent_src WHERE k = 'd';
 CREATE VIEW orphans AS
     SELECT DISTINCT e.* FROM ent_src e
-    WHERE e.k = 'o' AND NOT EXISTS (SELECT 1 FROM cand c WHERE c.t = coalesce(e.dt, e.t) AND c.rid = e.rid);
+    WHERE e.k = 'o' AND NOT EXISTS (SELECT 1 FROM decisions c WHERE c.t = coalesce(e.dt, e.t) AND c.rid = e.rid);
 CREATE VIEW audit AS
     SELECT rid AS record_id, make_timestamp(t) AS time, t AS time_us, {_DEC},
            final_code, make_timestamp(answered_at) AS answered_at, make_timestamp(ended_at) AS ended_at
@@ -132,18 +149,24 @@ def _empty(fields: tuple[str, ...]) -> str:
     return "SELECT " + ", ".join(f"CAST(NULL AS {SQL_TYPES[f]}) AS {f}" for f in fields) + " LIMIT 0"
 
 
+def _hour_key(p: Path) -> tuple[str, str]:
+    return (p.parent.parent.name, p.parent.name)  # …/YYYY-MM-DD/HH/file: the same hour in any root
+
+
 class Engine:
-    """A DuckDB connection with the views above over ``records`` / ``entries`` Parquet files,
-    JSON-lines files of entries (``ndjson``: the live stream, legacy segments, written by the
-    caller) and Arrow tables of entries."""
+    """A DuckDB connection with the views above over ``records`` / ``entries`` Parquet files and
+    JSON-lines files of entries (``ndjson``: the live stream, legacy segments).
+
+    ``rids``: only these records (the second step of a look-up: every view is then small).
+    """
 
     def __init__(
         self,
         records: list[Path],
         entries: list[Path],
-        tables: list[pa.Table] = (),  # type: ignore[assignment]
         *,
         ndjson: list[Path] = (),  # type: ignore[assignment]
+        rids: list[str] | None = None,
         threads: int | None = None,
         memory_limit: str | None = None,
         temp_directory: Path | None = None,
@@ -156,23 +179,30 @@ class Engine:
         if temp_directory is not None:
             self.con.execute(f"SET temp_directory = {lit(str(temp_directory))}")
         self.con.execute("SET preserve_insertion_order = false")
-        rec = (f"SELECT {', '.join(RECORD_FIELDS)} FROM read_parquet({_file_list(records)})" if records
-               else _empty(RECORD_FIELDS))
-        self.con.execute(f"CREATE VIEW rec_src AS {rec}")
-        cols = ", ".join(FIELDS)
-        parts = []
-        if entries:
-            parts.append(f"SELECT {cols} FROM read_parquet({_file_list(entries)})")
-        if ndjson:
-            struct = "{" + ", ".join(f"{lit(f)}: {lit(SQL_TYPES[f])}" for f in FIELDS) + "}"
-            parts.append(f"SELECT {cols} FROM read_json({_file_list(ndjson)}, format = 'newline_delimited', "
-                         f"columns = {struct})")
-        for i, t in enumerate(tables):
-            self.con.register(f"_ent_{i}", t)
-            parts.append(f"SELECT {', '.join(f'CAST({f} AS {SQL_TYPES[f]}) AS {f}' for f in FIELDS)} FROM _ent_{i}")
-        if not parts:
-            parts.append(_empty(FIELDS))
-        self.con.execute("CREATE VIEW ent_src AS " + " UNION ALL ".join(parts))
+        only = f" WHERE rid IN ({', '.join(lit(r) for r in rids)})" if rids is not None else ""
+        if rids is not None and not rids:
+            only = " WHERE false"
+        per_hour: dict[tuple[str, str], int] = {}
+        for f in records:
+            per_hour[_hour_key(f)] = per_hour.get(_hour_key(f), 0) + 1
+        one = [f for f in records if per_hour[_hour_key(f)] == 1]
+        many = [f for f in records if per_hour[_hour_key(f)] > 1]
+        for name, files in (("rec_one", one), ("rec_many", many)):
+            src = (f"SELECT {', '.join(RECORD_FIELDS)} FROM read_parquet({_file_list(files)}){only}" if files
+                   else _empty(RECORD_FIELDS))
+            self.con.execute(f"CREATE VIEW {name} AS {src}")
+        near = [f for f in entries if _hour_key(f) in per_hour]
+        alone = [f for f in entries if _hour_key(f) not in per_hour]
+        for name, files, js in (("ent_near", near, ndjson), ("ent_alone", alone, ())):
+            parts = []
+            cols = ", ".join(FIELDS)
+            if files:
+                parts.append(f"SELECT {cols} FROM read_parquet({_file_list(files)}){only}")
+            if js:
+                struct = "{" + ", ".join(f"{lit(f)}: {lit(SQL_TYPES[f])}" for f in FIELDS) + "}"
+                parts.append(f"SELECT {cols} FROM read_json({_file_list(list(js))}, "
+                             f"format = 'newline_delimited', columns = {struct}){only}")
+            self.con.execute(f"CREATE VIEW {name} AS " + (" UNION ALL ".join(parts) or _empty(FIELDS)))
         self.con.execute(_VIEWS)
 
     def close(self) -> None:
@@ -293,6 +323,6 @@ def stream_text(out: IO[str]) -> Callable[[bytes], Any]:
     if buf is not None:
         out.flush()
         return buf.write  # type: ignore[no-any-return]
-    return lambda b: out.write(b.decode())
+    return lambda b: out.write(bytes(b).decode())
 
 

@@ -18,6 +18,7 @@ an archiver restart, in two roots) is one row.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -143,7 +144,7 @@ def _in_span(live: list[Entry] | None, lo: int, hi: int) -> list[Entry]:
 
 
 def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorReport,
-         fn: Callable[[Any], T], attempts: int = 5) -> T:
+         fn: Callable[[Any], T], attempts: int = 5, *, rids: list[str] | None = None) -> T:
     """``fn(engine)`` over the files and the live entries; a damaged file is reported and left
     out, a file removed by a compaction meanwhile makes the caller's listing stale
     (``FileNotFoundError``). Live entries and legacy segments reach DuckDB as JSON lines in a
@@ -156,11 +157,11 @@ def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorRepor
         for i, p in enumerate(files.legacy):
             if segments.write_ndjson(Path(tmp) / f"legacy-{i}.jsonl", segments.read_segment(p, on_error)):
                 ndjson.append(Path(tmp) / f"legacy-{i}.jsonl")
-        return _run_engine(files, ndjson, on_error, fn, attempts)
+        return _run_engine(files, ndjson, on_error, fn, attempts, rids)
 
 
 def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.ErrorReport,
-                fn: Callable[[Any], T], attempts: int) -> T:
+                fn: Callable[[Any], T], attempts: int, rids: list[str] | None) -> T:
     import duckdb
 
     from gateway.audit.engine import Engine
@@ -168,7 +169,7 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
     records, entries = list(files.records), list(files.entries)
     for _ in range(attempts):
         try:
-            with Engine(records, entries, ndjson=ndjson) as eng:
+            with Engine(records, entries, ndjson=ndjson, rids=rids) as eng:
                 return fn(eng)
         except duckdb.Error as exc:
             before = set(records + entries)
@@ -185,23 +186,64 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
     raise RuntimeError("archive files kept failing")
 
 
-def _each_span(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
-               per_hour: bool, fn: Callable[[Any, str], T]) -> Iterator[T]:
-    """``fn(engine, where)`` for each span of hours in time order (a span re-listed when a
-    compaction replaced its files while it was being read)."""
+def _spans(roots: Roots, q: Query, live: list[Entry] | None, per_hour: bool) -> Iterator[tuple[int, int, segments.Files]]:
+    """``_runs``, each span's files listed again when it is read (a compaction may have replaced
+    them since the first listing)."""
+    first = True
     for lo, hi, files in _runs(roots, q, live, per_hour):
-        for attempt in range(5):
-            try:
-                w = _where(q, lo, hi)
-                yield _run(files, _in_span(live, lo, hi), on_error, lambda eng, w=w: fn(eng, w))
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                files = segments.Files()
-                for root in [roots] if isinstance(roots, Path) else roots:
-                    for _, part in segments.partitions(root, max(lo, q.since_us or lo), min(hi, q.until_us or hi)):
-                        files.add(segments.segments(part))
+        if not first:
+            files = _relist(roots, q, lo, hi, files)
+        first = False
+        yield lo, hi, files
+
+
+def _relist(roots: Roots, q: Query, lo: int, hi: int, old: segments.Files) -> segments.Files:
+    files = segments.Files()
+    for root in [roots] if isinstance(roots, Path) else roots:
+        for _, part in segments.partitions(root, max(lo, q.since_us or lo), min(hi, q.until_us or hi)):
+            files.add(segments.segments(part))
+    return files
+
+
+def _span_result(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
+                 lo: int, hi: int, files: segments.Files, fn: Callable[[Any, str], T],
+                 rids: list[str] | None = None) -> T:
+    """``fn(engine, where)`` over one span, re-listing its files if a compaction removed one meanwhile."""
+    for attempt in range(5):
+        try:
+            return _run(files, _in_span(live, lo, hi), on_error, functools.partial(_call, fn, _where(q, lo, hi)),
+                        rids=rids)
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+            files = _relist(roots, q, lo, hi, files)
+    raise AssertionError("unreachable")
+
+
+MAX_CANDIDATES = 100_000  # a look-up matching more records reads them in one pass instead
+
+
+def _candidates(eng: Any, w: str) -> list[str] | None:
+    """Step one of a look-up: the ids of the decisions that match (filters pushed into the scans,
+    row groups skipped by statistics and Bloom filters); None when there are too many."""
+    cur = eng.con.execute(f"SELECT DISTINCT rid FROM decisions WHERE {w} LIMIT {MAX_CANDIDATES + 1}")
+    rids = [r[0] for r in cur.fetchall()]
+    return None if len(rids) > MAX_CANDIDATES else rids
+
+
+def _lookup(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
+            fn: Callable[[Any, str], T]) -> Iterator[T]:
+    """A filtered question, span by span: the matching record ids first, then only those records
+    (their decisions, outcomes and copies wherever they are) joined."""
+    for lo, hi, files in _spans(roots, q, live, False):
+        rids = _span_result(roots, q, live, on_error, lo, hi, files, _candidates)
+        if rids is not None and not rids:
+            continue
+        yield _span_result(roots, q, live, on_error, lo, hi, files, fn, rids=rids)
+
+
+def _call(fn: Callable[[Any, str], T], w: str, eng: Any) -> T:
+    return fn(eng, w)
 
 
 def stream_table(client: Any, stream: str = STREAM) -> pa.Table:
@@ -220,14 +262,50 @@ def find(roots: list[Path] | Path, q: Query, *, client: Any = None, stream: str 
     """The records matching ``q`` — archived under ``roots`` and, with ``client``, still in the
     stream — joined, one row per record, in time order (dicts of ``record.COLUMNS``, as export
     writes them). Look-ups by callee, caller or Call-ID read only the row groups that can match."""
-    from gateway.audit.engine import rows
-
     report = on_error or (lambda p, m: segments.log.error("damaged audit file %s: %s", p, m))
     live = read_stream(client, stream) if client is not None else None
     out: list[Entry] = []
-    for part in _each_span(roots, q, live, report, False, rows):
+    parts = (_lookup(roots, q, live, report, _rows) if _selective(q)
+             else (_span_result(roots, q, live, report, lo, hi, f, _rows) for lo, hi, f in _spans(roots, q, live, False)))
+    for part in parts:
         out += part
     return out
+
+
+def _rows(eng: Any, w: str) -> list[Entry]:
+    from gateway.audit.engine import rows
+
+    return rows(eng.con, w)
+
+
+SMALL_BYTES = 4 << 20  # a span whose files are smaller is formatted by DuckDB (no pyarrow to load)
+
+
+def _small(files: segments.Files, live: list[Entry] | None) -> bool:
+    size = 0
+    for p in files.records + files.entries + files.legacy:
+        try:
+            size += p.stat().st_size
+        except FileNotFoundError:
+            continue
+    return size < SMALL_BYTES and len(live or ()) < 20_000
+
+
+def _span_bytes(fmt: str, small: bool) -> Callable[[Any, str], Any]:
+    from gateway.audit.engine import arrow_table, write_lines
+
+    def sql_lines(eng: Any, w: str) -> tuple[bytes, int]:
+        out: list[bytes] = []
+        k = write_lines(eng.con, w, fmt, out.append)
+        return b"".join(out), k
+
+    def arrow_lines(eng: Any, w: str) -> tuple[Any, int]:
+        from gateway.audit import lines
+
+        t = arrow_table(eng.con, f"SELECT * FROM audit_raw WHERE {w}")
+        return lines.export_bytes(t, fmt), t.num_rows
+
+    return sql_lines if small else arrow_lines
 
 
 def export(
@@ -240,15 +318,39 @@ def export(
     stream: str = STREAM,
     on_error: segments.ErrorReport,
 ) -> int:
-    """Write the matching records to ``out``; returns how many."""
-    from gateway.audit.engine import CSV_HEADER, stream_text, write_lines
+    """Write the matching records to ``out``; returns how many.
+
+    A filtered export is a look-up (``_lookup``); an unfiltered one reads an hour at a time, two
+    hours formatted at once (Arrow and DuckDB work outside the GIL), written in order.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from gateway.audit.engine import CSV_HEADER, stream_text
 
     live = read_stream(client, stream) if client is not None else None
     write = stream_text(out)
     if fmt == "csv":
         write(CSV_HEADER.encode())
     n = 0
-    for k in _each_span(root, q, live, on_error, not _selective(q),
-                        lambda eng, w: write_lines(eng.con, w, fmt, write)):
-        n += k
+
+    def emit(result: tuple[Any, int]) -> None:
+        nonlocal n
+        data, k = result
+        if k:
+            write(data)
+            n += k
+
+    if _selective(q):
+        for data in _lookup(root, q, live, on_error, _span_bytes(fmt, True)):
+            emit(data)
+        return n
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="audit-export") as pool:
+        pending: list[Future[Any]] = []
+        for lo, hi, files in _spans(root, q, live, True):
+            fn = _span_bytes(fmt, _small(files, _in_span(live, lo, hi)))
+            pending.append(pool.submit(_span_result, root, q, live, on_error, lo, hi, files, fn))
+            while len(pending) >= 2:
+                emit(pending.pop(0).result())
+        for f in pending:
+            emit(f.result())
     return n

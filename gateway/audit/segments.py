@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -375,12 +376,17 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
             on_error(path, msg)
 
         files = Files().add(olds)
-        tables = [t for t in (read_table(p, report) for p in files.legacy) if t is not None]
         records = check_files(files.records, report)
         entries = check_files(files.entries, report)
         new: Path | None = None
+        tmp = tempfile.TemporaryDirectory(prefix="cag-audit-compact-")
+        ndjson = []
+        for i, p in enumerate(files.legacy):
+            if write_ndjson(Path(tmp.name) / f"legacy-{i}.jsonl", read_segment(p, report)):
+                ndjson.append(Path(tmp.name) / f"legacy-{i}.jsonl")
         try:
-            with Engine(records, entries, tables, threads=threads, memory_limit=memory_limit) as eng:
+            with Engine(records, entries, ndjson=ndjson, threads=threads, memory_limit=memory_limit,
+                        temp_directory=Path(tmp.name)) as eng:
                 order = "callee NULLS FIRST, caller NULLS FIRST, t, rid"
                 reader = arrow_reader(eng.con, f"SELECT * FROM audit_raw ORDER BY {order}", columnar.ROW_GROUP)
                 new = columnar.write_batches(partition, file_name("compact", "records"), reader,
@@ -400,6 +406,8 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
                     p.rename(partition / f".damaged-{p.name}")
             log.error("compaction of %s failed: %s", partition, exc)
             return None
+        finally:
+            tmp.cleanup()
         for p in olds:
             if p in bad:
                 # keep the damaged file (renamed) for an operator to look at
