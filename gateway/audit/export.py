@@ -168,10 +168,13 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
 
     records, entries = list(files.records), list(files.entries)
     for _ in range(attempts):
+        eng = Engine(records, entries, ndjson=ndjson, rids=rids)
         try:
-            with Engine(records, entries, ndjson=ndjson, rids=rids) as eng:
-                return fn(eng)
+            return fn(eng)
         except duckdb.Error as exc:
+            if getattr(eng, "wrote", False):
+                raise  # output has begun: a second try would repeat it
+            eng.close()
             before = set(records + entries)
             gone = [p for p in before if not p.exists()]
             if gone:
@@ -183,6 +186,8 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
                 raise
             records = [p for p in records if p in good]
             entries = [p for p in entries if p in good]
+        finally:
+            eng.close()
     raise RuntimeError("archive files kept failing")
 
 
@@ -291,19 +296,44 @@ def _small(files: segments.Files, live: list[Entry] | None) -> bool:
     return size < SMALL_BYTES and len(live or ()) < 20_000
 
 
-def _span_bytes(fmt: str, small: bool) -> Callable[[Any, str], Any]:
-    from gateway.audit.engine import arrow_table, write_lines
+BATCH = 131_072  # rows DuckDB hands over at a time (sorted), formatted two batches at once
 
-    def sql_lines(eng: Any, w: str) -> tuple[bytes, int]:
+
+def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any) -> Callable[[Any, str], int]:
+    """``fn(engine, where)`` writing the span's rows in order; returns how many.
+
+    Small spans: lines built by DuckDB itself (no pyarrow to load). Others: DuckDB sorts
+    (its threads), Arrow builds the lines (``lines``) of two batches at once, written in order.
+    """
+    from gateway.audit.engine import arrow_reader, write_lines
+
+    def sql_lines(eng: Any, w: str) -> int:
         out: list[bytes] = []
         k = write_lines(eng.con, w, fmt, out.append)
-        return b"".join(out), k
+        eng.wrote = True
+        write(b"".join(out))
+        return k
 
-    def arrow_lines(eng: Any, w: str) -> tuple[Any, int]:
+    def arrow_lines(eng: Any, w: str) -> int:
+        import pyarrow as pa
+
         from gateway.audit import lines
 
-        t = arrow_table(eng.con, f"SELECT * FROM audit_raw WHERE {w}")
-        return lines.export_bytes(t, fmt), t.num_rows
+        reader = arrow_reader(eng.con, f"SELECT * FROM audit_raw WHERE {w} ORDER BY t, rid", BATCH)
+        pending: list[Any] = []
+        k = 0
+        for batch in reader:
+            if not batch.num_rows:
+                continue
+            k += batch.num_rows
+            pending.append(pool.submit(lines.batch_bytes, pa.Table.from_batches([batch]), fmt))
+            while len(pending) > 2:
+                eng.wrote = True
+                write(pending.pop(0).result())
+        for f in pending:
+            eng.wrote = True
+            write(f.result())
+        return k
 
     return sql_lines if small else arrow_lines
 
@@ -320,10 +350,10 @@ def export(
 ) -> int:
     """Write the matching records to ``out``; returns how many.
 
-    A filtered export is a look-up (``_lookup``); an unfiltered one reads an hour at a time, two
-    hours formatted at once (Arrow and DuckDB work outside the GIL), written in order.
+    A filtered export is a look-up (``_lookup``); an unfiltered one reads an hour at a time,
+    sorted by DuckDB and formatted by Arrow in batches (``_span_writer``), in constant memory.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
     from gateway.audit.engine import CSV_HEADER, stream_text
 
@@ -332,25 +362,12 @@ def export(
     if fmt == "csv":
         write(CSV_HEADER.encode())
     n = 0
-
-    def emit(result: tuple[Any, int]) -> None:
-        nonlocal n
-        data, k = result
-        if k:
-            write(data)
-            n += k
-
-    if _selective(q):
-        for data in _lookup(root, q, live, on_error, _span_bytes(fmt, True)):
-            emit(data)
-        return n
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="audit-export") as pool:
-        pending: list[Future[Any]] = []
+        if _selective(q):
+            for k in _lookup(root, q, live, on_error, _span_writer(fmt, True, write, pool)):
+                n += k
+            return n
         for lo, hi, files in _spans(root, q, live, True):
-            fn = _span_bytes(fmt, _small(files, _in_span(live, lo, hi)))
-            pending.append(pool.submit(_span_result, root, q, live, on_error, lo, hi, files, fn))
-            while len(pending) >= 2:
-                emit(pending.pop(0).result())
-        for f in pending:
-            emit(f.result())
+            fn = _span_writer(fmt, _small(files, _in_span(live, lo, hi)), write, pool)
+            n += _span_result(root, q, live, on_error, lo, hi, files, fn)
     return n
