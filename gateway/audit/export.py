@@ -168,13 +168,13 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
 
     records, entries = list(files.records), list(files.entries)
     for _ in range(attempts):
-        eng = Engine(records, entries, ndjson=ndjson, rids=rids)
+        eng = None
         try:
+            eng = Engine(records, entries, ndjson=ndjson, rids=rids)
             return fn(eng)
         except duckdb.Error as exc:
             if getattr(eng, "wrote", False):
                 raise  # output has begun: a second try would repeat it
-            eng.close()
             before = set(records + entries)
             gone = [p for p in before if not p.exists()]
             if gone:
@@ -187,7 +187,8 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
             records = [p for p in records if p in good]
             entries = [p for p in entries if p in good]
         finally:
-            eng.close()
+            if eng is not None:
+                eng.close()
     raise RuntimeError("archive files kept failing")
 
 

@@ -57,9 +57,9 @@ _CSV_OK = _csv_ok()
 
 
 def _csv_field(v: Any) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(["", "" if v is None else v])
-    return buf.getvalue()[1:]
+    buf = io.StringIO()  # the same line terminator as export's writer: it decides what is quoted
+    csv.writer(buf, lineterminator="\n").writerow(["", "" if v is None else v])
+    return buf.getvalue()[1:-1]
 
 
 def _value(v: Any, fmt: str) -> str:

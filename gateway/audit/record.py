@@ -175,9 +175,9 @@ def chunk_columns(data: bytes) -> tuple[int, dict[str, list[Any]]]:
     for f, col in m.items():
         if not isinstance(col, list) or len(col) != n:
             raise ValueError(f"audit chunk column {f!r} is not {n} values")
-    for k in m.get("k", ()):
-        if k not in (DECISION, OUTCOME):
-            raise ValueError(f"audit chunk entry of kind {k!r}")
+    kinds = set(m.get("k", ()))
+    if not kinds <= {DECISION, OUTCOME}:
+        raise ValueError(f"audit chunk entry of kind {sorted(map(repr, kinds - {DECISION, OUTCOME}))}")
     return n, m
 
 
