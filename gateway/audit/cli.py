@@ -178,7 +178,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     eng = Engine(records, entries, ndjson=ndjson)
     try:
         # from here on the statement can read nothing but the archive and write nothing
-        dirs = sorted({str(r) for r in roots})
+        dirs = sorted({str(r) for r in roots} | {tmp.name})
         eng.con.execute(f"SET allowed_directories = [{', '.join(lit(d) for d in dirs)}]")
         eng.con.execute("SET enable_external_access = false")
         eng.con.execute("SET lock_configuration = true")
