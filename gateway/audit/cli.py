@@ -182,9 +182,10 @@ def _cmd_query(args: argparse.Namespace) -> int:
         eng.con.execute(f"SET allowed_directories = [{', '.join(lit(d) for d in dirs)}]")
         eng.con.execute("SET enable_external_access = false")
         eng.con.execute("SET lock_configuration = true")
-        if since is not None or until is not None:
-            eng.con.execute(f"CREATE OR REPLACE TEMP VIEW audit AS SELECT * FROM main.audit WHERE "
-                            f"{' AND '.join(c for c in (f'time_us >= {since}' if since is not None else '', f'time_us < {until}' if until is not None else '') if c)}")
+        bounds = [f"time_us >= {since}" if since is not None else "", f"time_us < {until}" if until is not None else ""]
+        if any(bounds):
+            eng.con.execute(f"CREATE OR REPLACE VIEW audit AS SELECT * FROM audit_all WHERE "
+                            f"{' AND '.join(b for b in bounds if b)}")
         cur = eng.con.execute(args.sql)
         names = [d[0] for d in cur.description or []]
         out = sys.stdout

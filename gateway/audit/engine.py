@@ -121,10 +121,11 @@ CREATE VIEW decisions AS
 CREATE VIEW orphans AS
     SELECT DISTINCT e.* FROM ent_src e
     WHERE e.k = 'o' AND NOT EXISTS (SELECT 1 FROM decisions c WHERE c.t = coalesce(e.dt, e.t) AND c.rid = e.rid);
-CREATE VIEW audit AS
+CREATE VIEW audit_all AS
     SELECT rid AS record_id, make_timestamp(t) AS time, t AS time_us, {_DEC},
            final_code, make_timestamp(answered_at) AS answered_at, make_timestamp(ended_at) AS ended_at
     FROM audit_raw;
+CREATE VIEW audit AS SELECT * FROM audit_all;
 """
 
 # The columns of the ``audit`` view, for the documentation and ``cag audit query --columns``.
