@@ -290,6 +290,7 @@ def lookups(root: Path, gen: dict[str, Any], cag: str) -> dict[str, Any]:
 def export_rate(root: Path, hours: int, cag: str) -> dict[str, Any]:
     since = T_START
     until = T_START + hours * HOUR_US
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     with open(os.devnull, "w") as null:
         p = subprocess.Popen([cag, "audit", "export", "--archive-only", "--archive-dir", str(root),
@@ -301,7 +302,10 @@ def export_rate(root: Path, hours: int, cag: str) -> dict[str, Any]:
         p.wait()
         del null
     dt = time.perf_counter() - t
-    return {"export_records": n, "export_s": round(dt, 2), "export_records_per_s": round(n / dt)}
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru2.ru_utime - ru.ru_utime) + (ru2.ru_stime - ru.ru_stime)
+    return {"export_records": n, "export_s": round(dt, 2), "export_records_per_s": round(n / dt),
+            "export_cpu_s": round(cpu, 2), "export_records_per_cpu_s": round(n / cpu)}
 
 
 def archiver_rate(records: int, tmp: Path) -> dict[str, Any]:
@@ -385,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     cag = str(Path(sys.executable).parent / "cag")
     try:
         res: dict[str, Any] = {"records": args.records, "rate": args.rate, "model": m.__dict__,
+                               "load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(),
                                "bloom_filters": columnar.HAVE_BLOOM, "row_group": columnar.ROW_GROUP}
         if args.reuse and (base / "gen.json").exists():
             gen = json.loads((base / "gen.json").read_text())
@@ -412,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                     "filter per row group for a Call-ID: time grows with the hours in the range, "
                     "not with the records in them",
         }
+        res["load_average_at_end"] = os.getloadavg()
         res["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         text = json.dumps(res, indent=2)
         print(text)

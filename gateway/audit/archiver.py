@@ -101,6 +101,7 @@ class Archiver:
         self._claim_cursor = "0-0"
         self._ack = client.register_script(_ACK)
         self.threads: int | None = 1  # compaction: one core, the gateway has the others
+        self.compactions_per_pass = 4
         self.memory_limit = "1GB"
 
     @property
@@ -249,13 +250,17 @@ class Archiver:
             segments.remove_partitions(old)
             log.info("retention: removed %d partitions older than %d days", len(old), self.retention_days)
         now = int(self.clock() * 1_000_000)
+        compactions = 0
         for hour, path in segments.partitions(self.root, now - RECENT_US):
+            if compactions >= self.compactions_per_pass:
+                break  # the rest next pass: the stream is read in between
             files = segments.Files().add(segments.segments(path))
             closed = hour + segments.HOUR_US + CLOSE_GRACE_US <= now
             waiting = [p for p in files.entries + files.legacy if not p.name.startswith(segments.ORPHANS)]
             if closed and waiting and (not files.records or hour + FINAL_AGE_US <= now):
                 segments.compact(path, self._report, min_segments=1, threads=self.threads,
                                  memory_limit=self.memory_limit)
+                compactions += 1
             elif len(files.entries) >= self.compact_open_at:
                 segments.merge_entries(path, self._report, min_files=self.compact_open_at // 2)
 

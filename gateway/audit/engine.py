@@ -128,6 +128,15 @@ CREATE VIEW audit_all AS
 CREATE VIEW audit AS SELECT * FROM audit_all;
 """
 
+# A handful of records (step two of a look-up): every one goes through the join, each file is
+# read once (no plain / special split to compute).
+_VIEWS_FEW = (_VIEWS
+              .replace("CREATE VIEW audit_raw AS SELECT * FROM plain UNION ALL SELECT * FROM joined;",
+                       "CREATE VIEW audit_raw AS SELECT * FROM joined;")
+              .replace(f"SELECT {_OUT} FROM rec_src r SEMI JOIN special s ON s.t = r.t AND s.rid = r.rid",
+                       f"SELECT {_OUT} FROM rec_src"))
+assert _VIEWS_FEW.count("SELECT * FROM joined;") == 1 and "SEMI JOIN" not in _VIEWS_FEW
+
 # The columns of the ``audit`` view, for the documentation and ``cag audit query --columns``.
 AUDIT_VIEW_COLUMNS = (
     ("record_id", "VARCHAR", "the record's id (X-Admission-Id on the forwarded INVITE)"),
@@ -180,6 +189,18 @@ class Engine:
         if temp_directory is not None:
             self.con.execute(f"SET temp_directory = {lit(str(temp_directory))}")
         self.con.execute("SET preserve_insertion_order = false")
+        # every view binds the same files: read each footer once per connection
+        self.con.execute("SET parquet_metadata_cache = true")
+        self._files = (records, entries, list(ndjson))
+        self._define(rids)
+
+    def restrict(self, rids: list[str]) -> None:
+        """From now on, only these records (step two of a look-up): the views are redefined with
+        ``rid IN (…)`` so DuckDB reads and joins only them."""
+        self._define(rids)
+
+    def _define(self, rids: list[str] | None) -> None:
+        records, entries, ndjson = self._files
         only = f" WHERE rid IN ({', '.join(lit(r) for r in rids)})" if rids is not None else ""
         if rids is not None and not rids:
             only = " WHERE false"
@@ -191,7 +212,7 @@ class Engine:
         for name, files in (("rec_one", one), ("rec_many", many)):
             src = (f"SELECT {', '.join(RECORD_FIELDS)} FROM read_parquet({_file_list(files)}){only}" if files
                    else _empty(RECORD_FIELDS))
-            self.con.execute(f"CREATE VIEW {name} AS {src}")
+            self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {src}")
         near = [f for f in entries if _hour_key(f) in per_hour]
         alone = [f for f in entries if _hour_key(f) not in per_hour]
         for name, files, js in (("ent_near", near, ndjson), ("ent_alone", alone, ())):
@@ -203,8 +224,9 @@ class Engine:
                 struct = "{" + ", ".join(f"{lit(f)}: {lit(SQL_TYPES[f])}" for f in FIELDS) + "}"
                 parts.append(f"SELECT {cols} FROM read_json({_file_list(list(js))}, "
                              f"format = 'newline_delimited', columns = {struct}){only}")
-            self.con.execute(f"CREATE VIEW {name} AS " + (" UNION ALL ".join(parts) or _empty(FIELDS)))
-        self.con.execute(_VIEWS)
+            self.con.execute(f"CREATE OR REPLACE VIEW {name} AS " + (" UNION ALL ".join(parts) or _empty(FIELDS)))
+        views = _VIEWS if rids is None else _VIEWS_FEW
+        self.con.execute(views.replace("CREATE VIEW", "CREATE OR REPLACE VIEW"))
 
     def close(self) -> None:
         self.con.close()

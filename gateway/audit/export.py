@@ -238,14 +238,19 @@ def _candidates(eng: Any, w: str) -> list[str] | None:
 
 
 def _lookup(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
-            fn: Callable[[Any, str], T]) -> Iterator[T]:
+            fn: Callable[[Any, str], T]) -> Iterator[T | None]:
     """A filtered question, span by span: the matching record ids first, then only those records
-    (their decisions, outcomes and copies wherever they are) joined."""
+    (their decisions, outcomes and copies wherever they are) joined, on the same connection."""
+    def both(eng: Any, w: str) -> T | None:
+        rids = _candidates(eng, w)
+        if rids is not None:
+            if not rids:
+                return None
+            eng.restrict(rids)
+        return fn(eng, w)
+
     for lo, hi, files in _spans(roots, q, live, False):
-        rids = _span_result(roots, q, live, on_error, lo, hi, files, _candidates)
-        if rids is not None and not rids:
-            continue
-        yield _span_result(roots, q, live, on_error, lo, hi, files, fn, rids=rids)
+        yield _span_result(roots, q, live, on_error, lo, hi, files, both)
 
 
 def _call(fn: Callable[[Any, str], T], w: str, eng: Any) -> T:
@@ -274,7 +279,7 @@ def find(roots: list[Path] | Path, q: Query, *, client: Any = None, stream: str 
     parts = (_lookup(roots, q, live, report, _rows) if _selective(q)
              else (_span_result(roots, q, live, report, lo, hi, f, _rows) for lo, hi, f in _spans(roots, q, live, False)))
     for part in parts:
-        out += part
+        out += part or []
     return out
 
 
@@ -366,7 +371,7 @@ def export(
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="audit-export") as pool:
         if _selective(q):
             for k in _lookup(root, q, live, on_error, _span_writer(fmt, True, write, pool)):
-                n += k
+                n += k or 0
             return n
         for lo, hi, files in _spans(root, q, live, True):
             fn = _span_writer(fmt, _small(files, _in_span(live, lo, hi)), write, pool)
