@@ -18,9 +18,12 @@ an archiver restart, in two roots) is one row.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +376,53 @@ def export(
             for k in _lookup(root, q, live, on_error, _span_writer(fmt, True, write, pool)):
                 n += k or 0
             return n
-        for lo, hi, files in _spans(root, q, live, True):
-            fn = _span_writer(fmt, _small(files, _in_span(live, lo, hi)), write, pool)
-            n += _span_result(root, q, live, on_error, lo, hi, files, fn)
+        # Hour after hour, in order; the next hour is read and sorted (in a thread of its own)
+        # while this one is formatted and written: its lines wait in a small queue.
+        spans = list(_spans(root, q, live, True))
+        queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=3) for _ in spans]
+        cancelled = threading.Event()
+
+        def produce(i: int) -> None:
+            def put(item: Any) -> None:
+                while not cancelled.is_set():
+                    try:
+                        queues[i].put(item, timeout=0.2)
+                        return
+                    except queue.Full:
+                        continue
+                raise _Cancelled
+
+            lo, hi, files = spans[i]
+            try:
+                fn = _span_writer(fmt, _small(files, _in_span(live, lo, hi)), put, pool)
+                put(("done", _span_result(root, q, live, on_error, lo, hi, files, fn)))
+            except _Cancelled:
+                return
+            except BaseException as exc:  # handed to the writing thread
+                with contextlib.suppress(_Cancelled):
+                    put(("error", exc))
+
+        threads = [threading.Thread(target=produce, args=(i,), daemon=True) for i in range(len(spans))]
+        try:
+            for i in range(len(spans)):
+                for j in (i, i + 1):
+                    if j < len(spans) and threads[j].ident is None:
+                        threads[j].start()
+                while True:
+                    item = queues[i].get()
+                    if isinstance(item, tuple):
+                        if item[0] == "error":
+                            raise item[1]
+                        n += item[1]
+                        break
+                    write(item)
+        finally:
+            cancelled.set()
+            for t in threads:
+                if t.ident is not None:
+                    t.join()
     return n
+
+
+class _Cancelled(Exception):
+    """The writing side gave up (a broken pipe, an error in another hour): stop producing."""
