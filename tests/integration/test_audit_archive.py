@@ -116,5 +116,6 @@ def test_archiver_reads_single_entry_stream_entries_and_compacts_closed_hours(re
     files = segments.Files().add(segments.segments(segments.partition_dir(tmp_path / "audit", t_old)))
     assert len(files.records) == 1 and not files.entries
     rc, rows, err = export(redis_url, tmp_path / "audit", "--archive-only")
-    assert rc == 0 and [r["record_id"] for r in rows] == [e["rid"] for e in es]
+    assert rc == 0, err
+    assert [r["record_id"] for r in rows] == [e["rid"] for e in es]
     client.close()

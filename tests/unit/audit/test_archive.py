@@ -212,3 +212,20 @@ def test_a_damaged_parquet_file_is_reported_and_the_rest_exported(tmp_path: Path
     n = export([tmp_path], Query(), buf, on_error=errs)
     assert [p for p, _ in errs] == [damaged]
     assert n == 300 and buf.getvalue() == jsonl(reference(good))
+
+
+def test_the_entry_level_api_gives_what_find_gives(tmp_path: Path) -> None:
+    """records([archived(roots, q, on_error), read_stream(client)], q): the provisioning API's
+    complaint trace before it moves to find()."""
+    from gateway.audit.export import archived, records
+
+    es = [dec(f"r{i:03d}", T0 + i * 1000, callee=f"+8613800000{i % 7:03d}") for i in range(400)]
+    es += [out(f"r{i:03d}", T0 + i * 1000, T0 + 2 * H, ended_at=T0 + 2 * H) for i in range(0, 400, 3)]
+    write(tmp_path, es)
+    compact_all(tmp_path)
+    late = out("r004", T0 + 4000, T0 + 3 * H, final_code=200)
+    write(tmp_path, [late], "late")
+    for q in (Query(callee=frozenset({"+8613800000004"})), Query(call_id="c-r005"),
+              Query(since_us=T0, until_us=T0 + H)):
+        want = reference([*es, late], q)
+        assert list(records([archived([tmp_path], q, Errors()), []], q)) == find([tmp_path], q) == want
