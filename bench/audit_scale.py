@@ -318,6 +318,7 @@ def archiver_rate(records: int, tmp: Path) -> dict[str, Any]:
     from gateway.embedded_redis import EmbeddedRedis
 
     random.seed(1)
+    shutil.rmtree(tmp, ignore_errors=True)
     server = EmbeddedRedis(tmp / "redis")
     server.start()
     try:

@@ -4,9 +4,10 @@ The worker calls ``decision(...)`` right after it has acted on a decision
 and ``outcome(...)`` for each ``Outcome`` action; both only append a tuple
 to a list and never await. A flusher task, every ``interval`` (50 ms) or
 as soon as ``batch`` entries wait, builds the entries and sends them to the
-bounded Redis Stream in one pipeline (XADD per entry, no MAXLEN: a full
-stream never trims, it spools). When Redis does not answer, or the stream
-holds ``max_stream`` entries, the batch goes to the local spool
+bounded Redis Stream in one pipeline (one XADD per chunk of up to 200
+entries, column-wise, ``record.pack_chunk``; no MAXLEN: a full stream never
+trims, it spools). When Redis does not answer, or the stream holds
+``max_stream`` audit entries (``count_key``), the batch goes to the local spool
 (``gateway.audit.spool``) and is replayed, oldest first, once Redis takes
 entries again. ``close()`` flushes what is buffered (to Redis, else to the
 spool) on a clean shutdown.
