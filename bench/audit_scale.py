@@ -119,16 +119,13 @@ def _pick(labels: list[str], idx: np.ndarray) -> pa.Array:
 
 
 def hour_table(m: Model, hour_us: int, n: int, rng: np.random.Generator, counter0: int) -> pa.Table:
-    """One hour's ``n`` records, sorted as a compaction sorts them."""
+    """One hour's ``n`` records, in the order a compaction writes them (time; times are distinct)."""
     t = hour_us + np.sort(rng.choice(HOUR_US, size=n, replace=False)).astype(np.int64)
     consent = rng.integers(0, m.consents, n, dtype=np.int64)
     ent = consent % m.enterprises
     trunk = ent * 4 + rng.integers(0, 4, n)
     caller_num = 4_000_000 + ent * 200 + rng.integers(0, 200, n)  # +86400xxxxxxx
     callee_num = (_mix64(consent, 0) % np.uint64(1_000_000_000)).astype(np.int64)  # +8613xxxxxxxxx
-    order = np.lexsort((t, caller_num, callee_num))
-    t, consent, ent, trunk, caller_num, callee_num = (a[order] for a in (t, consent, ent, trunk, caller_num,
-                                                                         callee_num))
     # decisions
     shares = np.array([s for _, s, _ in MIX]) / sum(s for _, s, _ in MIX)
     reason_i = rng.choice(len(MIX), size=n, p=shares)
@@ -208,7 +205,10 @@ def generate(root: Path, records: int, m: Model) -> dict[str, Any]:
         table = hour_table(m, hour, n, rng, counter)
         counter += n // (m.nodes * 8) + 1
         part = segments.partition_dir(root, hour)
-        columnar.write_file(part, segments.file_name("compact", "records"), table, "records")
+        name = segments.file_name("compact", "records")
+        index = table.select(list(columnar.INDEX_FIELDS)).sort_by(list(columnar.INDEX_SORT))
+        columnar.write_file(part, segments.index_of(part / name).name, index, "index")
+        columnar.write_file(part, name, table, "records")
         if not sample or left - n <= 0:
             i = int(rng.integers(0, n))
             sample = {k: table.column(k)[i].as_py() for k in ("t", "rid", "call_id", "caller", "callee")}
@@ -228,14 +228,16 @@ def _column_bytes(root: Path) -> dict[str, float]:
 
     sizes: dict[str, int] = {}
     rows = 0
-    for p in root.rglob("*.records.parquet"):
+    for p in [*root.rglob("*.records.parquet"), *root.rglob("*.index.parquet")]:
         md = pq.read_metadata(p)
-        rows += md.num_rows
+        index = p.name.endswith(".index.parquet")
+        rows += 0 if index else md.num_rows
         for g in range(md.num_row_groups):
             rg = md.row_group(g)
             for c in range(rg.num_columns):
                 col = rg.column(c)
-                sizes[col.path_in_schema] = sizes.get(col.path_in_schema, 0) + col.total_compressed_size
+                key = ("index." if index else "") + col.path_in_schema
+                sizes[key] = sizes.get(key, 0) + col.total_compressed_size
     return {k: round(v / rows, 2) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])}
 
 

@@ -7,12 +7,14 @@ Two kinds of file live in an hourly partition (``segments``):
   ``record.FIELDS``. The archiver writes one per batch and partition; the
   compaction keeps the outcomes whose decision it did not find in one.
 - **records** (``*.records.parquet``): joined records, one row per decision
-  with its outcome fields filled in, written by the compaction of an hour.
-  Rows are sorted by (callee, caller, time, record id) and cut into small
-  row groups, so the min/max statistics of a row group let a reader skip
-  every row group that cannot hold a callee; ``call_id`` and ``caller`` have
-  Parquet Bloom filters in each row group for the look-ups the sort does not
-  serve. Time is integer µs since the epoch (UTC), as in the entries.
+  with its outcome fields filled in, written by the compaction of an hour,
+  in export order (time, record id) and small row groups: their time
+  statistics are tight, and ``call_id`` and ``caller`` have Parquet Bloom
+  filters in each row group. Time is integer µs since the epoch (UTC).
+- **index** (``*.index.parquet``, beside its records file): (callee, time)
+  of every record, sorted by callee, so a look-up by callee reads the one
+  row group of the index that can hold it and then, by time, the row groups
+  of the records file that hold the calls.
 
 Every file is written to a ``.tmp-`` name, fsync'd, renamed and its
 directory fsync'd, so a file with its final name is complete and on disk.
@@ -62,16 +64,21 @@ RECORD_SCHEMA = pa.schema([pa.field(f, _TYPES[f]) for f in RECORD_FIELDS])
 DECISION_FIELDS = RECORD_FIELDS[2:15]
 OUTCOME_FIELDS = ("final_code", "answered_at", "ended_at")
 
-# Records sort for look-ups: a callee's calls are adjacent, so one row group (or two) holds them.
-RECORD_SORT = (("callee", "ascending"), ("caller", "ascending"), ("t", "ascending"), ("rid", "ascending"))
+# Records are in export order (decision time, record id): a row group covers ~30 s of calls, so
+# its time statistics are tight, and export reads without sorting. The index of an hour (callee,
+# caller, time), sorted by callee, is what a look-up by number reads first: one row group.
+RECORD_SORT = (("t", "ascending"), ("rid", "ascending"))
+INDEX_FIELDS = ("callee", "t")
+INDEX_SORT = (("callee", "ascending"), ("t", "ascending"))
+INDEX_SCHEMA = pa.schema([pa.field(f, _TYPES[f]) for f in INDEX_FIELDS])
 ROW_GROUP = 32_768
 _LOW_CARDINALITY = ["k", "trunk_id", "enterprise_id", "caller", "decision", "reason", "sip_code",
                     "node", "worker", "final_code"]
-_RECORD_STATS = ["t", "callee", "caller", "trunk_id", "enterprise_id", "decision", "reason", "node"]
+_RECORD_STATS = ["t", "rid", "trunk_id", "enterprise_id", "decision", "reason", "node"]
 # High-cardinality strings: lengths apart from the bytes (or prefixes shared with the row before,
 # for sorted ones); times: byte planes apart, so zstd sees their constant high bytes.
 _ENCODING = {"call_id": "DELTA_LENGTH_BYTE_ARRAY", "evidence_ref": "DELTA_LENGTH_BYTE_ARRAY",
-             "consent_token": "DELTA_LENGTH_BYTE_ARRAY", "rid": "DELTA_BYTE_ARRAY", "callee": "DELTA_BYTE_ARRAY",
+             "consent_token": "DELTA_LENGTH_BYTE_ARRAY", "rid": "DELTA_BYTE_ARRAY",
              "t": "BYTE_STREAM_SPLIT", "answered_at": "BYTE_STREAM_SPLIT", "ended_at": "BYTE_STREAM_SPLIT",
              "latency_us": "BYTE_STREAM_SPLIT"}
 # Bloom filter sizes are rounded up to a power of two: at 32,768 values a 5 % filter takes 64 KiB,
@@ -152,10 +159,15 @@ def _write_options(kind: str, rows: int) -> dict[str, Any]:
     if kind == "entries":  # the archiver's batches: cheap to write, compacted later
         return {"compression": "zstd", "compression_level": 1, "use_dictionary": _LOW_CARDINALITY,
                 "write_statistics": ["t", "dt"], "row_group_size": 1 << 20}
+    if kind == "index":
+        return {"compression": "zstd", "compression_level": 6, "use_dictionary": False,
+                "write_statistics": ["callee", "t"], "row_group_size": ROW_GROUP,
+                "column_encoding": {"callee": "DELTA_BYTE_ARRAY", "t": "BYTE_STREAM_SPLIT"},
+                "sorting_columns": [pq.SortingColumn(INDEX_FIELDS.index(c)) for c, _ in INDEX_SORT]}
     opts: dict[str, Any] = {
         "compression": "zstd", "compression_level": 6, "use_dictionary": _LOW_CARDINALITY,
         "write_statistics": _RECORD_STATS, "row_group_size": ROW_GROUP, "column_encoding": _ENCODING,
-        "sorting_columns": [pq.SortingColumn(RECORD_FIELDS.index(c)) for c, _ in RECORD_SORT[:3]],
+        "sorting_columns": [pq.SortingColumn(RECORD_FIELDS.index(c)) for c, _ in RECORD_SORT],
     }
     if HAVE_BLOOM:
         opts["bloom_filter_options"] = _BLOOM

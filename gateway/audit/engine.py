@@ -118,6 +118,9 @@ CREATE VIEW joined AS
 CREATE VIEW audit_raw AS SELECT * FROM plain UNION ALL SELECT * FROM joined;
 CREATE VIEW decisions AS
     SELECT t, rid, {_DEC} FROM rec_src UNION ALL SELECT t, rid, {_DEC} FROM ent_src WHERE k = 'd';
+CREATE VIEW callees AS
+    SELECT t, callee FROM idx_src UNION ALL SELECT t, callee FROM rec_unindexed
+    UNION ALL SELECT t, callee FROM ent_src WHERE k = 'd';
 CREATE VIEW orphans AS
     SELECT DISTINCT e.* FROM ent_src e
     WHERE e.k = 'o' AND NOT EXISTS (SELECT 1 FROM decisions c WHERE c.t = coalesce(e.dt, e.t) AND c.rid = e.rid);
@@ -167,7 +170,9 @@ class Engine:
     """A DuckDB connection with the views above over ``records`` / ``entries`` Parquet files and
     JSON-lines files of entries (``ndjson``: the live stream, legacy segments).
 
-    ``rids``: only these records (the second step of a look-up: every view is then small).
+    ``index``: the index files of (some of) the records files; ``times``: only the records
+    decided at these times (the second step of a look-up: every view is then small, and the
+    records files' row groups are chosen by their time statistics).
     """
 
     def __init__(
@@ -175,8 +180,9 @@ class Engine:
         records: list[Path],
         entries: list[Path],
         *,
+        index: list[Path] = (),  # type: ignore[assignment]
         ndjson: list[Path] = (),  # type: ignore[assignment]
-        rids: list[str] | None = None,
+        times: list[int] | None = None,
         threads: int | None = None,
         memory_limit: str | None = None,
         temp_directory: Path | None = None,
@@ -192,18 +198,28 @@ class Engine:
         # every view binds the same files: read each footer once per connection
         self.con.execute("SET parquet_metadata_cache = true")
         self._files = (records, entries, list(ndjson))
-        self._define(rids)
+        have = {p.name for p in index}
+        indexed = [r for r in records if r.name.replace(".records.parquet", ".index.parquet") in have]
+        missing = [r for r in records if r not in indexed]
+        idx = (f"SELECT callee, t FROM read_parquet({_file_list(list(index))})" if index
+               else _empty(("callee", "t")))
+        self.con.execute(f"CREATE VIEW idx_src AS {idx}")
+        rec = (f"SELECT callee, t FROM read_parquet({_file_list(missing)})" if missing
+               else _empty(("callee", "t")))
+        self.con.execute(f"CREATE VIEW rec_unindexed AS {rec}")
+        self._define(times)
 
-    def restrict(self, rids: list[str]) -> None:
-        """From now on, only these records (step two of a look-up): the views are redefined with
-        ``rid IN (…)`` so DuckDB reads and joins only them."""
-        self._define(rids)
+    def restrict(self, times: list[int]) -> None:
+        """From now on, only the records decided at these times (step two of a look-up): the
+        views are redefined with ``t IN (…)`` so DuckDB reads and joins only them."""
+        self._define(times)
 
-    def _define(self, rids: list[str] | None) -> None:
+    def _define(self, times: list[int] | None) -> None:
         records, entries, ndjson = self._files
-        only = f" WHERE rid IN ({', '.join(lit(r) for r in rids)})" if rids is not None else ""
-        if rids is not None and not rids:
-            only = " WHERE false"
+        only = ent_only = ""
+        if times is not None:
+            ts = ", ".join(str(int(t)) for t in times) or "NULL"
+            only, ent_only = f" WHERE t IN ({ts})", f" WHERE coalesce(dt, t) IN ({ts})"
         per_hour: dict[tuple[str, str], int] = {}
         for f in records:
             per_hour[_hour_key(f)] = per_hour.get(_hour_key(f), 0) + 1
@@ -219,13 +235,13 @@ class Engine:
             parts = []
             cols = ", ".join(FIELDS)
             if files:
-                parts.append(f"SELECT {cols} FROM read_parquet({_file_list(files)}){only}")
+                parts.append(f"SELECT {cols} FROM read_parquet({_file_list(files)}){ent_only}")
             if js:
                 struct = "{" + ", ".join(f"{lit(f)}: {lit(SQL_TYPES[f])}" for f in FIELDS) + "}"
                 parts.append(f"SELECT {cols} FROM read_json({_file_list(list(js))}, "
-                             f"format = 'newline_delimited', columns = {struct}){only}")
+                             f"format = 'newline_delimited', columns = {struct}){ent_only}")
             self.con.execute(f"CREATE OR REPLACE VIEW {name} AS " + (" UNION ALL ".join(parts) or _empty(FIELDS)))
-        views = _VIEWS if rids is None else _VIEWS_FEW
+        views = _VIEWS if times is None else _VIEWS_FEW
         self.con.execute(views.replace("CREATE VIEW", "CREATE OR REPLACE VIEW"))
 
     def close(self) -> None:

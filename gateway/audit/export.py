@@ -107,14 +107,11 @@ def archived(roots: Path | list[Path], q: Query, on_error: segments.ErrorReport)
             yield from segments.merge(it for p in paths for it in segments.open_partition(p, on_error))
 
 
-def _entries_of(eng: Any, w: str) -> list[Entry]:
+def _entries_of(q: Query, lo: int, hi: int, eng: Any, w: str) -> list[Entry]:
     from gateway.audit.engine import DECISION_FIELDS
 
-    rids = _candidates(eng, w)
-    if rids is not None:
-        if not rids:
-            return []
-        eng.restrict(rids)
+    if not _narrow(eng, w, q, lo, hi):
+        return []
     out: list[Entry] = []
     cur = eng.con.execute("SELECT * FROM rec_src")
     names = [d[0] for d in cur.description]
@@ -138,7 +135,7 @@ def _entries_of(eng: Any, w: str) -> list[Entry]:
 
 def _archived_matching(roots: Roots, q: Query, on_error: segments.ErrorReport) -> Iterator[Entry]:
     for lo, hi, files in _spans(roots, q, None, False):
-        yield from _span_result(roots, q, None, on_error, lo, hi, files, _entries_of)
+        yield from _span_result(roots, q, None, on_error, lo, hi, files, functools.partial(_entries_of, q, lo, hi))
 
 
 def records(sources: Iterable[Iterable[Entry]], q: Query) -> Iterator[Entry]:
@@ -166,7 +163,8 @@ def _runs(roots: Roots, q: Query, live: list[Entry] | None, per_hour: bool) -> l
     by_hour: dict[int, segments.Files] = {}
     for root in [roots] if isinstance(roots, Path) else roots:
         for hour, part in segments.partitions(root, q.since_us, q.until_us):
-            by_hour.setdefault(hour, segments.Files()).add(segments.segments(part))
+            f = by_hour.setdefault(hour, segments.Files()).add(segments.segments(part))
+            f.index += segments.indexes(part)
     if live:
         for h in {segments.hour_of(sort_key(e)[0]) for e in live}:
             if (q.since_us is None or h + segments.HOUR_US > q.since_us) and (q.until_us is None or h < q.until_us):
@@ -179,9 +177,10 @@ def _runs(roots: Roots, q: Query, live: list[Entry] | None, per_hour: bool) -> l
             s0, _, acc = spans[-1]
             acc.records += f.records
             acc.entries += f.entries
+            acc.index += f.index
             spans[-1] = (s0, end, acc)
         else:
-            spans.append((hour, end, segments.Files(list(f.records), list(f.entries), list(f.legacy))))
+            spans.append((hour, end, segments.Files(list(f.records), list(f.entries), list(f.legacy), list(f.index))))
     return spans
 
 
@@ -190,7 +189,7 @@ def _in_span(live: list[Entry] | None, lo: int, hi: int) -> list[Entry]:
 
 
 def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorReport,
-         fn: Callable[[Any], T], attempts: int = 5, *, rids: list[str] | None = None) -> T:
+         fn: Callable[[Any], T], attempts: int = 5) -> T:
     """``fn(engine)`` over the files and the live entries; a damaged file is reported and left
     out, a file removed by a compaction meanwhile makes the caller's listing stale
     (``FileNotFoundError``). Live entries and legacy segments reach DuckDB as JSON lines in a
@@ -203,11 +202,11 @@ def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorRepor
         for i, p in enumerate(files.legacy):
             if segments.write_ndjson(Path(tmp) / f"legacy-{i}.jsonl", segments.read_segment(p, on_error)):
                 ndjson.append(Path(tmp) / f"legacy-{i}.jsonl")
-        return _run_engine(files, ndjson, on_error, fn, attempts, rids)
+        return _run_engine(files, ndjson, on_error, fn, attempts)
 
 
 def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.ErrorReport,
-                fn: Callable[[Any], T], attempts: int, rids: list[str] | None) -> T:
+                fn: Callable[[Any], T], attempts: int) -> T:
     import duckdb
 
     from gateway.audit.engine import Engine
@@ -216,7 +215,7 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
     for _ in range(attempts):
         eng = None
         try:
-            eng = Engine(records, entries, ndjson=ndjson, rids=rids)
+            eng = Engine(records, entries, index=files.index, ndjson=ndjson)
             return fn(eng)
         except duckdb.Error as exc:
             if getattr(eng, "wrote", False):
@@ -254,17 +253,17 @@ def _relist(roots: Roots, q: Query, lo: int, hi: int, old: segments.Files) -> se
     for root in [roots] if isinstance(roots, Path) else roots:
         for _, part in segments.partitions(root, max(lo, q.since_us or lo), min(hi, q.until_us or hi)):
             files.add(segments.segments(part))
+            files.index += segments.indexes(part)
     return files
 
 
 def _span_result(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
                  lo: int, hi: int, files: segments.Files, fn: Callable[[Any, str], T],
-                 rids: list[str] | None = None) -> T:
+) -> T:
     """``fn(engine, where)`` over one span, re-listing its files if a compaction removed one meanwhile."""
     for attempt in range(5):
         try:
-            return _run(files, _in_span(live, lo, hi), on_error, functools.partial(_call, fn, _where(q, lo, hi)),
-                        rids=rids)
+            return _run(files, _in_span(live, lo, hi), on_error, functools.partial(_call, fn, _where(q, lo, hi)))
         except FileNotFoundError:
             if attempt == 4:
                 raise
@@ -272,31 +271,45 @@ def _span_result(roots: Roots, q: Query, live: list[Entry] | None, on_error: seg
     raise AssertionError("unreachable")
 
 
-MAX_CANDIDATES = 100_000  # a look-up matching more records reads them in one pass instead
+MAX_CANDIDATES = 20_000  # a look-up matching more records reads them in one pass instead
 
 
-def _candidates(eng: Any, w: str) -> list[str] | None:
-    """Step one of a look-up: the ids of the decisions that match (filters pushed into the scans,
-    row groups skipped by statistics and Bloom filters); None when there are too many."""
-    cur = eng.con.execute(f"SELECT DISTINCT rid FROM decisions WHERE {w} LIMIT {MAX_CANDIDATES + 1}")
-    rids = [r[0] for r in cur.fetchall()]
-    return None if len(rids) > MAX_CANDIDATES else rids
+def _candidates(eng: Any, w: str, q: Query, lo: int, hi: int) -> list[int] | None:
+    """Step one of a look-up: the decision times of the records that can match (None: too many).
+
+    With a callee: from the hours' indexes (sorted by callee: one row group each), the records
+    files without one, and decisions not compacted yet (the caller, Call-ID are checked in step
+    two). Otherwise (Call-ID, caller): from the records files, whose row groups have Bloom filters
+    for both, and the decisions not compacted yet.
+    """
+    if q.callee:
+        view, w = "callees", _where(Query(callee=q.callee, since_us=q.since_us, until_us=q.until_us), lo, hi)
+    else:
+        view = "decisions"
+    cur = eng.con.execute(f"SELECT DISTINCT t FROM {view} WHERE {w} LIMIT {MAX_CANDIDATES + 1}")
+    times = [r[0] for r in cur.fetchall()]
+    return None if len(times) > MAX_CANDIDATES else times
+
+
+def _narrow(eng: Any, w: str, q: Query, lo: int, hi: int) -> bool:
+    """Restrict the engine to the candidates of ``q`` in ``[lo, hi)``; False when there are none."""
+    times = _candidates(eng, w, q, lo, hi)
+    if times is not None:
+        if not times:
+            return False
+        eng.restrict(times)
+    return True
 
 
 def _lookup(roots: Roots, q: Query, live: list[Entry] | None, on_error: segments.ErrorReport,
             fn: Callable[[Any, str], T]) -> Iterator[T | None]:
     """A filtered question, span by span: the matching record ids first, then only those records
     (their decisions, outcomes and copies wherever they are) joined, on the same connection."""
-    def both(eng: Any, w: str) -> T | None:
-        rids = _candidates(eng, w)
-        if rids is not None:
-            if not rids:
-                return None
-            eng.restrict(rids)
-        return fn(eng, w)
+    def both(lo: int, hi: int, eng: Any, w: str) -> T | None:
+        return fn(eng, w) if _narrow(eng, w, q, lo, hi) else None
 
     for lo, hi, files in _spans(roots, q, live, False):
-        yield _span_result(roots, q, live, on_error, lo, hi, files, both)
+        yield _span_result(roots, q, live, on_error, lo, hi, files, functools.partial(both, lo, hi))
 
 
 def _call(fn: Callable[[Any, str], T], w: str, eng: Any) -> T:
@@ -351,13 +364,32 @@ def _small(files: segments.Files, live: list[Entry] | None) -> bool:
 BATCH = 131_072  # rows formatted at a time, two batches at once
 
 
-def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any) -> Callable[[Any, str], int]:
+def _in_order(files: segments.Files, live: list[Entry] | None) -> bool:
+    """A span that is one records file, written in export order: read as it lies, no sort."""
+    if len(files.records) != 1 or files.entries or files.legacy or live:
+        return False
+    import pyarrow.parquet as pq
+
+    from gateway.audit import columnar
+
+    try:
+        md = pq.read_metadata(files.records[0])
+    except Exception:
+        return False
+    want = tuple(columnar.RECORD_FIELDS.index(c) for c, _ in columnar.RECORD_SORT)
+    return md.num_row_groups > 0 and all(
+        tuple(c.column_index for c in (md.row_group(g).sorting_columns or ())) == want
+        for g in range(md.num_row_groups))
+
+
+def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any,
+                 in_order: bool = False) -> Callable[[Any, str], int]:
     """``fn(engine, where)`` writing the span's rows in order; returns how many.
 
     Small spans: lines built by DuckDB itself (no pyarrow to load). Others: DuckDB reads, Arrow
     sorts and builds the lines (``lines``) of two batches at once, written in order.
     """
-    from gateway.audit.engine import arrow_table, write_lines
+    from gateway.audit.engine import arrow_reader, arrow_table, write_lines
 
     def sql_lines(eng: Any, w: str) -> int:
         out: list[bytes] = []
@@ -373,6 +405,24 @@ def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any) 
 
         from gateway.audit import lines
 
+        if in_order:  # one records file in export order: stream it as it lies
+            import pyarrow as pa
+
+            eng.con.execute("SET preserve_insertion_order = true")
+            reader = arrow_reader(eng.con, f"SELECT * FROM rec_src WHERE {w}", BATCH)
+            pending: list[Any] = []
+            k = 0
+            for batch in reader:
+                if batch.num_rows:
+                    k += batch.num_rows
+                    pending.append(pool.submit(lines.batch_bytes, pa.Table.from_batches([batch]), fmt))
+                while len(pending) > 2:
+                    eng.wrote = True
+                    write(pending.pop(0).result())
+            for f in pending:
+                eng.wrote = True
+                write(f.result())
+            return k
         table = arrow_table(eng.con, f"SELECT * FROM audit_raw WHERE {w}").combine_chunks()
         n = table.num_rows
         if not n:
@@ -382,7 +432,7 @@ def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any) 
         def part(i: int) -> Any:
             return lines.batch_bytes(table.take(order.slice(i, BATCH)), fmt)
 
-        pending: list[Any] = []
+        pending = []
         for i in range(0, n, BATCH):
             pending.append(pool.submit(part, i))
             while len(pending) > 2:
@@ -443,7 +493,8 @@ def export(
 
             lo, hi, files = spans[i]
             try:
-                fn = _span_writer(fmt, _small(files, _in_span(live, lo, hi)), put, pool)
+                here = _in_span(live, lo, hi)
+                fn = _span_writer(fmt, _small(files, here), put, pool, _in_order(files, here))
                 put(("done", _span_result(root, q, live, on_error, lo, hi, files, fn)))
             except _Cancelled:
                 return

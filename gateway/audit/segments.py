@@ -52,6 +52,7 @@ log = logging.getLogger("cag.audit")
 SUFFIX = ".jsonl.gz"  # the archives written before Parquet
 ENTRIES_SUFFIX = ".entries.parquet"
 RECORDS_SUFFIX = ".records.parquet"
+INDEX_SUFFIX = ".index.parquet"  # beside a records file: its (callee, caller, time), by callee
 SUFFIXES = (ENTRIES_SUFFIX, RECORDS_SUFFIX, SUFFIX)
 HOUR_US = 3_600_000_000
 MIN_RETENTION_DAYS = 30
@@ -106,12 +107,24 @@ def partitions(root: Path, since_us: int | None = None, until_us: int | None = N
 
 
 def segments(partition: Path) -> list[Path]:
-    """Every file of a partition (records, entries, legacy segments), by name."""
+    """Every data file of a partition (records, entries, legacy segments), by name."""
     try:
         names = list(partition.iterdir())
     except FileNotFoundError:
         return []
     return sorted(p for p in names if p.name.endswith(SUFFIXES) and not p.name.startswith("."))
+
+
+def indexes(partition: Path) -> list[Path]:
+    """The index files of a partition's records files."""
+    try:
+        return sorted(p for p in partition.iterdir() if p.name.endswith(INDEX_SUFFIX) and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def index_of(records: Path) -> Path:
+    return records.with_name(records.name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX)
 
 
 def fsync_dir(path: Path) -> None:
@@ -158,6 +171,7 @@ class Files:
     records: list[Path] = field(default_factory=list)
     entries: list[Path] = field(default_factory=list)
     legacy: list[Path] = field(default_factory=list)
+    index: list[Path] = field(default_factory=list)
 
     def add(self, paths: Iterable[Path]) -> Files:
         for p in paths:
@@ -178,6 +192,7 @@ def files_in(roots: Path | list[Path], since_us: int | None = None, until_us: in
     for root in [roots] if isinstance(roots, Path) else roots:
         for _, part in partitions(root, since_us, until_us):
             out.add(segments(part))
+            out.index += indexes(part)
     return out
 
 
@@ -384,13 +399,18 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
         for i, p in enumerate(files.legacy):
             if write_ndjson(Path(tmp.name) / f"legacy-{i}.jsonl", read_segment(p, report)):
                 ndjson.append(Path(tmp.name) / f"legacy-{i}.jsonl")
+        name = file_name("compact", "records")
         try:
             with Engine(records, entries, ndjson=ndjson, threads=threads, memory_limit=memory_limit,
                         temp_directory=Path(tmp.name)) as eng:
-                order = "callee NULLS FIRST, caller NULLS FIRST, t, rid"
-                reader = arrow_reader(eng.con, f"SELECT * FROM audit_raw ORDER BY {order}", columnar.ROW_GROUP)
-                new = columnar.write_batches(partition, file_name("compact", "records"), reader,
-                                             columnar.RECORD_SCHEMA, "records")
+                eng.con.execute("CREATE TEMP TABLE joined_hour AS SELECT * FROM audit_raw")
+                # the index first: a records file is never without its index
+                idx = arrow_reader(eng.con, "SELECT callee, t FROM joined_hour ORDER BY callee NULLS FIRST, t",
+                                   columnar.ROW_GROUP)
+                columnar.write_batches(partition, name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX, idx,
+                                       columnar.INDEX_SCHEMA, "index")
+                reader = arrow_reader(eng.con, "SELECT * FROM joined_hour ORDER BY t, rid", columnar.ROW_GROUP)
+                new = columnar.write_batches(partition, name, reader, columnar.RECORD_SCHEMA, "records")
                 orphans = arrow_table(eng.con, "SELECT * FROM orphans")
                 if orphans.num_rows:
                     columnar.write_file(partition, file_name(ORPHANS.rstrip("-"), "entries"),
@@ -399,6 +419,8 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
             if new is not None:
                 with contextlib.suppress(OSError):
                     new.unlink()
+            with contextlib.suppress(OSError):
+                index_of(partition / name).unlink()
             # a page damaged behind a good footer: find the file, set it aside, next run goes on
             check_files(records + entries, report, deep=True)
             for p in bad:
@@ -416,6 +438,9 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
                 continue
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+            if kind_of(p) == "records":
+                with contextlib.suppress(FileNotFoundError):
+                    index_of(p).unlink()
         _fsync_dir(partition)
         return new
 

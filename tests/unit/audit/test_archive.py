@@ -29,7 +29,7 @@ def compact_all(root: Path) -> None:
         assert segments.compact(part, Errors(), min_segments=1) is not None
 
 
-def test_compaction_joins_sorts_by_callee_and_keeps_orphans(tmp_path: Path) -> None:
+def test_compaction_joins_in_time_order_indexes_by_callee_and_keeps_orphans(tmp_path: Path) -> None:
     es = []
     for i in range(3000):
         t = T0 + i * 1000
@@ -44,12 +44,16 @@ def test_compaction_joins_sorts_by_callee_and_keeps_orphans(tmp_path: Path) -> N
     assert new is not None and not errs
     files = segments.Files().add(segments.segments(part))
     assert files.records == [new] and len(files.entries) == 1 and files.entries[0].name.startswith("orphans-")
+    assert segments.indexes(part) == [segments.index_of(new)]
     table = pq.read_table(new)
     assert table.num_rows == 3000
-    callees = table.column("callee").to_pylist()
-    assert callees == sorted(callees), "records are clustered by callee"
-    md = pq.read_metadata(new)
-    assert md.num_row_groups == 1 and md.row_group(0).column(columnar.RECORD_FIELDS.index("callee")).statistics
+    keys = list(zip(table.column("t").to_pylist(), table.column("rid").to_pylist(), strict=True))
+    assert keys == sorted(keys), "records are in export order"
+    index = pq.read_table(segments.index_of(new))
+    assert index.column_names == ["callee", "t"] and index.num_rows == 3000
+    assert index.column("callee").to_pylist() == sorted(table.column("callee").to_pylist()), "the index: by callee"
+    md = pq.read_metadata(segments.index_of(new))
+    assert md.row_group(0).column(0).statistics.has_min_max
     assert pq.read_table(files.entries[0]).column("rid").to_pylist() == ["gone"]
     # the compacted partition exports exactly what its entries did
     assert find([tmp_path], Query()) == reference([*es, orphan])
@@ -85,9 +89,11 @@ def test_a_lookup_reads_only_the_row_group_that_can_match(tmp_path: Path, monkey
     md = pq.read_metadata(path)
     assert md.num_row_groups == 20
     target = es[12_345]
-    table = pq.read_table(path, columns=["rid"])
-    row = table.column("rid").to_pylist().index(target["rid"])
+    row = pq.read_table(path, columns=["rid"]).column("rid").to_pylist().index(target["rid"])
     _corrupt_other_row_groups(path, row // 1000)
+    index = segments.index_of(path)
+    pos = pq.read_table(index, columns=["t"]).column("t").to_pylist().index(target["t"])
+    _corrupt_other_row_groups(index, pos // 1000)
     if by == "call_id":
         if not columnar.HAVE_BLOOM:
             pytest.skip("this pyarrow writes no Bloom filters")
@@ -100,8 +106,9 @@ def test_a_lookup_reads_only_the_row_group_that_can_match(tmp_path: Path, monkey
     rows = find([tmp_path], q, on_error=errs)
     assert not errs, "no other row group was read"
     assert [r["record_id"] for r in rows] == [target["rid"]]
-    with pytest.raises((OSError, pa.ArrowException)):  # and the others really are unreadable
-        pq.read_table(path)
+    for f in (path, index):  # and the others really are unreadable
+        with pytest.raises((OSError, pa.ArrowException)):
+            pq.read_table(f)
 
 
 def test_late_outcomes_join_a_compacted_record(tmp_path: Path) -> None:
