@@ -316,13 +316,6 @@ def _call(fn: Callable[[Any, str], T], w: str, eng: Any) -> T:
     return fn(eng, w)
 
 
-def stream_table(client: Any, stream: str = STREAM) -> pa.Table:
-    """The live stream's entries as an entries table."""
-    from gateway.audit import columnar
-
-    return columnar.table_of_entries(read_stream(client, stream))
-
-
 def _selective(q: Query) -> bool:
     return bool(q.caller or q.callee or q.call_id is not None)
 

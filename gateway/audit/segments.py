@@ -258,14 +258,6 @@ def read_segment(path: Path, on_error: ErrorReport, raw: BinaryIO | None = None)
     yield from _read_legacy(path, on_error, raw)
 
 
-def read_table(path: Path, on_error: ErrorReport) -> pa.Table | None:
-    """A legacy segment as an entries table (its readable prefix when damaged)."""
-    from gateway.audit import columnar
-
-    entries = list(_read_legacy(path, on_error, None))
-    return columnar.table_of_entries(entries) if entries else None
-
-
 def write_ndjson(path: Path, entries: Iterable[Entry]) -> int:
     """Entries as JSON lines for DuckDB's ``read_json`` (``engine``: the live stream, legacy
     segments); returns how many."""

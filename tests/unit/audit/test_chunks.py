@@ -24,3 +24,15 @@ def test_chunk_round_trip_keeps_every_field_and_leaves_out_nones() -> None:
 def test_a_chunk_that_is_not_audit_data_is_refused(bad: object) -> None:
     with pytest.raises(ValueError):
         chunk_columns(msgpack.packb(bad))
+
+
+def test_the_engine_and_the_writer_agree_on_the_schema() -> None:
+    """engine keeps its own copy (export starts without pyarrow): it must not drift."""
+    import pyarrow as pa
+
+    from gateway.audit import columnar, engine
+
+    assert engine.RECORD_FIELDS == columnar.RECORD_FIELDS
+    assert engine.DECISION_FIELDS == columnar.DECISION_FIELDS
+    sql = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER"}
+    assert {f.name: sql[f.type] for f in columnar.ENTRY_SCHEMA} == engine.SQL_TYPES
