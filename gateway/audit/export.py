@@ -34,7 +34,7 @@ from gateway.audit.record import Entry, join, sort_key, unpack, unpack_chunk
 from gateway.audit.sink import CHUNK_FIELD, FIELD, STREAM
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 T = TypeVar("T")
 Roots = Path | list[Path]
