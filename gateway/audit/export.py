@@ -358,8 +358,13 @@ BATCH = 131_072  # rows formatted at a time, two batches at once
 
 
 def _in_order(files: segments.Files, live: list[Entry] | None) -> bool:
-    """A span that is one records file, written in export order: read as it lies, no sort."""
-    if len(files.records) != 1 or files.entries or files.legacy or live:
+    """A span that is one records file, written in export order: read as it lies, no sort.
+
+    An orphans file beside it does not count: its outcomes had no decision in the hour when it
+    was compacted, so they join nothing in the records file (a decision arriving later would be
+    in an entries file of its own)."""
+    waiting = [p for p in files.entries if not p.name.startswith(segments.ORPHANS)]
+    if len(files.records) != 1 or waiting or files.legacy or live:
         return False
     import pyarrow.parquet as pq
 

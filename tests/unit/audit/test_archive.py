@@ -236,3 +236,20 @@ def test_the_entry_level_api_gives_what_find_gives(tmp_path: Path) -> None:
               Query(since_us=T0, until_us=T0 + H)):
         want = reference([*es, late], q)
         assert list(records([archived([tmp_path], q, Errors()), []], q)) == find([tmp_path], q) == want
+
+
+def test_export_of_compacted_hours_with_orphans_and_late_outcomes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paths export takes per hour (as it lies / joined and sorted) give the same bytes."""
+    from gateway.audit import export as export_mod
+
+    monkeypatch.setattr(export_mod, "SMALL_BYTES", 0)
+    es = [dec(f"r{i:03d}", T0 + k * H + i * 997, callee=f"+86138{i:08d}") for k in range(3) for i in range(300)]
+    es += [out("lost", T0 + 5, T0 + 7, ended_at=T0 + 7), out("lost2", None, T0 + H + 9, final_code=480)]
+    write(tmp_path, es)
+    compact_all(tmp_path)  # hours 0 and 1 get an orphans file
+    late = [out(e["rid"], e["t"], T0 + 5 * H, ended_at=T0 + 5 * H) for e in es[600:650]]  # hour 2: late ones
+    write(tmp_path, late, "late")
+    buf = io.StringIO()
+    assert export([tmp_path], Query(), buf, on_error=Errors()) == 900
+    assert buf.getvalue() == jsonl(reference(es + late))
