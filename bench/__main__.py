@@ -4,6 +4,7 @@
     python -m bench replay FILE [--speed N]
     python -m bench gen-pcap OUT.pcap [--calls N] [--cps R]
     python -m bench admission | proxy-core | sip-parse | stages | api [ARGS...]   (micro-benchmarks)
+    python -m bench audit-scale --records N   (the audit archive at carrier scale, bench/audit_scale.py)
 
 Every run writes into ``bench/results/<timestamp>-<kind>/`` (git-ignored)
 and prints that path at the end.
@@ -54,17 +55,21 @@ def _proxy(text: str) -> tuple[str, str]:
     return name, command
 
 
+# Benchmarks with a command line of their own, run as they are (arguments passed on).
+OWN = {**MICRO, "audit-scale": "bench.audit_scale"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["load"]:  # reference-data loads (issue 14): its own parser, own --help
         from bench import load
 
         return load.main(argv[1:])
-    if argv and argv[0] in MICRO:
+    if argv and argv[0] in OWN:
         import importlib
 
-        mod = importlib.import_module(MICRO[argv[0]])
-        sys.argv = [f"python -m {MICRO[argv[0]]}", *argv[1:]]
+        mod = importlib.import_module(OWN[argv[0]])
+        sys.argv = [f"python -m {OWN[argv[0]]}", *argv[1:]]
         rc = mod.main()
         return int(rc or 0)
 
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in MICRO.items():
         sub.add_parser(name, help=f"micro-benchmark ({module}); arguments are passed on")
     sub.add_parser("load", help="a consent/DNC file through cag policy load: rows/s, RSS, bytes/row, stalls")
+    sub.add_parser("audit-scale", help="audit archive at carrier scale: look-ups, export, archiver, bytes "
+                                       "per record (--records N; bench/audit_scale.py)")
 
     args = ap.parse_args(argv)
     if args.cmd == "gen-pcap":

@@ -2,8 +2,8 @@
 
     python -m bench.audit [--records 40000] [--rate 2000] [--seconds 5]
 
-1. bytes per record (msgpack in the stream, JSON line, gzip'd segment) and
-   the disk per day at 1,000 calls/s;
+1. bytes per record (msgpack in the stream, chunks in Redis, the Parquet
+   records file an hour is compacted into) and the disk per day at 1,000 calls/s;
 2. the INVITE path: the cost of ``sink.decision()`` (the only audit work on
    it) and, in one run, the p99 event-loop delay seen by a simulated INVITE
    every 1/rate s with the audit sink off and on (the flusher shares the
@@ -31,8 +31,8 @@ import redis
 
 from gateway.audit import segments
 from gateway.audit.archiver import Archiver
-from gateway.audit.record import Entry, decision_entry, outcome_entry, pack
-from gateway.audit.sink import AuditSink
+from gateway.audit.record import Entry, decision_entry, outcome_entry, pack, pack_chunk
+from gateway.audit.sink import SCRIPT_BATCH, AuditSink
 from gateway.embedded_redis import EmbeddedRedis
 from gateway.proxy.actions import Outcome
 from policy.decision import Decision, admitted, reject
@@ -68,22 +68,28 @@ def entries_for(n: int, t0: int) -> list[Entry]:
 
 
 def sizes(tmp: Path, n: int, redis_sock: Path) -> None:
-    t0 = int(time.time()) * 1_000_000
+    t0 = segments.hour_of(int(time.time()) * 1_000_000)
     es = entries_for(n, t0)
     packed = sum(len(pack(e)) for e in es)
-    path = segments.write_segment(tmp / "sizes", segments.hour_of(t0), es, "size")
-    per = path.stat().st_size / n
+    by_hour: dict[int, list[Entry]] = {}
+    for e in es:
+        by_hour.setdefault(segments.hour_of(e.get("dt", e["t"])), []).append(e)
+    for h, part in by_hour.items():
+        segments.write_segment(tmp / "sizes", h, part, "size")
+    for _, part in segments.partitions(tmp / "sizes"):
+        segments.compact(part, lambda p, m: None, min_segments=1)
+    per = sum(p.stat().st_size for p in (tmp / "sizes").rglob("*.parquet")) / n
     client = redis.Redis(unix_socket_path=str(redis_sock))
     client.delete("bench:stream")
     base = int(client.info("memory")["used_memory"])
     pipe = client.pipeline(transaction=False)
-    for e in es:
-        pipe.xadd("bench:stream", {"e": pack(e)})
+    for i in range(0, len(es), SCRIPT_BATCH):
+        pipe.xadd("bench:stream", {"c": pack_chunk(es[i : i + SCRIPT_BATCH])})
     pipe.execute()
     mem = (int(client.info("memory")["used_memory"]) - base) / n
     client.delete("bench:stream")
-    print(f"record size: msgpack {packed / n:.0f} B (decision + 2 outcomes), stream memory {mem:.0f} B, "
-          f"on disk (gzip, one segment per hour) {per:.0f} B")
+    print(f"record size: msgpack {packed / n:.0f} B (decision + 2 outcomes), stream memory {mem:.0f} B "
+          f"(chunks of {SCRIPT_BATCH} entries), on disk (Parquet records, compacted hour) {per:.0f} B")
     print(f"disk at 1,000 calls/s: {per * 86_400_000 / 1e9:.1f} GB/day, {per * 86_400_000 * 30 / 1e9:.0f} GB for 30 days")
 
 
@@ -162,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         client.delete("{cag:audit}:stream")
         n = args.records
         es = entries_for(n, int(time.time()) * 1_000_000)
-        pipe = client.pipeline(transaction=False)
-        for e in es:
-            pipe.xadd("{cag:audit}:stream", {"e": pack(e)})
-        pipe.execute()
+
+        async def fill() -> None:  # as the workers' sinks write them: chunks
+            sink = AuditSink(server.url, tmp / "spool-fill", max_stream=10**9)
+            await sink.start()
+            for i in range(0, len(es), 20_000):
+                await sink._xadd(es[i : i + 20_000])
+            await sink.close()
+
+        asyncio.run(fill())
         arch = Archiver(client, tmp / "archive", name="bench", block_ms=1)
         arch.ensure_group()
         t = time.perf_counter()

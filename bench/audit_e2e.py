@@ -35,7 +35,7 @@ import redis as redis_sync
 
 from bench import capture, pcap, stats
 from bench.peers import GatewayProc, SippUas, run_uac
-from gateway.audit.sink import STREAM
+from gateway.audit.sink import STREAM, count_key
 from gateway.embedded_redis import EmbeddedRedis
 from tests.integration.harness import standard_policy
 
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             time.sleep(2.5)  # one flush interval and an archiver pass
             client = redis_sync.Redis.from_url(rs.url)
-            in_stream = int(client.xlen(STREAM))
+            in_stream = int(client.get(count_key(STREAM)) or 0)  # audit entries (XLEN counts chunks)
             client.close()
         finally:
             for gw in gws.values():
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             uas.stop()
             rs.stop()
         archived = (
-            sum(1 for _ in (tmp / "archive").rglob("*.jsonl.gz")) if not args.no_archiver else 0
+            sum(1 for _ in (tmp / "archive").rglob("*.parquet")) if not args.no_archiver else 0
         )
     report: dict[str, Any] = {
         "rate": args.rate,

@@ -136,8 +136,67 @@ def sort_key(e: Entry) -> SortKey:
     )
 
 
+# Every field an entry may carry, in the order of a chunk's columns and of the archive's files.
+FIELDS = (
+    "k", "rid", "t", "dt", "call_id", "trunk_id", "enterprise_id", "caller", "callee", "decision",
+    "reason", "sip_code", "consent_token", "evidence_ref", "latency_us", "node", "worker",
+    "final_code", "answered_at", "ended_at",
+)
+_FIELD_SET = frozenset(FIELDS)
+
+
 def pack(e: Entry) -> bytes:
     return msgpack.packb(e, use_bin_type=True)
+
+
+def pack_chunk(entries: list[Entry]) -> bytes:
+    """Several entries as one stream entry: ``{"n": count, field: [value per entry], ...}``.
+
+    Column-wise, so the archiver turns a chunk into Arrow arrays without
+    building a dict per entry; fields no entry of the chunk has are left out.
+    """
+    present: set[str] = set().union(*entries)
+    cols: dict[str, Any] = {"n": len(entries)}
+    for f in FIELDS:
+        if f in present:
+            cols[f] = [e.get(f) for e in entries]
+    for f in sorted(present - _FIELD_SET):  # a field this version does not know: kept, not archived
+        cols[f] = [e.get(f) for e in entries]
+    return msgpack.packb(cols, use_bin_type=True)
+
+
+def chunk_columns(data: bytes) -> tuple[int, dict[str, list[Any]]]:
+    """A chunk's entry count and columns, checked for shape (not for value types)."""
+    m = msgpack.unpackb(data, raw=False)
+    if not isinstance(m, dict):
+        raise ValueError("not an audit chunk")
+    n = m.pop("n", None)
+    if not isinstance(n, int) or n < 0:
+        raise ValueError("audit chunk without its count")
+    for f in ("k", "rid", "t"):
+        if n and f not in m:
+            raise ValueError(f"audit chunk without {f!r}")
+    for f, col in m.items():
+        if not isinstance(col, list) or len(col) != n:
+            raise ValueError(f"audit chunk column {f!r} is not {n} values")
+    kinds = set(m.get("k", ()))
+    if not kinds <= {DECISION, OUTCOME}:
+        raise ValueError(f"audit chunk entry of kind {sorted(map(repr, kinds - {DECISION, OUTCOME}))}")
+    return n, m
+
+
+def unpack_chunk(data: bytes) -> list[Entry]:
+    """A chunk's entries as dicts (fields that are ``None`` left out, as in ``pack``)."""
+    n, cols = chunk_columns(data)
+    out: list[Entry] = [{} for _ in range(n)]
+    for f, col in cols.items():
+        for e, v in zip(out, col, strict=True):
+            if v is not None:
+                e[f] = v
+    for e in out:
+        if "rid" not in e or "t" not in e:
+            raise ValueError("not an audit entry")
+    return out
 
 
 def unpack(data: bytes) -> Entry:

@@ -1,17 +1,23 @@
-"""Time-partitioned, compressed segment files: the archive on disk.
+"""Time-partitioned Parquet files: the archive on disk.
 
 Layout under the archive directory::
 
-    2026-03-10/14/<archiver>-<first stream id>-<rand>.jsonl.gz
+    2026-03-10/14/<archiver>-<first stream id>-<rand>.entries.parquet   (archiver batches)
+    2026-03-10/14/compact-<rand>.records.parquet                        (the hour, compacted)
+    2026-03-10/14/<name>.jsonl.gz                                       (archives before Parquet)
 
 One directory per UTC hour of *decision* time (outcomes are filed with their
-decision, see ``record``); one gzip'd JSON-lines file per archiver batch,
-its lines sorted by ``record.sort_key``, so a partition is read as a k-way
-merge of sorted files in constant memory. A segment is written to a
-``.tmp-`` name, fsync'd, renamed and its directory fsync'd: a file with
-the final name is complete and on disk. ``compact`` merges a partition's
-segments into one (same merge, duplicates dropped) so the number of open
-files per partition stays small.
+decision, see ``record``). The archiver writes an *entries* file per batch
+and partition (``columnar``); the compaction of an hour joins its decisions
+and outcomes into one *records* file sorted for look-ups, keeping outcomes
+whose decision it has not seen in an entries file. Files are written to a
+``.tmp-`` name, fsync'd, renamed and their directory fsync'd: a file with
+its final name is complete and on disk. A reader takes a partition as the
+union of its files; a record found twice is one record (``engine``).
+
+Gzip'd JSON-lines segments of the archives written before (sorted lines,
+``.jsonl.gz``) are still read, and a compaction (``cag audit convert``)
+turns them into a records file.
 """
 
 from __future__ import annotations
@@ -21,25 +27,40 @@ import fcntl
 import gzip
 import heapq
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from gateway.audit.record import Entry, sort_key
 
-SUFFIX = ".jsonl.gz"
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# pyarrow (``columnar``) is imported where it is used: export and query start without it.
+
+log = logging.getLogger("cag.audit")
+
+SUFFIX = ".jsonl.gz"  # the archives written before Parquet
+ENTRIES_SUFFIX = ".entries.parquet"
+RECORDS_SUFFIX = ".records.parquet"
+INDEX_SUFFIX = ".index.parquet"  # beside a records file: its (callee, caller, time), by callee
+SUFFIXES = (ENTRIES_SUFFIX, RECORDS_SUFFIX, SUFFIX)
 HOUR_US = 3_600_000_000
 MIN_RETENTION_DAYS = 30
 _DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _HOUR_RE = re.compile(r"^\d{2}$")
 
 ErrorReport = Callable[[Path, str], None]
+ORPHANS = "orphans-"  # the entries file a compaction leaves: outcomes whose decision it did not find
 
 
 def hour_of(t_us: int) -> int:
@@ -86,10 +107,27 @@ def partitions(root: Path, since_us: int | None = None, until_us: int | None = N
 
 
 def segments(partition: Path) -> list[Path]:
-    return sorted(p for p in partition.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
+    """Every data file of a partition (records, entries, legacy segments), by name."""
+    try:
+        names = list(partition.iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in names if p.name.endswith(SUFFIXES) and not p.name.startswith("."))
 
 
-def _fsync_dir(path: Path) -> None:
+def indexes(partition: Path) -> list[Path]:
+    """The index files of a partition's records files."""
+    try:
+        return sorted(p for p in partition.iterdir() if p.name.endswith(INDEX_SUFFIX) and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def index_of(records: Path) -> Path:
+    return records.with_name(records.name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX)
+
+
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -97,7 +135,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs(root: Path, target: Path) -> None:
+_fsync_dir = fsync_dir
+
+
+def make_dirs(target: Path) -> None:
     """mkdir -p, fsync'ing each parent whose entry list changed."""
     missing = []
     p = target
@@ -107,17 +148,73 @@ def _make_dirs(root: Path, target: Path) -> None:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             d.mkdir()
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
+
+
+def kind_of(path: Path) -> str | None:
+    """``entries``, ``records`` (Parquet), or None (a legacy segment)."""
+    if path.name.endswith(ENTRIES_SUFFIX):
+        return "entries"
+    if path.name.endswith(RECORDS_SUFFIX):
+        return "records"
+    return None
+
+
+def file_name(prefix: str, kind: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}{ENTRIES_SUFFIX if kind == 'entries' else RECORDS_SUFFIX}"
+
+
+@dataclass
+class Files:
+    """The files of some partitions, by kind."""
+
+    records: list[Path] = field(default_factory=list)
+    entries: list[Path] = field(default_factory=list)
+    legacy: list[Path] = field(default_factory=list)
+    index: list[Path] = field(default_factory=list)
+
+    def add(self, paths: Iterable[Path]) -> Files:
+        for p in paths:
+            kind = kind_of(p)
+            (self.records if kind == "records" else self.entries if kind == "entries" else self.legacy).append(p)
+        return self
+
+    def parquet(self) -> list[Path]:
+        return self.records + self.entries
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.entries) + len(self.legacy)
+
+
+def files_in(roots: Path | list[Path], since_us: int | None = None, until_us: int | None = None) -> Files:
+    """The files of every partition of every root that may hold entries in ``[since, until)``."""
+    out = Files()
+    for root in [roots] if isinstance(roots, Path) else roots:
+        for _, part in partitions(root, since_us, until_us):
+            out.add(segments(part))
+            out.index += indexes(part)
+    return out
 
 
 def encode_line(e: Entry) -> bytes:
     return json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def write_segment(root: Path, hour_us: int, entries: Iterable[Entry], name: str) -> Path:
-    """Write one sorted segment durably (fsync file, rename, fsync directory); return its path."""
+def write_segment(root: Path, hour_us: int, entries: Iterable[Entry] | pa.Table, name: str) -> Path:
+    """Write entries (dicts or an entries table) as one entries file of the partition, durably."""
+    import pyarrow as pa
+
+    from gateway.audit import columnar
+
+    table = entries if isinstance(entries, pa.Table) else columnar.table_of_entries(
+        sorted(entries, key=sort_key))
+    return columnar.write_file(partition_dir(root, hour_us), file_name(name, "entries"), table, "entries")
+
+
+def write_legacy_segment(root: Path, hour_us: int, entries: Iterable[Entry], name: str) -> Path:
+    """A gzip'd JSON-lines segment as archives before Parquet had them (tests, conversion checks)."""
     d = partition_dir(root, hour_us)
-    _make_dirs(root, d)
+    make_dirs(d)
     final = d / f"{name}-{secrets.token_hex(4)}{SUFFIX}"
     tmp = d / f".tmp-{final.name}"
     with open(tmp, "wb") as raw:
@@ -132,10 +229,47 @@ def write_segment(root: Path, hour_us: int, entries: Iterable[Entry], name: str)
 
 
 def read_segment(path: Path, on_error: ErrorReport, raw: BinaryIO | None = None) -> Iterator[Entry]:
-    """The entries of one segment; a bad or truncated file is reported once and ends early.
+    """The entries of one file, in sort order; a bad or truncated file is reported once and ends
+    early (a legacy segment after its readable prefix; a Parquet file yields nothing).
 
-    ``raw``: the file already opened (a reader holds it, so compaction may remove the name).
+    A records file yields each record as its decision entry and, when it has
+    outcome fields, one outcome entry carrying them. ``raw``: the file already
+    opened (a reader holds it, so compaction may remove the name).
     """
+    if kind_of(path) is not None:
+        import pyarrow.parquet as pq
+
+        from gateway.audit import columnar
+
+        try:
+            table = pq.read_table(raw if raw is not None else path)
+            entries = columnar.entries_of(table)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            on_error(path, f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            if raw is not None:
+                raw.close()
+        entries.sort(key=sort_key)
+        yield from entries
+        return
+    yield from _read_legacy(path, on_error, raw)
+
+
+def write_ndjson(path: Path, entries: Iterable[Entry]) -> int:
+    """Entries as JSON lines for DuckDB's ``read_json`` (``engine``: the live stream, legacy
+    segments); returns how many."""
+    n = 0
+    with open(path, "wb") as f:
+        for e in entries:
+            f.write(encode_line(e))
+            n += 1
+    return n
+
+
+def _read_legacy(path: Path, on_error: ErrorReport, raw: BinaryIO | None) -> Iterator[Entry]:
     line_no = 0
     try:
         if raw is None:
@@ -189,18 +323,55 @@ def read_partition(partition: Path, on_error: ErrorReport) -> Iterator[Entry]:
     return merge(open_partition(partition, on_error))
 
 
-def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2) -> Path | None:
-    """Merge a partition's segments into one; returns the new file or None (nothing to do / busy).
-
-    Safe alongside archivers (they only add files; those added after the
-    listing stay) and readers (a reader that misses a removed file finds its
-    entries in the new one). One compactor per partition: a lock file.
-    """
-    lock = partition / ".compact.lock"
-    with open(lock, "a") as lf:
+@contextlib.contextmanager
+def _locked(partition: Path) -> Iterator[bool]:
+    """One compactor per partition (several archivers may share a root): True when we hold it."""
+    with open(partition / ".compact.lock", "a") as lf:
         try:
             fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def check_files(paths: list[Path], on_error: ErrorReport, *, deep: bool = False) -> list[Path]:
+    """The Parquet files among ``paths`` that can be read (footer; ``deep``: every page too);
+    the others are reported. A file gone since it was listed is left out silently."""
+    import pyarrow.parquet as pq
+
+    good = []
+    for p in paths:
+        try:
+            if deep:
+                pq.read_table(p)
+            else:
+                pq.read_metadata(p)
+        except FileNotFoundError:
+            continue
+        except Exception as exc:
+            on_error(p, f"{type(exc).__name__}: {exc}")
+            continue
+        good.append(p)
+    return good
+
+
+def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, threads: int | None = None,
+            memory_limit: str | None = None) -> Path | None:
+    """Join a partition's files into one records file (and one entries file for outcomes whose
+    decision is not there); returns the records file, or None (nothing to do, busy, failed).
+
+    Safe alongside archivers (they only add files; those added after the
+    listing stay) and readers (a reader that misses a removed file finds its
+    records in the new one; one that sees both counts each record once). A
+    damaged input is reported and kept as ``.damaged-NAME``; what it held is
+    not in the output.
+    """
+    from gateway.audit import columnar
+    from gateway.audit.engine import Engine, arrow_reader, arrow_table
+
+    with _locked(partition) as mine:
+        if not mine:
             return None
         olds = segments(partition)
         if len(olds) < min_segments:
@@ -211,31 +382,94 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2) -> Pa
             bad.append(path)
             on_error(path, msg)
 
-        new = _write_stream(partition, merge(read_segment(p, report) for p in olds))
+        files = Files().add(olds)
+        records = check_files(files.records, report)
+        entries = check_files(files.entries, report)
+        new: Path | None = None
+        tmp = tempfile.TemporaryDirectory(prefix="cag-audit-compact-")
+        ndjson = []
+        for i, p in enumerate(files.legacy):
+            if write_ndjson(Path(tmp.name) / f"legacy-{i}.jsonl", read_segment(p, report)):
+                ndjson.append(Path(tmp.name) / f"legacy-{i}.jsonl")
+        name = file_name("compact", "records")
+        try:
+            with Engine(records, entries, ndjson=ndjson, threads=threads, memory_limit=memory_limit,
+                        temp_directory=Path(tmp.name)) as eng:
+                eng.con.execute("CREATE TEMP TABLE joined_hour AS SELECT * FROM audit_raw")
+                # the index first: a records file is never without its index
+                idx = arrow_reader(eng.con, "SELECT callee, t FROM joined_hour ORDER BY callee NULLS FIRST, t",
+                                   columnar.ROW_GROUP)
+                columnar.write_batches(partition, name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX, idx,
+                                       columnar.INDEX_SCHEMA, "index")
+                reader = arrow_reader(eng.con, "SELECT * FROM joined_hour ORDER BY t, rid", columnar.ROW_GROUP)
+                new = columnar.write_batches(partition, name, reader, columnar.RECORD_SCHEMA, "records")
+                orphans = arrow_table(eng.con, "SELECT * FROM orphans")
+                if orphans.num_rows:
+                    columnar.write_file(partition, file_name(ORPHANS.rstrip("-"), "entries"),
+                                        orphans.cast(columnar.ENTRY_SCHEMA), "entries")
+        except Exception as exc:
+            if new is not None:
+                with contextlib.suppress(OSError):
+                    new.unlink()
+            with contextlib.suppress(OSError):
+                index_of(partition / name).unlink()
+            # a page damaged behind a good footer: find the file, set it aside, next run goes on
+            check_files(records + entries, report, deep=True)
+            for p in bad:
+                with contextlib.suppress(OSError):
+                    p.rename(partition / f".damaged-{p.name}")
+            log.error("compaction of %s failed: %s", partition, exc)
+            return None
+        finally:
+            tmp.cleanup()
         for p in olds:
             if p in bad:
-                # keep the damaged file (renamed) for an operator to look at; its good prefix is merged
+                # keep the damaged file (renamed) for an operator to look at
                 with contextlib.suppress(OSError):
                     p.rename(partition / f".damaged-{p.name}")
                 continue
-            p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            if kind_of(p) == "records":
+                with contextlib.suppress(FileNotFoundError):
+                    index_of(p).unlink()
         _fsync_dir(partition)
         return new
 
 
-def _write_stream(partition: Path, entries: Iterator[Entry]) -> Path:
-    """Write already-sorted entries as one segment (constant memory), durably."""
-    final = partition / f"compact-{secrets.token_hex(6)}{SUFFIX}"
-    tmp = partition / f".tmp-{final.name}"
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
-            for e in entries:
-                gz.write(encode_line(e))
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.rename(tmp, final)
-    _fsync_dir(partition)
-    return final
+def merge_entries(partition: Path, on_error: ErrorReport, *, min_files: int = 32,
+                  max_rows: int = 2_000_000) -> Path | None:
+    """Concatenate a partition's small entries files into one (an hour still being written).
+
+    Cheap (no join, no sort): it only bounds the number of files a reader opens.
+    Files of ``max_rows`` or more (earlier merges) are left as they are.
+    """
+    import pyarrow.parquet as pq
+
+    from gateway.audit import columnar
+
+    with _locked(partition) as mine:
+        if not mine:
+            return None
+        small: list[tuple[Path, pa.Table]] = []
+        for p in Files().add(segments(partition)).entries:
+            try:
+                if pq.read_metadata(p).num_rows >= max_rows:
+                    continue
+                small.append((p, pq.read_table(p)))
+            except FileNotFoundError:
+                continue
+            except Exception as exc:
+                on_error(p, f"{type(exc).__name__}: {exc}")
+        if len(small) < min_files:
+            return None
+        table = columnar.concat((t.cast(columnar.ENTRY_SCHEMA) for _, t in small), columnar.ENTRY_SCHEMA)
+        new = columnar.write_file(partition, file_name("merged", "entries"), table, "entries")
+        for p, _ in small:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        _fsync_dir(partition)
+        return new
 
 
 def check_retention(days: int) -> int:

@@ -4,9 +4,10 @@ The worker calls ``decision(...)`` right after it has acted on a decision
 and ``outcome(...)`` for each ``Outcome`` action; both only append a tuple
 to a list and never await. A flusher task, every ``interval`` (50 ms) or
 as soon as ``batch`` entries wait, builds the entries and sends them to the
-bounded Redis Stream in one pipeline (XADD per entry, no MAXLEN: a full
-stream never trims, it spools). When Redis does not answer, or the stream
-holds ``max_stream`` entries, the batch goes to the local spool
+bounded Redis Stream in one pipeline (one XADD per chunk of up to 200
+entries, column-wise, ``record.pack_chunk``; no MAXLEN: a full stream never
+trims, it spools). When Redis does not answer, or the stream holds
+``max_stream`` audit entries (``count_key``), the batch goes to the local spool
 (``gateway.audit.spool``) and is replayed, oldest first, once Redis takes
 entries again. ``close()`` flushes what is buffered (to Redis, else to the
 spool) on a clean shutdown.
@@ -38,6 +39,7 @@ from gateway.audit.record import (
     is_end,
     outcome_entry,
     pack,
+    pack_chunk,
     to_us,
     unpack,
 )
@@ -58,26 +60,39 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
 
 STREAM = "{cag:audit}:stream"
 OPEN_PREFIX = "{cag:audit}:open:"
-FIELD = "e"
+FIELD = "e"  # a stream entry of one audit entry (msgpack map): written before chunks, still read
+CHUNK_FIELD = "c"  # a stream entry of several audit entries (``record.pack_chunk``)
+COUNT_FIELD = "n"  # ... and how many
 OPEN_TTL_S = 24 * 3600
 ENDED_TTL_S = 300
 REPLAY_CHUNK = 2000
-SCRIPT_BATCH = 200  # entries per script call: Redis runs one for ~0.2 ms, then serves others
+SCRIPT_BATCH = 200  # entries per script call and stream entry: Redis runs one for ~0.2 ms
 
-# KEYS[1] the stream, then one open-call key per entry whose op is not "-";
-# ARGV triples (op, packed entry, decision time): "s" SET the open key, "x" shorten it.
+
+def count_key(stream: str) -> str:
+    """The audit entries the stream holds (its XLEN counts chunks): INCRBY here, DECRBY by archivers."""
+    return f"{stream}:entries"
+
+
+async def stream_entries(client: Any, stream: str = STREAM) -> int:
+    return int(await client.get(count_key(stream)) or 0)
+
+# KEYS[1] the stream, KEYS[2] its entry count, then one open-call key per entry whose op is
+# not "-"; ARGV[1] the packed chunk, ARGV[2] its entry count, then pairs (op, decision time)
+# for those keys: "s" SET the open key, "x" shorten it. Returns the audit entries in the stream.
 _SCRIPT = f"""
-local k = 2
-for i = 1, #ARGV, 3 do
-  local op = ARGV[i]
-  redis.call('XADD', KEYS[1], '*', '{FIELD}', ARGV[i + 1])
-  if op == 's' then
-    redis.call('SET', KEYS[k], ARGV[i + 2], 'EX', {OPEN_TTL_S}); k = k + 1
-  elseif op == 'x' then
-    redis.call('EXPIRE', KEYS[k], {ENDED_TTL_S}); k = k + 1
+redis.call('XADD', KEYS[1], '*', '{CHUNK_FIELD}', ARGV[1], '{COUNT_FIELD}', ARGV[2])
+local total = redis.call('INCRBY', KEYS[2], ARGV[2])
+local k = 3
+for i = 3, #ARGV, 2 do
+  if ARGV[i] == 's' then
+    redis.call('SET', KEYS[k], ARGV[i + 1], 'EX', {OPEN_TTL_S})
+  else
+    redis.call('EXPIRE', KEYS[k], {ENDED_TTL_S})
   end
+  k = k + 1
 end
-return redis.call('XLEN', KEYS[1])
+return total
 """
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
@@ -269,7 +284,7 @@ class AuditSink:
             entries = await self._resolve(entries)
             if entries:
                 if self._stream_len + len(entries) > self.max_stream:
-                    self._stream_len = int(await self._client.xlen(self.stream))
+                    self._stream_len = await stream_entries(self._client, self.stream)
                 if self._stream_len + len(entries) > self.max_stream:
                     self._stream_full()
                     await self._spool_async(entries)
@@ -287,25 +302,27 @@ class AuditSink:
             await self._spool_async(entries)
 
     async def _xadd(self, entries: list[Entry]) -> None:
-        """XADD the entries (and the open-call keys) with one script call per ``SCRIPT_BATCH``.
+        """XADD the entries in chunks of ``SCRIPT_BATCH`` (one stream entry and one script call
+        each, with the chunk's open-call keys).
 
-        One reply per few hundred entries instead of one per command: the
-        client-side cost of reading replies is what the event loop would pay.
+        One stream entry per chunk, not per entry: Redis, the archiver's reads
+        and its acknowledgements work per chunk, and the chunk is column-wise
+        (``record.pack_chunk``) so the archiver decodes it into Arrow arrays.
         """
         cmds: list[tuple[Any, ...]] = []
+        counter = count_key(self.stream)
         for i in range(0, len(entries), SCRIPT_BATCH):
-            keys: list[str] = [self.stream]
-            argv: list[Any] = []
-            for e in entries[i : i + SCRIPT_BATCH]:
-                op = "-"
+            chunk = entries[i : i + SCRIPT_BATCH]
+            keys: list[str] = [self.stream, counter]
+            argv: list[Any] = [pack_chunk(chunk), len(chunk)]
+            for e in chunk:
                 if e["k"] == DECISION:
                     if e["decision"] != "reject":
-                        op = "s"
+                        keys.append(OPEN_PREFIX + e["rid"])
+                        argv += ("s", e["t"])
                 elif is_end(e):
-                    op = "x"
-                if op != "-":
                     keys.append(OPEN_PREFIX + e["rid"])
-                argv += (op, pack(e), e["t"])
+                    argv += ("x", e["t"])
             cmds.append(("EVALSHA", _SCRIPT_SHA, len(keys), *keys, *argv))
         try:
             res = await self._execute(cmds)
@@ -376,7 +393,7 @@ class AuditSink:
         while sent < len(entries):
             room = self.max_stream - self._stream_len
             if room <= 0:
-                self._stream_len = int(await self._client.xlen(self.stream))
+                self._stream_len = await stream_entries(self._client, self.stream)
                 room = self.max_stream - self._stream_len
                 if room <= 0:
                     self._stream_full()

@@ -1,8 +1,9 @@
-"""``cag audit archive`` and ``cag audit export`` (SPEC §9).
+"""``cag audit archive``, ``export``, ``query`` and ``convert`` (SPEC §9, docs/audit.md).
 
 Exit codes: 0 done; 1 done but incomplete or failed (a damaged segment was
 skipped, the live stream could not be read, Redis unreachable for the
-archiver at start); 2 usage error (bad time, retention under 30 days).
+archiver at start, a query DuckDB refused); 2 usage error (bad time,
+retention under 30 days, a statement that is not a query).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,15 +107,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         problems.append(str(path))
         print(f"cag audit export: skipped damaged segment {path}: {msg}", file=sys.stderr)
 
-    client = None
-    if not args.archive_only:
-        try:
-            client = _client(_redis_url(args))
-            client.ping()
-        except Exception as e:
-            print(f"cag audit export: live stream not read (Redis: {e}); archived records only", file=sys.stderr)
-            problems.append("stream")
-            client = None
+    client = _live_client(args, "export", problems)
     try:
         n = export(root, q, sys.stdout, args.format, client=client, on_error=report)
     except BrokenPipeError:
@@ -123,6 +117,126 @@ def _cmd_export(args: argparse.Namespace) -> int:
             client.close()
     sys.stdout.flush()
     logging.getLogger("cag.audit").info("exported %d records", n)
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def _live_client(args: argparse.Namespace, prog: str, problems: list[str]) -> Any:
+    if args.archive_only:
+        return None
+    try:
+        client = _client(_redis_url(args))
+        client.ping()
+        return client
+    except Exception as e:
+        print(f"cag audit {prog}: live stream not read (Redis: {e}); archived records only", file=sys.stderr)
+        problems.append("stream")
+        return None
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    """SQL over the view ``audit`` (one row per record): SELECT only, nothing written anywhere."""
+    import duckdb
+
+    from gateway.audit import segments
+    from gateway.audit.engine import AUDIT_VIEW_COLUMNS, Engine, lit
+    from gateway.audit.export import read_stream
+
+    if args.columns:
+        for name, typ, note in AUDIT_VIEW_COLUMNS:
+            print(f"{name}\t{typ}\t{note}")
+        return EXIT_OK
+    if not args.sql:
+        raise _Usage("give a query (SELECT ... FROM audit ...), or --columns")
+    try:
+        statements = duckdb.connect().extract_statements(args.sql)
+    except duckdb.Error as e:
+        raise _Usage(f"not SQL DuckDB reads: {e}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise _Usage("one SELECT statement only (the archive is read-only here)")
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    roots = _archive_dirs(args)
+    problems: list[str] = []
+
+    def report(path: Path, msg: str) -> None:
+        problems.append(str(path))
+        print(f"cag audit query: skipped damaged segment {path}: {msg}", file=sys.stderr)
+
+    client = _live_client(args, "query", problems)
+    files = segments.files_in(roots, since, until)
+    tmp = tempfile.TemporaryDirectory(prefix="cag-audit-")
+    ndjson = []
+    if client is not None:
+        if segments.write_ndjson(Path(tmp.name) / "live.jsonl", read_stream(client)):
+            ndjson.append(Path(tmp.name) / "live.jsonl")
+        client.close()
+    for i, p in enumerate(files.legacy):
+        if segments.write_ndjson(Path(tmp.name) / f"legacy-{i}.jsonl", segments.read_segment(p, report)):
+            ndjson.append(Path(tmp.name) / f"legacy-{i}.jsonl")
+    records = segments.check_files(files.records, report)
+    entries = segments.check_files(files.entries, report)
+    eng = Engine(records, entries, ndjson=ndjson)
+    try:
+        # from here on the statement can read nothing but the archive and write nothing
+        dirs = sorted({str(r) for r in roots} | {tmp.name})
+        eng.con.execute(f"SET allowed_directories = [{', '.join(lit(d) for d in dirs)}]")
+        eng.con.execute("SET enable_external_access = false")
+        eng.con.execute("SET lock_configuration = true")
+        bounds = [f"time_us >= {since}" if since is not None else "", f"time_us < {until}" if until is not None else ""]
+        if any(bounds):
+            eng.con.execute(f"CREATE OR REPLACE VIEW audit AS SELECT * FROM audit_all WHERE "
+                            f"{' AND '.join(b for b in bounds if b)}")
+        cur = eng.con.execute(args.sql)
+        names = [d[0] for d in cur.description or []]
+        out = sys.stdout
+        if args.format == "csv":
+            import csv
+
+            csv.writer(out, lineterminator="\n").writerow(names)
+        while rows := cur.fetchmany(65_536):
+            if args.format == "jsonl":
+                import json
+
+                for r in rows:
+                    out.write(json.dumps(dict(zip(names, r, strict=True)), ensure_ascii=False,
+                                         separators=(",", ":"), default=str) + "\n")
+            else:
+                csv.writer(out, lineterminator="\n").writerows(rows)
+    except duckdb.Error as e:
+        print(f"cag audit query: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:
+        return EXIT_OK
+    finally:
+        eng.close()
+        tmp.cleanup()
+    sys.stdout.flush()
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Compact partitions that still hold gzip'd JSON-lines segments (``--all``: every partition
+    with more than one file) into Parquet records files."""
+    from gateway.audit import segments
+
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    problems: list[str] = []
+
+    def report(path: Path, msg: str) -> None:
+        problems.append(str(path))
+        print(f"cag audit convert: damaged segment {path}: {msg}", file=sys.stderr)
+
+    done = 0
+    for root in _archive_dirs(args):
+        for _, part in segments.partitions(root, since, until):
+            files = segments.Files().add(segments.segments(part))
+            if files.legacy or (args.all and len(files) > 1):
+                if segments.compact(part, report, min_segments=1) is not None:
+                    done += 1
+                else:
+                    problems.append(str(part))
+    print(f"converted {done} partitions", file=sys.stderr)
     return EXIT_FAIL if problems else EXIT_OK
 
 
@@ -178,8 +292,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="state directory (default $CAG_STATE_DIR or .state)")
     p.add_argument("--config", default=None, help="gateway TOML file (its redis_url, state_dir)")
     p.add_argument("--archive-dir", dest="archive_dir", action="append", default=None,
-                   help="segment files (default $CAG_AUDIT_DIR, else STATE_DIR/audit); "
-                        "export: repeatable, to merge the archives of several hosts")
+                   help="archive directory (default $CAG_AUDIT_DIR, else STATE_DIR/audit); "
+                        "export, query, convert: repeatable, to read the archives of several hosts as one")
 
 
 def _wrap(func: Any) -> Any:
@@ -195,7 +309,7 @@ def _wrap(func: Any) -> Any:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("audit", help="audit trail: archive, export", description="The audit trail (SPEC §7).")
+    p = sub.add_parser("audit", help="audit trail: archive, export, query", description="The audit trail (SPEC §7).")
     asub = p.add_subparsers(dest="audit_cmd", required=True)
 
     e = asub.add_parser("export", help="audit records in time order (no range: all)")
@@ -210,12 +324,33 @@ def register(sub: Any) -> None:
     _common(e)
     e.set_defaults(func=_wrap(_cmd_export))
 
-    a = asub.add_parser("archive", help="move the audit stream into compressed hourly segment files")
+    qp = asub.add_parser("query", help="SQL over the view `audit` (one row per record; read-only)",
+                         description="Run one SELECT over the view `audit` (columns: --columns; docs/audit.md). "
+                                     "Filter on time_us, callee, caller or call_id to read only what can match.")
+    qp.add_argument("sql", nargs="?", help="one SELECT statement, e.g. \"SELECT count(*) FROM audit\"")
+    qp.add_argument("--since", help="only partitions from this time (ISO 8601, inclusive)")
+    qp.add_argument("--until", help="only partitions before this time (ISO 8601, exclusive)")
+    qp.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    qp.add_argument("--columns", action="store_true", help="list the view's columns and exit")
+    qp.add_argument("--archive-only", dest="archive_only", action="store_true",
+                    help="do not read the not-yet-archived stream")
+    _common(qp)
+    qp.set_defaults(func=_wrap(_cmd_query))
+
+    cv = asub.add_parser("convert", help="rewrite gzip JSON-lines partitions as Parquet records files")
+    cv.add_argument("--since", help="only partitions from this time (ISO 8601)")
+    cv.add_argument("--until", help="only partitions before this time (ISO 8601)")
+    cv.add_argument("--all", action="store_true", help="also compact Parquet partitions of several files")
+    _common(cv)
+    cv.set_defaults(func=_wrap(_cmd_convert))
+
+    a = asub.add_parser("archive", help="move the audit stream into hourly Parquet partitions")
     a.add_argument("--name", help="consumer name, stable across restarts (default HOST-PID)")
     a.add_argument("--group", default="archivers", help="consumer group shared by all archivers")
     a.add_argument("--retention-days", dest="retention_days", type=int, default=30,
                    help="delete partitions older than this (minimum 30)")
-    a.add_argument("--batch", type=int, default=10_000, help="entries per read / segment write")
+    a.add_argument("--batch", type=int, default=50_000,
+                   help="entries per write (at most; a write also happens every 2 s)")
     a.add_argument("--once", action="store_true", help="archive what is there, apply retention, exit")
     a.add_argument("--log-level", dest="log_level", default="info")
     _common(a)

@@ -40,7 +40,7 @@ def test_partition_naming_round_trip(tmp_path: Path) -> None:
 def test_segment_is_written_sorted_and_read_back(tmp_path: Path) -> None:
     entries = [d("b", T0 + 2), o("a", T0 + 1, T0 + 9, final_code=200), d("a", T0 + 1)]
     path = segments.write_segment(tmp_path, T0, entries, "arch")
-    assert path.parent == tmp_path / "2026-03-10" / "04" and path.name.endswith(".jsonl.gz")
+    assert path.parent == tmp_path / "2026-03-10" / "04" and path.name.endswith(".entries.parquet")
     assert not list(path.parent.glob(".tmp-*"))
     seen, report = errors()
     got = list(segments.read_segment(path, report))

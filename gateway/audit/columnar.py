@@ -1,0 +1,231 @@
+"""The archive's Parquet files: their schemas, Arrow conversions, durable writes.
+
+Two kinds of file live in an hourly partition (``segments``):
+
+- **entries** (``*.entries.parquet``): audit entries as the stream carried
+  them, one row each (decision ``k = "d"`` or outcome ``k = "o"``), columns
+  ``record.FIELDS``. The archiver writes one per batch and partition; the
+  compaction keeps the outcomes whose decision it did not find in one.
+- **records** (``*.records.parquet``): joined records, one row per decision
+  with its outcome fields filled in, written by the compaction of an hour,
+  in export order (time, record id) and small row groups: their time
+  statistics are tight, and ``call_id`` and ``caller`` have Parquet Bloom
+  filters in each row group. Time is integer µs since the epoch (UTC).
+- **index** (``*.index.parquet``, beside its records file): (callee, time)
+  of every record, sorted by callee, so a look-up by callee reads the one
+  row group of the index that can hold it and then, by time, the row groups
+  of the records file that hold the calls.
+
+Every file is written to a ``.tmp-`` name, fsync'd, renamed and its
+directory fsync'd, so a file with its final name is complete and on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gateway.audit.record import DECISION, FIELDS, OUTCOME, Entry
+from gateway.audit.segments import (
+    ENTRIES_SUFFIX,
+    HOUR_US,
+    RECORDS_SUFFIX,
+    file_name,
+    fsync_dir,
+    kind_of,
+    make_dirs,
+)
+
+__all__ = ["ENTRIES_SUFFIX", "HOUR_US", "RECORDS_SUFFIX", "file_name", "kind_of"]
+
+_TYPES: dict[str, pa.DataType] = {
+    "k": pa.string(), "rid": pa.string(), "t": pa.int64(), "dt": pa.int64(), "call_id": pa.string(),
+    "trunk_id": pa.string(), "enterprise_id": pa.string(), "caller": pa.string(), "callee": pa.string(),
+    "decision": pa.string(), "reason": pa.string(), "sip_code": pa.int32(), "consent_token": pa.string(),
+    "evidence_ref": pa.string(), "latency_us": pa.int64(), "node": pa.string(), "worker": pa.int32(),
+    "final_code": pa.int32(), "answered_at": pa.int64(), "ended_at": pa.int64(),
+}
+ENTRY_SCHEMA = pa.schema([pa.field(f, _TYPES[f]) for f in FIELDS])
+
+# A record: the decision's fields (``t`` its time) and the outcome fields, joined.
+RECORD_FIELDS = (
+    "t", "rid", "call_id", "trunk_id", "enterprise_id", "caller", "callee", "decision", "reason",
+    "sip_code", "consent_token", "evidence_ref", "latency_us", "node", "worker",
+    "final_code", "answered_at", "ended_at",
+)
+RECORD_SCHEMA = pa.schema([pa.field(f, _TYPES[f]) for f in RECORD_FIELDS])
+DECISION_FIELDS = RECORD_FIELDS[2:15]
+OUTCOME_FIELDS = ("final_code", "answered_at", "ended_at")
+
+# Records are in export order (decision time, record id): a row group covers ~30 s of calls, so
+# its time statistics are tight, and export reads without sorting. The index of an hour (callee,
+# caller, time), sorted by callee, is what a look-up by number reads first: one row group.
+RECORD_SORT = (("t", "ascending"), ("rid", "ascending"))
+INDEX_FIELDS = ("callee", "t")
+INDEX_SORT = (("callee", "ascending"), ("t", "ascending"))
+INDEX_SCHEMA = pa.schema([pa.field(f, _TYPES[f]) for f in INDEX_FIELDS])
+ROW_GROUP = 32_768
+_LOW_CARDINALITY = ["k", "trunk_id", "enterprise_id", "caller", "decision", "reason", "sip_code",
+                    "node", "worker", "final_code"]
+_RECORD_STATS = ["t", "rid", "trunk_id", "enterprise_id", "decision", "reason", "node"]
+# High-cardinality strings: lengths apart from the bytes (or prefixes shared with the row before,
+# for sorted ones); times: byte planes apart, so zstd sees their constant high bytes.
+_ENCODING = {"call_id": "DELTA_LENGTH_BYTE_ARRAY", "evidence_ref": "DELTA_LENGTH_BYTE_ARRAY",
+             "consent_token": "DELTA_LENGTH_BYTE_ARRAY", "rid": "DELTA_BYTE_ARRAY",
+             "t": "BYTE_STREAM_SPLIT", "answered_at": "BYTE_STREAM_SPLIT", "ended_at": "BYTE_STREAM_SPLIT",
+             "latency_us": "BYTE_STREAM_SPLIT"}
+# Bloom filter sizes are rounded up to a power of two: at 32,768 values a 5 % filter takes 64 KiB,
+# and so does a 0.1 % one (≈ 2 B per record either way): a Call-ID look-up then reads one row group
+# in a thousand for nothing instead of one in twenty.
+_BLOOM: dict[str, Any] = {"call_id": {"ndv": ROW_GROUP, "fpp": 0.001}, "caller": {"ndv": 4096, "fpp": 0.002}}
+HAVE_BLOOM = "bloom_filter_options" in inspect.signature(pq.ParquetWriter.__init__).parameters
+
+
+# ---------------------------------------------------------------- building tables
+def entries_table(n: int, cols: dict[str, list[Any]]) -> pa.Table:
+    """Columns of ``n`` entries (a field missing: all null) → a table of ``ENTRY_SCHEMA``.
+
+    Raises (``pa.ArrowInvalid``, ``TypeError``, ``OverflowError``) on a value of the wrong type.
+    """
+    arrays = []
+    for f in FIELDS:
+        col = cols.get(f)
+        arrays.append(pa.nulls(n, _TYPES[f]) if col is None else pa.array(col, type=_TYPES[f]))
+    return pa.Table.from_arrays(arrays, schema=ENTRY_SCHEMA)
+
+
+def table_of_entries(entries: list[Entry]) -> pa.Table:
+    present: set[str] = set().union(*entries) if entries else set()
+    cols = {f: [e.get(f) for e in entries] for f in FIELDS if f in present}
+    return entries_table(len(entries), cols)
+
+
+def sort_time(t: pa.Table) -> pa.Array:
+    """The time an entry sorts (and is filed) at: an outcome's decision time, when known."""
+    import pyarrow.compute as pc  # ~0.25 s to import: not on the export's start-up path
+
+    is_o = pc.equal(t["k"], OUTCOME)
+    return pc.if_else(pc.and_(is_o, pc.is_valid(t["dt"])), t["dt"], t["t"])
+
+
+def by_hour(t: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """Split an entries table into the hourly partitions it touches (oldest first)."""
+    import pyarrow.compute as pc
+
+    st = sort_time(t)
+    hours = pc.multiply(pc.divide(st, HOUR_US), HOUR_US)  # integer division: st - st % HOUR (st ≥ 0)
+    uniq = sorted(pc.unique(hours).to_pylist())
+    if len(uniq) == 1:
+        yield uniq[0], t
+        return
+    for h in uniq:
+        yield h, t.filter(pc.equal(hours, h))
+
+
+def entries_of(t: pa.Table) -> list[Entry]:
+    """Rows of an entries or records table → entries (a record: its decision, then one outcome
+    entry with its outcome fields, dated at the decision)."""
+    names = t.column_names
+    rows = t.to_pylist()
+    if "k" in names:
+        return [{k: v for k, v in r.items() if v is not None} for r in rows]
+    out: list[Entry] = []
+    for r in rows:
+        d: Entry = {"k": DECISION, "rid": r["rid"], "t": r["t"]}
+        for f in DECISION_FIELDS:
+            if r[f] is not None:
+                d[f] = r[f]
+        out.append(d)
+        if any(r[f] is not None for f in OUTCOME_FIELDS):
+            o: Entry = {"k": OUTCOME, "rid": r["rid"], "t": r["t"], "dt": r["t"]}
+            if r.get("call_id") is not None:
+                o["call_id"] = r["call_id"]
+            for f in OUTCOME_FIELDS:
+                if r[f] is not None:
+                    o[f] = r[f]
+            out.append(o)
+    return out
+
+
+# ---------------------------------------------------------------- files
+def _write_options(kind: str, rows: int) -> dict[str, Any]:
+    if kind == "entries":  # the archiver's batches: cheap to write, compacted later
+        return {"compression": "zstd", "compression_level": 1, "use_dictionary": _LOW_CARDINALITY,
+                "write_statistics": ["t", "dt"], "row_group_size": 1 << 20}
+    if kind == "index":
+        return {"compression": "zstd", "compression_level": 6, "use_dictionary": False,
+                "write_statistics": ["callee", "t"], "row_group_size": ROW_GROUP,
+                "column_encoding": {"callee": "DELTA_BYTE_ARRAY", "t": "BYTE_STREAM_SPLIT"},
+                "sorting_columns": [pq.SortingColumn(INDEX_FIELDS.index(c)) for c, _ in INDEX_SORT]}
+    opts: dict[str, Any] = {
+        "compression": "zstd", "compression_level": 6, "use_dictionary": _LOW_CARDINALITY,
+        "write_statistics": _RECORD_STATS, "row_group_size": ROW_GROUP, "column_encoding": _ENCODING,
+        "sorting_columns": [pq.SortingColumn(RECORD_FIELDS.index(c)) for c, _ in RECORD_SORT],
+    }
+    if HAVE_BLOOM:
+        opts["bloom_filter_options"] = _BLOOM
+    return opts
+
+
+def write_file(directory: Path, name: str, table: pa.Table, kind: str) -> Path:
+    """Write ``table`` as ``directory/name`` durably (tmp, fsync, rename, fsync dir)."""
+    make_dirs(directory)
+    final = directory / name
+    tmp = directory / f".tmp-{name}"
+    with open(tmp, "wb") as raw:
+        pq.write_table(table, raw, **_write_options(kind, table.num_rows))
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.rename(tmp, final)
+    fsync_dir(directory)
+    return final
+
+
+def write_batches(directory: Path, name: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema,
+                  kind: str) -> Path:
+    """Like ``write_file``, from a stream of record batches (one row group per batch, at most
+    ``ROW_GROUP`` rows): constant memory in the size of the file."""
+    make_dirs(directory)
+    final = directory / name
+    tmp = directory / f".tmp-{name}"
+    try:
+        with open(tmp, "wb") as raw:
+            opts = _write_options(kind, 0)
+            rg = opts.pop("row_group_size")
+            with pq.ParquetWriter(raw, schema, **opts) as w:
+                pending: list[pa.RecordBatch] = []
+                held = 0
+                for b in batches:
+                    if not b.num_rows:
+                        continue
+                    pending.append(pa.RecordBatch.from_arrays(
+                        [b.column(i).cast(schema.field(i).type) for i in range(len(schema))], schema=schema))
+                    held += b.num_rows
+                    if held >= rg:  # row groups of exactly ``rg`` rows, whatever the batches
+                        t = pa.Table.from_batches(pending, schema)
+                        cut = held - held % rg
+                        w.write_table(t.slice(0, cut), row_group_size=rg)
+                        pending, held = t.slice(cut).to_batches(), held - cut
+                if held:
+                    w.write_table(pa.Table.from_batches(pending, schema), row_group_size=rg)
+            raw.flush()
+            os.fsync(raw.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.rename(tmp, final)
+    fsync_dir(directory)
+    return final
+
+
+def concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
+    ts = [t for t in tables if t.num_rows]
+    return pa.concat_tables(ts) if ts else schema.empty_table()
