@@ -104,6 +104,11 @@ async def connect(url: str, timeout: float = 1.0) -> Any:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
+    from policy.redis_client import async_client, is_sentinel
+
+    if is_sentinel(url):  # the sentinels name the primary, again after a failover
+        return async_client(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                            retry=Retry(NoBackoff(), 0))
     client = aioredis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )

@@ -58,6 +58,10 @@ def _redis_url(args: argparse.Namespace) -> str:
 def _client(url: str) -> Any:
     import redis
 
+    from policy.redis_client import is_sentinel, sync_client
+
+    if is_sentinel(url):
+        return sync_client(url, socket_timeout=5.0, socket_connect_timeout=2.0)
     client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
     info = client.info("cluster")
     if int(info.get("cluster_enabled", 0)) == 1:

@@ -75,6 +75,13 @@ def sentinel_set(tmp_path: Path) -> Iterator[tuple[str, dict[str, subprocess.Pop
             if "master_link_status:up" in out:
                 break
             time.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the sentinel knows the replica: it can promote it
+            out = subprocess.run(["redis-cli", "-p", str(sport), "sentinel", "replicas", MASTER],
+                                 capture_output=True, text=True).stdout
+            if str(replica) in out:
+                break
+            time.sleep(0.1)
         yield f"redis+sentinel://127.0.0.1:{sport}/{MASTER}", procs, [primary, replica]
     finally:
         for p in procs.values():
@@ -129,9 +136,8 @@ def test_gateway_under_sipp_load_survives_a_primary_kill(
     rows = standard_policy(url, callees=20)
     time.sleep(0.5)  # replicated
     uas = SippUas(tmp_path, trace_messages=False).start()
-    # --no-audit: the audit sink (gateway/audit, another change) does not speak sentinel URLs yet;
-    # policy/redis_client.async_client is what it will adopt.
-    gw = GatewayProc(url, tmp_path / "gw", [uas.hop], extra=["--budget-ms", "100", "--no-audit"])
+    # The audit on too: its sink follows the primary through the sentinels like the store.
+    gw = GatewayProc(url, tmp_path / "gw", [uas.hop], extra=["--budget-ms", "100"])
     try:
         gw.start()
         result: list[SippResult] = []
