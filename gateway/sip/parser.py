@@ -311,56 +311,10 @@ def _validate(
     return parse_cseq(index["cseq"])
 
 
-def _nuls_quoted(line: str) -> bool:
-    """True when every NUL of the line is inside a quoted string.
-
-    RFC 3261 §25.1 allows any octet but CR and LF as a quoted-pair, NUL
-    included (RFC 4475 §3.1.1.2); a NUL anywhere else is refused.
-    """
-    quoted = False
-    i = 0
-    n = len(line)
-    while i < n:
-        c = line[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "\0":
-            return False
-        i += 1
-    return True
-
-
-def _check_nuls(lines: list[str]) -> None:
-    for line in lines:
-        if "\0" in line and not _nuls_quoted(line):
-            raise SipError("NUL in header")
-
-
-def _quotes_closed(value: str) -> bool:
-    """An even number of unescaped double quotes: no quoted string runs off the end."""
-    quoted = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        i += 1
-    return not quoted
-
-
-def _unquoted(value: str, angles: bool) -> str:
-    """``value`` without its quoted strings (and, when ``angles``, without the URIs in <...>)."""
+def _outside_quotes(value: str, angles: bool = False) -> tuple[str, bool]:
+    """The characters of ``value`` outside its quoted strings (``\\`` escapes honoured) and,
+    when ``angles``, outside its ``<...>`` URIs (each kept as one ``u``); and whether a
+    quoted string was left open at the end. The one scan behind the checks below."""
     out: list[str] = []
     quoted = False
     depth = 0
@@ -384,7 +338,32 @@ def _unquoted(value: str, angles: bool) -> str:
         elif not depth:
             out.append(c)
         i += 1
-    return "".join(out)
+    return "".join(out), quoted
+
+
+def _nuls_quoted(line: str) -> bool:
+    """True when every NUL of the line is inside a quoted string.
+
+    RFC 3261 §25.1 allows any octet but CR and LF as a quoted-pair, NUL
+    included (RFC 4475 §3.1.1.2); a NUL anywhere else is refused.
+    """
+    return "\0" not in _outside_quotes(line)[0]
+
+
+def _check_nuls(lines: list[str]) -> None:
+    for line in lines:
+        if "\0" in line and not _nuls_quoted(line):
+            raise SipError("NUL in header")
+
+
+def _quotes_closed(value: str) -> bool:
+    """No quoted string runs off the end of the value."""
+    return not _outside_quotes(value)[1]
+
+
+def _unquoted(value: str, angles: bool) -> str:
+    """``value`` without its quoted strings (and, when ``angles``, without the URIs in <...>)."""
+    return _outside_quotes(value, angles)[0]
 
 
 def _separators_ok(value: str, angles: bool) -> bool:
