@@ -49,4 +49,4 @@ class ChangeLog:
             self.failed += len(entries)
             for entry in entries:
                 log.error("audit record of %s by %s not written: %s (%s)",
-                          entry.get("action"), entry.get("actor"), e, entry)
+                          entry.get("reason"), entry.get("node"), e, entry)

@@ -241,9 +241,16 @@ _CHANGE_COLUMNS = ("enterprise_id", "caller", "callee", "consent_token", "eviden
 
 
 def change_entry(record_id: str, t_us: int, actor: str, action: str, **fields: Any) -> Entry:
-    """A change made through the API (``actor`` = key id, or ``cli`` for the complaint command)."""
-    e: Entry = {"k": CHANGE, "rid": record_id, "t": t_us, "actor": actor, "action": action}
-    e.update({k: v for k, v in fields.items() if v is not None})
+    """A change made through the API (``actor`` = key id, or ``cli`` for the complaint command).
+
+    Written as a decision-shaped entry (``decision = "api"``, ``reason`` = the action,
+    ``node = "api:<actor>"``): exactly the row ``change_row`` exports, so the columnar
+    archive, its compaction and the DuckDB views keep it like any record, with no
+    kind of its own to carry. ``k = "a"`` entries from before are still read.
+    """
+    e: Entry = {"k": DECISION, "rid": record_id, "t": t_us, "decision": "api", "reason": action,
+                "node": f"api:{actor}"}
+    e.update({k: v for k, v in fields.items() if v is not None and k in _CHANGE_COLUMNS})
     return e
 
 

@@ -253,3 +253,21 @@ def test_export_of_compacted_hours_with_orphans_and_late_outcomes(tmp_path: Path
     buf = io.StringIO()
     assert export([tmp_path], Query(), buf, on_error=Errors()) == 900
     assert buf.getvalue() == jsonl(reference(es + late))
+
+
+def test_api_changes_survive_archiving_and_compaction(tmp_path: Path) -> None:
+    """A change made through the provisioning API is a record of the trail (SPEC §10), in the
+    Parquet archive as in the stream: archived, compacted, found by callee, exported as before."""
+    from gateway.audit.record import change_entry
+
+    callee = "+8613800000042"
+    change = change_entry("api-1", T0 + 10, "k1", "consent_revoke", enterprise_id="E1", callee=callee,
+                          consent_token="tok-9", evidence_ref="crm://9")
+    write(tmp_path, [dec("r1", T0, callee=callee), change])
+    before = find([tmp_path], Query(callee=frozenset({callee})))
+    compact_all(tmp_path)
+    after = find([tmp_path], Query(callee=frozenset({callee})))
+    assert after == before
+    api = [r for r in after if r["decision"] == "api"]
+    assert [(r["record_id"], r["reason"], r["node"], r["consent_token"]) for r in api] == [
+        ("api-1", "consent_revoke", "api:k1", "tok-9")]
