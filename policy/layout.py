@@ -47,6 +47,8 @@ from typing import Any
 
 import msgpack
 
+from policy.rules.purpose import normalize_purpose
+
 GEN_POINTER = "{cag:ref}:gen"  # hash kind -> "base[,overlay]"
 GEN_SEQ = "{cag:ref}:genseq"  # generation ids
 GC_QUEUE = "{cag:ref}:gc"  # zset "kind:gen" -> epoch s from which it may be deleted
@@ -156,7 +158,7 @@ def pack_consent(
     revoked_at: datetime | None,
 ) -> bytes:
     """The stored value; ``""`` stands for none so Lua needs no nil handling in arrays."""
-    np = (purpose or "").strip().lower()
+    np = normalize_purpose(purpose) or ""
     return msgpack.packb(
         [
             enterprise_id,
