@@ -101,7 +101,13 @@ class ApiState:
         self.api = ApiStore(self.policy.client)
         self.changes = ChangeLog(self.policy.client)
         policy = self.policy
-        self.consents = Coalescer(lambda batch: policy.put_records("consents", batch))
+
+        async def grant_all(batch: list[Consent]) -> None:
+            # One-off grants into the top layer (what `cag policy consent grant` does): a
+            # file-style put_records would write a new generation per batch.
+            await asyncio.gather(*(policy.grant_consent(c) for c in batch))
+
+        self.consents = Coalescer(grant_all)
         # Only explain() is used here (nothing counted); like `cag explain`, never a shadow decision.
         cfg = dataclasses.replace(self.settings.engine_config(), shadow=False)
         self.engine = AdmissionEngine(self.policy, cfg)
@@ -390,7 +396,7 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
                     raise Problem(409, "this token is not available; omit token to have one generated")
             consent = valid.model_copy(update={"token": token})
             assert st.consents is not None
-            await st.consents.submit(consent)  # PolicyStore.put_records, shared with this loop turn's others
+            await st.consents.submit(consent)  # PolicyStore.grant_consent, with this loop turn's others
             await changes.record(_actor(key), "consent_grant", enterprise_id=ent_id, callee=consent.callee,
                                  consent_token=token, evidence_ref=consent.evidence_ref)
             # A re-grant keeps the calls already counted; a new token has counted none.

@@ -1,11 +1,11 @@
 """Coalescing concurrent writes into one store call.
 
 At a few hundred CRM requests a second, several consents are being
-registered at any moment; each needs the store's two round trips
-(``put_records``: read the token owners, then one MULTI/EXEC). Handing all
-the consents waiting at that point to ONE ``put_records`` call costs those
-round trips once for the lot: on the reference box most of the API's CPU
-per request was spent in the Redis client, not in the web framework.
+registered at any moment; each needs the store's round trips (read the
+token's owner, then the writes). Handing all the consents waiting at that
+point to one write call lets their commands share the store's per-turn
+pipeline: on the reference box most of the API's CPU per request was spent
+in the Redis client, not in the web framework.
 
 One write is in flight at a time. Items that arrive while it runs wait for
 it and go out together as the next write, so batches grow with the load
