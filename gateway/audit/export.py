@@ -14,6 +14,10 @@ an archiver restart, in two roots) is one row.
 - ``find``: the same rows as dicts (``record.COLUMNS``), for the complaint trace.
 - ``archived`` / ``records``: the entry-level merge in Python, as before
   (any source of sorted entries; slower, kept for callers that merge their own).
+
+One module on purpose: its paths (the indexed look-up, compacted hours streamed
+as they lie, hours joined whole) share one order and one de-duplication rule,
+which would drift apart in separate modules.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ union of its files; a record found twice is one record (``engine``).
 Gzip'd JSON-lines segments of the archives written before (sorted lines,
 ``.jsonl.gz``) are still read, and a compaction (``cag audit convert``)
 turns them into a records file.
+
+One module on purpose: a partition's on-disk layout (file names, entries and
+records files, the callee index, compaction, legacy segments) is one contract
+between the archiver and every reader.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Outcomes are filed with their decision, so each needs the decision's time:
 this worker remembers it for the calls it admitted; any other worker (a BYE
 can reach another worker or node) reads it from ``{cag:audit}:open:<rid>``,
 set with the decision (TTL 24 h, shortened to 5 min when the call ends).
+
+One module on purpose: the flusher, the switch to the spool when Redis is down
+or the stream is full, and the oldest-first replay together make one guarantee
+(nothing lost, order kept), checked best when read in one place.
 """
 
 from __future__ import annotations
