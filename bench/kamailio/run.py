@@ -40,21 +40,42 @@ def render(port: int, next_hop: str, redis_sock: str, cfg: Path = CFG) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.kamailio.run", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.kamailio.run", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--next-hop", required=True, help="HOST:PORT of the callee")
     ap.add_argument("--shm-mb", type=int, default=2048, help=SHM_HELP)
-    ap.add_argument("--cfg", type=Path, default=CFG, help="a variant of kamailio.cfg to try (default: the shipped one)")
+    ap.add_argument(
+        "--cfg",
+        type=Path,
+        default=CFG,
+        help="a variant of kamailio.cfg to try (default: the shipped one)",
+    )
     args = ap.parse_args(argv)
     kamailio = shutil.which("kamailio") or "/usr/sbin/kamailio"
     if not Path(kamailio).exists() or not shutil.which("redis-server"):
-        print("bench.kamailio: needs Debian's kamailio, kamailio-redis-modules and redis-server", file=sys.stderr)
+        print(
+            "bench.kamailio: needs Debian's kamailio, kamailio-redis-modules and redis-server",
+            file=sys.stderr,
+        )
         return 2
     work = Path(tempfile.mkdtemp(prefix="cag-kamailio-"))
     sock = str(work / "redis.sock")
     redis = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no",
-         "--dir", str(work)],
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            sock,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
         stdout=subprocess.DEVNULL,
     )
     cfg = work / "kamailio.cfg"
@@ -63,8 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     while not os.path.exists(sock) and time.monotonic() < deadline:
         time.sleep(0.05)
     kam = subprocess.Popen(
-        [kamailio, "-DD", "-E", "-f", str(cfg), "-x", "tlsf", "-m", str(args.shm_mb), "-M", "16",
-         "-Y", str(work), "-P", str(work / "kamailio.pid")]
+        [
+            kamailio,
+            "-DD",
+            "-E",
+            "-f",
+            str(cfg),
+            "-x",
+            "tlsf",
+            "-m",
+            str(args.shm_mb),
+            "-M",
+            "16",
+            "-Y",
+            str(work),
+            "-P",
+            str(work / "kamailio.pid"),
+        ]
     )
 
     def stop(*_: object) -> None:
