@@ -28,7 +28,10 @@ CFG = Path(__file__).with_name("kamailio.cfg")
 # 2,000 calls/s). The old 256 MB ran out after ~5 s at 2,000/s and the sweep
 # failed on memory, not CPU. 2 GiB covers ~7,000 calls/s with room for
 # retransmissions; the pool is address space until used (RSS grows with use).
-SHM_HELP = "Kamailio's shared memory, MB (-m); needs ~0.15 MB per call/s (default 2048)"
+SHM_MB_DEFAULT = 2048
+SHM_HELP = (
+    f"Kamailio's shared memory, MB (-m); needs ~0.15 MB per call/s (default {SHM_MB_DEFAULT})"
+)
 
 
 def render(port: int, next_hop: str, redis_sock: str, cfg: Path = CFG) -> str:
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--next-hop", required=True, help="HOST:PORT of the callee")
-    ap.add_argument("--shm-mb", type=int, default=2048, help=SHM_HELP)
+    ap.add_argument("--shm-mb", type=int, default=SHM_MB_DEFAULT, help=SHM_HELP)
     ap.add_argument(
         "--cfg",
         type=Path,
