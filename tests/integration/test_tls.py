@@ -30,6 +30,7 @@ import pytest
 from bench.peers import free_port
 from tests.integration.harness import GatewayProc, standard_policy
 from tests.integration.test_interop_findings import Hop, _all, _param, _response
+from tests.integration.ua import BARESIP, Baresip
 from tests.tlscert import make_cert
 
 pytestmark = pytest.mark.integration
@@ -348,3 +349,35 @@ def test_verify_client_refuses_a_trunk_without_a_certificate(
         assert _handshake_ok(tls_port, _client_ctx(cert, (cert, key)))
     finally:
         g.stop()
+
+
+@pytest.mark.skipif(BARESIP is None, reason="baresip is not installed (scripts/setup.sh installs it)")
+def test_baresip_over_tls_both_ways(tmp_path: Path, redis_url: str, certs: tuple[Path, Path]) -> None:
+    """Real UAs: baresip calls over TLS, the callee (baresip) is reached over TLS too; both hang-ups work."""
+    cert, key = certs
+    pem = tmp_path / "pki" / "baresip.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    callee = Baresip(tmp_path / "callee", CALLEE, tls_pem=pem)
+    caller = Baresip(tmp_path / "caller", "95500", answer=False, tls_pem=pem)
+    g: GatewayProc | None = None
+    try:
+        callee.start()
+        caller.start()
+        g = _gateway(tmp_path, redis_url, f"tls:127.0.0.1:{callee.port + 1}", cert, key)
+        tls_port: int = g.tls_port  # type: ignore[attr-defined]
+        for hanging_up in ("callee", "caller"):
+            assert caller.command("dial", f"sip:{CALLEE}@127.0.0.1:{tls_port};transport=tls")["ok"]
+            callee.wait_event("CALL_ESTABLISHED")
+            caller.wait_event("CALL_ESTABLISHED")
+            time.sleep(0.5)
+            ua, peer = (callee, caller) if hanging_up == "callee" else (caller, callee)
+            assert ua.command("hangup")["ok"]
+            peer.wait_event("CALL_CLOSED", timeout=5)
+            ua.wait_event("CALL_CLOSED", timeout=5)
+            assert peer.received("BYE sip:", "tls"), (caller.log_tail(3000), callee.log_tail(3000), g.log_tail())
+        assert callee.received("INVITE sip:", "tls") and not callee.received("INVITE sip:", "udp")
+    finally:
+        caller.stop()
+        callee.stop()
+        if g is not None:
+            g.stop()
