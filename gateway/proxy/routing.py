@@ -1,8 +1,9 @@
 """In-dialog routing: requests with a To-tag, forwarded on our Record-Route token alone (SPEC §6 "Dialogs").
 
 Nothing is kept per dialog: the HMAC'd token in the Route says which hop
-the INVITE went to, for which trunk and audit record, so any worker on any
-node can route the request. Nothing is kept per UDP request either (as
+the INVITE went to, for which trunk and audit record, and which tag is the
+caller's (so which way the request goes), so any worker on any node can
+route the request. Nothing is kept per UDP request either (as
 Kamailio's ``loose_route()`` + stateless forwarding): the address its
 response goes back to (RFC 3261 §18.2.2, RFC 3581) is written into the
 branch we mint (``stateless_branch``), keyed with our secret together with
