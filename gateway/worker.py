@@ -239,8 +239,8 @@ class Worker:
         self.core = ProxyCore(cfg, self.engine.source_known, wall_offset=time.time() - core_time())
 
         self.tls = TlsContexts(s) if tls_wanted(s) else None
-        self.tls_connector = TcpConnector(
-            self._receive, self.tcp_conns, self._event, ssl=self.tls.client if self.tls else None
+        self.tls_connector = (
+            TcpConnector(self._receive, self.tcp_conns, self._event, ssl=self.tls.client) if self.tls else None
         )
         for transport, sock in self.spec.sockets:
             if transport == "udp":
@@ -395,7 +395,10 @@ class Worker:
             else:
                 self._event("tcp_conn_gone")
         elif a.transport == "tls":
-            self.tls_connector.send(a.data, a.dest)
+            if self.tls_connector is not None:
+                self.tls_connector.send(a.data, a.dest)
+            else:  # a TLS target with TLS not configured (the core refuses most of these)
+                self._event("tls_unavailable")
         else:
             self.connector.send(a.data, a.dest)
 

@@ -175,6 +175,10 @@ class Dialogs:
             out_transport = tp.lower() if tp else ("tls" if target.scheme == "sips" else "udp")
             if out_transport not in _TRANSPORTS:
                 out_transport = "udp"
+            elif out_transport == "tls" and sh.cfg.listen_tls is None:  # TLS not configured here
+                if is_ack:
+                    return []
+                return [sh.reply(req, arr, 503, extra=[reason_header(503, "tls_unavailable")])]
             # Towards the trunk: from the listen address, which a trunk filtering peers by
             # IP:port knows (issue 15 #3); any worker can relay the answer (the branch says where).
             via_prefix = sh.via_listen[out_transport]

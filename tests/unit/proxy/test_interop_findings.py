@@ -20,6 +20,7 @@ from tests.unit.proxy._support import (
     HOP1,
     HOP2,
     LISTEN,
+    PRIVATE,
     TRUNK,
     first_line,
     hall,
@@ -389,3 +390,28 @@ def test_in_dialog_request_gets_received_and_rport() -> None:
     (out,) = _sends(core.receive(bye, (HOP1[0], 41000), "udp", None, T0 + 1, True))
     assert param(hall(out.data, "Via")[1], "rport") == "41000"
     assert param(hall(out.data, "Via")[1], "received") == HOP1[0]
+
+
+def test_callee_request_to_a_tls_target_without_tls_configured_gets_503() -> None:
+    core = make_core()
+    fwd, ok = _call(core)
+    bye = _callee_bye(fwd, ok).replace(b"BYE sip:sipp@10.0.0.1:5060 ", b"BYE sips:sipp@10.0.0.1:5061 ")
+    (out,) = _sends(core.receive(bye, HOP1, "udp", None, T0 + 1, True))
+    assert out.dest == HOP1 and status_of(out.data) == 503
+
+
+def test_tls_caller_and_hop_record_route_and_via() -> None:
+    """With TLS served: a TLS caller to a UDP hop gets [udp, tls] Record-Route; a callee BYE to a sips: target goes over TLS."""
+    from gateway.proxy import CoreConfig
+
+    cfg = CoreConfig(listen=LISTEN, private=PRIVATE, next_hops=(NextHop(*HOP1),), rr_secret=b"s",
+                     probe_interval=0.0, listen_tls=(LISTEN[0], 5061))
+    core = ProxyCore(cfg, lambda ip: ip == TRUNK[0])
+    fwd, ok = _call(core, transport="tls", via_host="10.0.0.7:5061", source=CALLER_TCP)
+    rrs = hall(fwd, "Record-Route")
+    assert rrs[0].startswith(f"<sip:{LISTEN[0]}:{LISTEN[1]};transport=udp;")
+    assert rrs[1].startswith(f"<sip:{LISTEN[0]}:5061;transport=tls;")
+    bye = _callee_bye(fwd, ok).replace(b"BYE sip:sipp@10.0.0.1:5060 ", b"BYE sips:sipp@10.0.0.7:5061 ")
+    (out,) = _sends(core.receive(bye, HOP1, "udp", None, T0 + 1, True))
+    assert (out.dest, out.transport, out.private) == (("10.0.0.7", 5061), "tls", False)
+    assert hall(out.data, "Via")[0].startswith(f"SIP/2.0/TLS {LISTEN[0]}:5061;")
