@@ -262,7 +262,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
 
     if tls_wanted(settings):
         try:  # here, once: a missing or broken certificate fails the start, not every worker
-            TlsContexts(settings)
+            TlsContexts(settings, live=False)
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             log.error("cannot load the TLS certificate, key or CA file: %s", e)
             if embedded:

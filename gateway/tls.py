@@ -60,9 +60,13 @@ def wanted(settings: TlsSettings) -> bool:
 
 
 class TlsContexts:
-    """The server and client contexts of one process; ``reload`` re-reads the files into them."""
+    """The server and client contexts of one process; ``reload`` re-reads the files into them.
 
-    def __init__(self, settings: TlsSettings) -> None:
+    ``live``: registered for ``reload_all`` (a worker's); the supervisor only
+    builds one to check the files before forking.
+    """
+
+    def __init__(self, settings: TlsSettings, *, live: bool = True) -> None:
         self.settings = settings
         self.server: ssl.SSLContext | None = None
         self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -89,7 +93,8 @@ class TlsContexts:
                 server.load_verify_locations(cafile=str(settings.tls_ca_file))
                 server.verify_mode = ssl.CERT_REQUIRED
             self.server = server
-        _LIVE.append(self)
+        if live:
+            _LIVE.append(self)
 
     def reload(self) -> bool:
         """Load the files again into the running contexts; False (logged) when one fails."""
