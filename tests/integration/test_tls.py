@@ -381,3 +381,29 @@ def test_baresip_over_tls_both_ways(tmp_path: Path, redis_url: str, certs: tuple
         callee.stop()
         if g is not None:
             g.stop()
+
+
+def test_untrusted_tls_hop_is_never_sent_to(tmp_path: Path, redis_url: str, certs: tuple[Path, Path]) -> None:
+    """tls_verify_hop (the default): a hop whose certificate tls_ca_file does not vouch for gets nothing."""
+    cert, key = certs
+    stranger = TlsHop(*make_cert(tmp_path / "pki-other", cn="not-the-carrier"))
+    standard_policy(redis_url, callees=1)
+    tls_port = free_port(socket.SOCK_STREAM)
+    g = GatewayProc(
+        redis_url,
+        tmp_path / "gw",
+        [f"tls:127.0.0.1:{stranger.port}"],
+        extra=[
+            "--shadow", "--listen", f"tls:127.0.0.1:{tls_port}", "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-file", str(cert),
+        ],
+    )
+    try:
+        g.start(wait_ready=False)
+        time.sleep(2.5)  # several probe rounds (CAG_PROBE_INTERVAL 0.5 s)
+        assert g.metric("cag_proxy_events_total", event="tls_connect_failed") >= 1
+        assert g.metric("cag_next_hop_up") == 0
+        assert stranger.got.empty() and not stranger.versions  # no handshake completed, nothing sent
+    finally:
+        g.stop()
+        stranger.close()
