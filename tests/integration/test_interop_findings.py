@@ -2,9 +2,9 @@
 
 The next hop is a plain UDP socket owned by the test (it sees exactly what
 the gateway sends, probes included) and the caller a UDP or TCP socket, so
-each test shows one thing on the wire. Strict xfail on what fails today:
-the fix flips it to XPASS and the fixer removes the marker. The core-level
-twins are in tests/unit/proxy/test_interop_findings.py.
+each test shows one thing on the wire. Each was a strict xfail until its
+finding was fixed (all are now). The core-level twins are in
+tests/unit/proxy/test_interop_findings.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Issue 15 findings reproduced at the proxy core (the lowest level that shows each).
 
-Strict xfail on every test that fails today: the fix flips it to XPASS and
-the fixer removes the marker. Findings about sockets (3: which socket a
+Each reproducing test was a strict xfail until its finding was fixed (all
+ten are now); the rules behind each fix have tests of their own below the
+reproducers. Findings about sockets (3: which socket a
 request leaves from; 9: the worker's metric) have integration twins in
 tests/integration/test_interop_findings.py. Only the public facade is used
 (``receive`` / ``decided`` / ``tick`` / ``hop_status``): the core is being
