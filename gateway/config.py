@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policy.decision import ResponseMap
@@ -26,10 +26,10 @@ ENV_PREFIX = "CAG_"
 
 
 def parse_listen(text: str) -> tuple[str, str, int]:
-    """``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 as ``[::1]``) → (transport, host, port)."""
+    """``udp:HOST:PORT`` / ``tcp:HOST:PORT`` / ``tls:HOST:PORT`` (IPv6 as ``[::1]``) → (transport, host, port)."""
     transport, sep, rest = text.partition(":")
-    if not sep or transport not in ("udp", "tcp"):
-        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    if not sep or transport not in ("udp", "tcp", "tls"):
+        raise ValueError(f"listen address {text!r}: expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT")
     host, port = split_host_port(rest, text)
     return transport, host, port
 
@@ -94,11 +94,26 @@ class Settings(BaseSettings):
 
     listen: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"],
-        description="SIP listen addresses, udp:HOST:PORT / tcp:HOST:PORT (repeatable)",
+        description="SIP listen addresses, udp:HOST:PORT / tcp:HOST:PORT / tls:HOST:PORT (repeatable)",
     )
     next_hop: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["udp:127.0.0.1:5080"],
-        description="next hops (carrier core), [udp:|tcp:]HOST:PORT[;weight=N] (repeatable)",
+        description="next hops (carrier core), [udp:|tcp:|tls:]HOST:PORT[;weight=N] (repeatable)",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) for tls: listen addresses, also shown to TLS next hops; "
+        "re-read on SIGHUP"
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file; re-read on SIGHUP")
+    tls_ca_file: Path | None = Field(
+        None, description="PEM CA bundle to verify TLS next hops (and clients with tls_verify_client); "
+        "none = the system store"
+    )
+    tls_verify_client: bool = Field(
+        False, description="TLS trunks must present a certificate that tls_ca_file verifies (else the handshake fails)"
+    )
+    tls_verify_hop: bool = Field(
+        True, description="verify TLS next hops' certificates (chain and host name or IP)"
     )
     redis_url: str | None = Field(
         None, description="redis:// rediss:// unix:// URL or a Cluster node; none = embedded redis-server"
@@ -206,6 +221,18 @@ class Settings(BaseSettings):
         for item in v:
             parse_listen(item)
         return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        tls_listen = any(item.startswith("tls:") for item in self.listen)
+        if tls_listen and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("a tls: listen address needs tls_cert_file and tls_key_file")
+        if self.tls_verify_client and not self.tls_ca_file:
+            raise ValueError("tls_verify_client needs tls_ca_file (the CA that signs the trunks' certificates)")
+        if any(h.strip().lower().startswith("tls:") for h in self.next_hop) and not tls_listen:
+            # The callee's in-dialog requests come back over TLS to our Record-Route address.
+            raise ValueError("a tls: next hop needs a tls: listen address")
+        return self
 
     @field_validator("listen", "next_hop", mode="before")
     @classmethod

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from gateway.config import RELOADABLE, Settings, parse_listen, split_host_port
 from gateway.embedded_redis import EmbeddedRedis
+from gateway.tls import TlsContexts
+from gateway.tls import wanted as tls_wanted
 
 log = logging.getLogger("cag.supervisor")
 
@@ -71,14 +73,14 @@ def bind_sockets(settings: Settings) -> list[list[tuple[str, socket.socket]]]:
         for item in settings.listen:
             transport, host, port = parse_listen(item)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+            kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM  # tcp, tls
             s = socket.socket(family, kind)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if transport == "udp":
                 set_rcvbuf(s)
             s.bind((host, port))
-            if transport == "tcp":
+            if transport != "udp":
                 s.listen(1024)
             s.setblocking(False)
             socks.append((transport, s))
@@ -257,6 +259,15 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         if embedded:
             embedded.stop()
         return 1
+
+    if tls_wanted(settings):
+        try:  # here, once: a missing or broken certificate fails the start, not every worker
+            TlsContexts(settings, live=False)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            log.error("cannot load the TLS certificate, key or CA file: %s", e)
+            if embedded:
+                embedded.stop()
+            return 1
 
     try:
         sockets = bind_sockets(settings)

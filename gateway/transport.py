@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext, SSLError
 from typing import Any, cast
 
 from gateway.sip import Ping, SipError, StreamFramer
@@ -109,7 +110,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    """One TCP connection (accepted from a trunk, or opened to a next hop)."""
+    """One TCP or TLS connection (accepted from a trunk, or opened to a next hop).
+
+    ``name`` is the transport the core is told ("tcp" or "tls"): over TLS the
+    asyncio SSL layer hands this protocol the decrypted stream, framed the same way.
+    """
 
     def __init__(
         self,
@@ -120,7 +125,9 @@ class TcpConnection(asyncio.Protocol):
         max_message: int = 65535,
         idle_timeout: float = 300.0,
         limits: TcpLimits | None = None,
+        name: str = "tcp",
     ) -> None:
+        self.name = name
         self.sink = sink
         self.registry = registry
         self.on_event = on_event
@@ -177,7 +184,7 @@ class TcpConnection(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.write(b"\r\n")  # RFC 5626 pong
                 continue
-            self.sink(item, self.peer, "tcp", self.conn_id, False)
+            self.sink(item, self.peer, self.name, self.conn_id, False)
 
     def _arm_partial(self, progress: bool) -> None:
         # Slow-loris guard: bytes of a message that is not complete within
@@ -222,12 +229,20 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpConnector:
-    """Outbound TCP connections to next hops, one per destination, reused."""
+    """Outbound TCP (or, with ``ssl``, TLS) connections, one per destination, reused."""
 
-    def __init__(self, sink: Sink, registry: dict[int, TcpConnection], on_event: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        registry: dict[int, TcpConnection],
+        on_event: Callable[[str], None],
+        ssl: SSLContext | None = None,
+    ) -> None:
         self.sink = sink
         self.registry = registry
         self.on_event = on_event
+        self.ssl = ssl
+        self.name = "tls" if ssl is not None else "tcp"
         self.by_dest: dict[Addr, TcpConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs: the loop keeps only weak ones
 
@@ -236,16 +251,20 @@ class TcpConnector:
         if conn is not None and (conn.transport is None or not conn.transport.is_closing()):
             conn.write(data)
             return
-        conn = TcpConnection(self.sink, self.registry, self.on_event, idle_timeout=3600.0)
+        conn = TcpConnection(self.sink, self.registry, self.on_event, idle_timeout=3600.0, name=self.name)
         conn.pending.append(data)
         self.by_dest[dest] = conn
         loop = asyncio.get_running_loop()
+        ctx = self.ssl
 
         async def _connect(c: TcpConnection = conn) -> None:
             try:
-                await loop.create_connection(lambda: c, dest[0], dest[1])
-            except OSError:
-                self.on_event("tcp_connect_failed")
+                if ctx is None:
+                    await loop.create_connection(lambda: c, dest[0], dest[1])
+                else:  # the hop's certificate is checked against its address (an IP SAN)
+                    await loop.create_connection(lambda: c, dest[0], dest[1], ssl=ctx, server_hostname=dest[0])
+            except (OSError, SSLError):  # ssl.SSLCertVerificationError is an OSError too
+                self.on_event(f"{self.name}_connect_failed")
                 if self.by_dest.get(dest) is c:
                     del self.by_dest[dest]
 

@@ -43,6 +43,9 @@ from gateway.proxy import (
     steer,
 )
 from gateway.proxy.pike import PikeConfig
+from gateway.tls import TlsContexts, advertised_tls
+from gateway.tls import reload_all as reload_tls
+from gateway.tls import wanted as tls_wanted
 from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpReader, WaitOverload
 from policy.decision import Decision, reject
 from policy.model import CallAttempt
@@ -229,16 +232,33 @@ class Worker:
             pike=PikeConfig(density=s.pike_density, interval=s.pike_interval, block=s.pike_block),
             node=self.spec.node,
             worker=self.spec.index,
+            listen_tls=advertised_tls(s, listen[0]),
             **core_reloadable(s),
         )
         # The core runs on core_time(); audit times are wall-clock (offset refreshed with the stats).
         self.core = ProxyCore(cfg, self.engine.source_known, wall_offset=time.time() - core_time())
 
+        self.tls = TlsContexts(s) if tls_wanted(s) else None
+        self.tls_connector = (
+            TcpConnector(self._receive, self.tcp_conns, self._event, ssl=self.tls.client) if self.tls else None
+        )
         for transport, sock in self.spec.sockets:
             if transport == "udp":
                 reader = UdpReader(sock, self._receive, private=False, on_event=self._event)
                 reader.start(self.loop)
                 self.udp_listen.append(reader)
+            elif transport == "tls":  # TCP's connections behind the SSL layer (gateway/tls.py)
+                if self.tls is None or self.tls.server is None:  # Settings refuse a tls: listen without files
+                    raise RuntimeError("tls: listen address without a TLS certificate")
+                server = await self.loop.create_server(
+                    lambda: TcpConnection(
+                        self._receive, self.tcp_conns, self._event, limits=self.tcp_limits, name="tls"
+                    ),
+                    sock=sock,
+                    ssl=self.tls.server,
+                    ssl_handshake_timeout=s.tcp_message_timeout,
+                )
+                self.servers.append(server)
             else:
                 server = await self.loop.create_server(
                     lambda: TcpConnection(self._receive, self.tcp_conns, self._event, limits=self.tcp_limits),
@@ -368,12 +388,17 @@ class Worker:
             ep = self.private if a.private or not self.udp_listen else self.udp_listen[0]
             if ep is not None:
                 ep.sendto(a.data, a.dest)
-        elif a.conn_id is not None:
+        elif a.conn_id is not None:  # TCP or TLS: the connection the request came on
             conn = self.tcp_conns.get(a.conn_id)
             if conn is not None:
                 conn.write(a.data)
             else:
                 self._event("tcp_conn_gone")
+        elif a.transport == "tls":
+            if self.tls_connector is not None:
+                self.tls_connector.send(a.data, a.dest)
+            else:  # a TLS target with TLS not configured (the core refuses most of these)
+                self._event("tls_unavailable")
         else:
             self.connector.send(a.data, a.dest)
 
@@ -564,6 +589,7 @@ class Worker:
         old = self.spec.settings
         self.spec.settings = new
         logging.getLogger().setLevel(new.log_level.upper())
+        reload_tls()  # the certificate files, re-read into the live contexts (gateway/tls.py)
         if self.engine is not None:
             self.engine.reconfigure(new.engine_config())
         wait = new.overload_wait_ms / 1000

@@ -21,15 +21,16 @@ class Send:
     """Send ``data`` to ``dest``.
 
     ``private=True``: from this worker's own downstream UDP socket (its address
-    is in our Via), so the responses come back to this worker. ``conn_id``:
-    the TCP connection to write on (responses leave on the request's
-    connection); ``None`` over TCP means connect to / reuse a connection to
-    ``dest``.
+    is in our Via), so the responses come back to this worker; used towards
+    next hops only (towards the trunk we send from the listen address, issue
+    15 #3). ``conn_id``: the TCP or TLS connection to write on (responses
+    leave on the request's connection); ``None`` over TCP / TLS means connect
+    to / reuse a connection to ``dest``.
     """
 
     data: bytes
     dest: Addr
-    transport: str  # "udp" | "tcp"
+    transport: str  # "udp" | "tcp" | "tls"
     conn_id: int | None = None
     private: bool = False
 

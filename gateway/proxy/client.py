@@ -1,7 +1,7 @@
 """INVITE client transactions: one forwarding attempt of an admitted INVITE to one hop (RFC 3261 §17.1.1).
 
 Forwarding edits the stored INVITE in place (our Via, Record-Route token,
-Max-Forwards); responses are matched on our branch and relayed upstream
+Max-Forwards, ``received`` / ``rport`` on the caller's Via); responses are matched on our branch and relayed upstream
 through the server transaction (``server.py``). This side owns failover (a
 hop that times out or answers 503 before ringing is marked down and the
 next is tried), the hop-by-hop ACK of non-2xx finals, CANCEL, Timer C, and
@@ -17,7 +17,7 @@ from gateway.sip import Request, build_request, build_response, header_uri
 
 from .actions import Action, Outcome, Send
 from .routing import AnyResponse
-from .shared import CLIENT_PREFIX, MAGIC, Shared
+from .shared import CLIENT_PREFIX, MAGIC, Shared, stamp_via
 from .transaction import ClientTxn, CState, ServerTxn, SState
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Clients:
         branch = f"{CLIENT_PREFIX}{sh.cfg.worker:x}x{sh.next_id():x}{sh.rng.getrandbits(32):08x}"
         via = sh.via[hop.transport] + branch + (";rport" if hop.transport == "udp" else "")
         token = sh.tokens.mint(txn.call_id, txn.from_tag, txn.record_id, idx, txn.trunk_id)
-        rr = f"{sh.rr[txn.transport]}{token}>"
+        rr = sh.record_route(token, txn.transport, hop.transport)
         fields = txn.hop_fields
         if fields is None:  # the first attempt: the header edits, once
             if txn.mf < 0:
@@ -65,13 +65,22 @@ class Clients:
             req.remove("X-Call-Purpose")
             req.append("X-Admission-Id", txn.record_id)
             self._pop_preloaded_route(req)
-            req.prepend("Record-Route", rr)
+            top = req.top_via()
+            stamped = stamp_via(top, txn.source) if top is not None else None
+            if stamped is not None:  # RFC 3261 §18.2.1, RFC 3581 §4 (issue 15 #2)
+                req.drop_first_via()
+                req.prepend("Via", stamped)
+            for value in reversed(rr):
+                req.prepend("Record-Route", value)
             # What hop-by-hop ACK / CANCEL repeat, kept apart: the request goes at the final.
             fields = txn.hop_fields = (
                 req.uri, tuple(req.get_all("Route")), req.get("From") or "", req.get("To") or "", req.cseq[0]
             )
-        else:
-            req.replace("Record-Route", rr)  # ours is the first Record-Route line
+        else:  # a failover: ours are the first Record-Route lines, one or two (another hop transport)
+            rest = [v for v in req.get_all("Record-Route") if not sh.is_our_rr(v)]
+            req.remove("Record-Route")
+            for value in reversed((*rr, *rest)):
+                req.prepend("Record-Route", value)
         req.prepend("Via", via)
         data = req.to_bytes()
         req.drop_first_via()

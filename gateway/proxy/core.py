@@ -246,6 +246,8 @@ class ProxyCore:
         # The one directory look-up for this message (the early screen may have made it).
         known = verdict == KNOWN if verdict != UNASKED else self.screening.source_known(ip)
         if not known and not from_hop:
+            if msg.to_tag is not None:  # a carrier node's in-dialog request: our token decides (routing.py)
+                return self.dialogs.request(msg, arr, now, False, False)
             return self.screening.unknown_source(msg, arr)
         method = msg.method
         if msg.get("Proxy-Require") is not None:  # RFC 3261 §16.3 step 5: 420 (screening.py)
@@ -260,7 +262,7 @@ class ProxyCore:
                 sh.stats["dropped_stray_ack"] += 1
                 return []
         if msg.to_tag is not None:
-            return self.dialogs.request(msg, arr, now, from_hop)
+            return self.dialogs.request(msg, arr, now, from_hop, known)
         if method == "INVITE":
             if not known:
                 return self.screening.unknown_source(msg, arr)

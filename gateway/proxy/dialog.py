@@ -7,7 +7,9 @@ dialog's Call-ID and caller tag. A trunk that adds a To-tag to skip admission
 has no token that verifies, so it gets 481 (SPEC §6 "Dialogs").
 
 Requests from the callee carry the caller's tag in To rather than From, so
-``verify`` tries the tags the caller gives, in order, and says which matched.
+``verify`` tries the tags the caller gives, in order, and says which matched:
+that index is the request's direction (``routing.py``), whatever its source
+address.
 
 Most in-dialog requests reach the worker that minted their token (the
 trunk's source address hashes to the same SO_REUSEPORT socket), so the

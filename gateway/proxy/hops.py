@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final, final
 
 # Module level, not a ClassVar of the frozen dataclass: mypyc makes that attribute read-only.
-_TRANSPORTS: Final = ("udp", "tcp")
+_TRANSPORTS: Final = ("udp", "tcp", "tls")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class NextHop:
 
     @classmethod
     def parse(cls, text: str) -> NextHop:
-        """``[udp:|tcp:]HOST:PORT[;weight=N]`` (UDP by default; IPv6 as ``[::1]:5060``)."""
+        """``[udp:|tcp:|tls:]HOST:PORT[;weight=N]`` (UDP by default; IPv6 as ``[::1]:5060``)."""
         main, _, params = text.strip().partition(";")
         transport = "udp"
         head, sep, rest = main.partition(":")
@@ -39,7 +39,7 @@ class NextHop:
         else:
             host, sep, port_s = main.rpartition(":")
         if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-            raise ValueError(f"bad next hop {text!r}: expected [udp:|tcp:]HOST:PORT[;weight=N]")
+            raise ValueError(f"bad next hop {text!r}: expected [udp:|tcp:|tls:]HOST:PORT[;weight=N]")
         weight = 1
         for p in params.split(";"):
             name, _, value = p.strip().partition("=")

@@ -1,8 +1,9 @@
 """In-dialog routing: requests with a To-tag, forwarded on our Record-Route token alone (SPEC §6 "Dialogs").
 
 Nothing is kept per dialog: the HMAC'd token in the Route says which hop
-the INVITE went to, for which trunk and audit record, so any worker on any
-node can route the request. Nothing is kept per UDP request either (as
+the INVITE went to, for which trunk and audit record, and which tag is the
+caller's (so which way the request goes), so any worker on any node can
+route the request. Nothing is kept per UDP request either (as
 Kamailio's ``loose_route()`` + stateless forwarding): the address its
 response goes back to (RFC 3261 §18.2.2, RFC 3581) is written into the
 branch we mint (``stateless_branch``), keyed with our secret together with
@@ -23,11 +24,12 @@ from typing import Final, final
 from gateway.sip import QuickResponse, Request, Response, SipError, Via, header_uri, parse_uri
 
 from .actions import Action, Addr, Outcome, Release, Send
-from .shared import STATELESS_PREFIX, Arrival, Shared, reason_header, reply_addr
+from .shared import STATELESS_PREFIX, Arrival, Shared, reason_header, reply_addr, stamp_via
 
 ROUTE_MAP_MAX: Final = 65536  # in-dialog request branch -> upstream (addr, transport, conn); bounded
 ROUTE_MAP_TTL: Final = 64.0
 # What RouteToken.mint writes (base64url and "."): such a token needs no URI parse to be cut out.
+_TRANSPORTS: Final = frozenset(("udp", "tcp", "tls"))
 _TOKEN_SAFE: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 # A response relayed on a quick view (gateway/sip/quick.py) or fully parsed: the
@@ -106,8 +108,22 @@ class Dialogs:
         arr: Arrival,
         now: float,
         from_hop: bool,
+        trunk: bool = True,
     ) -> list[Action]:
-        """Forward only with our verified Route, to the hop the INVITE went to."""
+        """Forward only with our verified Route: to the hop the INVITE went to, or back to the caller.
+
+        The direction is the tag the token verifies with, not the source address
+        (issue 15 #1: carrier cores send from node addresses, and a callee may
+        send over another transport than the one it was reached on): the
+        caller's From-tag is bound into the token, so in From it is the caller
+        speaking, in To the callee. ``trunk``: the source is a trunk's address;
+        one that is not also a hop's speaks only as the caller (it cannot use
+        us to send the callee's requests to addresses of its choosing). A
+        request from neither (a carrier node) passes on a verified token alone
+        and is otherwise dropped like any unknown source, never answered 481.
+        Our Route is removed (RFC 3261 §16.4), both of ours after a double
+        Record-Route (RFC 5658).
+        """
         sh = self.shared
         is_ack = req.method == "ACK"
         route = _first_route(req)
@@ -115,15 +131,19 @@ class Dialogs:
         if route:
             token = self.our_token(route)
             if token:
-                tags = (req.to_tag, req.from_tag) if from_hop else (req.from_tag,)
-                verified = sh.tokens.verify(token, req.call_id, tags)
+                verified = sh.tokens.verify(token, req.call_id, (req.from_tag, req.to_tag))
+        if verified is not None and verified[1] == 1 and trunk and not from_hop:
+            sh.stats["in_dialog_trunk_as_callee"] += 1
+            verified = None
         if verified is None:
+            if not trunk and not from_hop:
+                return list(sh.unknown_source(req, arr))
             sh.stats["in_dialog_rejected"] += 1
             if is_ack:
                 return []
             return [sh.reply(req, arr, 481)]
         info, which = verified
-        from_callee = from_hop and which == 0
+        from_callee = which == 1
         mf = req.get("Max-Forwards")
         new_mf = "69"
         if mf is not None:
@@ -137,6 +157,9 @@ class Dialogs:
                 return [sh.reply(req, arr, 483, extra=[reason_header(483, "too_many_hops")])]
             new_mf = str(n - 1)
         req.pop_first_route()
+        second = _first_route(req)
+        if second is not None and self.our_token(second) is not None:
+            req.pop_first_route()  # the other half of our double Record-Route
         if from_callee:
             rest = req.routes()
             try:
@@ -148,9 +171,18 @@ class Dialogs:
                     return []
                 return [sh.reply(req, arr, 404)]
             dest: Addr = (target.host.strip("[]"), target.port or 5060)
-            out_transport = (target.params.get("transport") or "udp").lower()
-            if out_transport not in ("udp", "tcp"):
+            tp = target.params.get("transport")
+            out_transport = tp.lower() if tp else ("tls" if target.scheme == "sips" else "udp")
+            if out_transport not in _TRANSPORTS:
                 out_transport = "udp"
+            elif out_transport == "tls" and sh.cfg.listen_tls is None:  # TLS not configured here
+                if is_ack:
+                    return []
+                return [sh.reply(req, arr, 503, extra=[reason_header(503, "tls_unavailable")])]
+            # Towards the trunk: from the listen address, which a trunk filtering peers by
+            # IP:port knows (issue 15 #3); any worker can relay the answer (the branch says where).
+            via_prefix = sh.via_listen[out_transport]
+            private = False
         else:
             hops = sh.hops.hops
             if not 0 <= info.hop < len(hops):
@@ -161,15 +193,21 @@ class Dialogs:
             hop = hops[info.hop]
             dest = hop.addr
             out_transport = hop.transport
-        udp = arr.transport != "tcp"
+            via_prefix = sh.via[out_transport]
+            private = True
+        udp = arr.transport == "udp"
         branch = self.stateless_branch(req.call_id, arr.top, _back(reply_addr(arr.top, arr.source)) if udp else "")
-        via = sh.via[out_transport] + branch + (";rport" if out_transport == "udp" else "")
+        via = via_prefix + branch + (";rport" if out_transport == "udp" else "")
         if mf is None:
             req.append("Max-Forwards", new_mf)
         else:
             req.replace("Max-Forwards", new_mf)
+        stamped = stamp_via(arr.top, arr.source)
+        if stamped is not None:  # RFC 3261 §18.2.1, RFC 3581 §4 (issue 15 #2)
+            req.drop_first_via()
+            req.prepend("Via", stamped)
         req.prepend("Via", via)
-        out: list[Action] = [Send(req.to_bytes(), dest, out_transport, None, True)]
+        out: list[Action] = [Send(req.to_bytes(), dest, out_transport, None, private)]
         sh.stats["forwarded_requests"] += 1
         is_bye = req.method == "BYE"
         if udp and not is_bye:
@@ -226,7 +264,7 @@ class Dialogs:
             dest = nxt.response_address()
             transport = nxt.transport.lower()
             conn_id = None
-        return [Send(resp.to_bytes(), dest, transport, conn_id if transport == "tcp" else None)]
+        return [Send(resp.to_bytes(), dest, transport, conn_id if transport != "udp" else None)]
 
     def next_deadline(self) -> float:
         """When the oldest remembered route is due to be forgotten (inf: none)."""

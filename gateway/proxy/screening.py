@@ -19,7 +19,7 @@ from gateway.sip import PHRASES, Request, SipError
 
 from .actions import Action, Addr, Send
 from .pike import Pike
-from .shared import Arrival, Shared, reason_header
+from .shared import Arrival, Shared
 
 log = logging.getLogger("cag.proxy")
 
@@ -35,6 +35,8 @@ UNASKED = 3  # not looked up (a next hop, a response, or 403 mode): ask when it 
 
 SUPPORTED: frozenset[str] = frozenset()
 """Option tags the proxy implements for Proxy-Require (RFC 3261 §16.3 step 5): none."""
+
+_TOKEN_MARK = b";cag="  # our Record-Route token parameter, as we write it
 
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _CANON = {b"via": b"Via", b"from": b"From", b"to": b"To", b"call-id": b"Call-ID", b"cseq": b"CSeq"}
@@ -55,6 +57,8 @@ class Screen:
         """Before parsing. Next hops are never screened (their responses and in-dialog
         requests must pass); responses go on to the full path, which routes them by
         Via. With ``unknown_source_code`` set the full path runs so it can answer 403.
+        A datagram from an unknown address that carries our Record-Route token
+        parameter goes on too: the token, not the address, admits in-dialog requests.
         """
         sh = self.shared
         if ip in sh.hops.hosts:
@@ -72,6 +76,10 @@ class Screen:
             return UNASKED
         if self.source_known(ip):
             return KNOWN
+        if _TOKEN_MARK in data:
+            # Maybe an in-dialog request from a carrier node that is not a configured hop
+            # address (issue 15 #1): only our Record-Route token lets it through (routing.py).
+            return UNKNOWN
         sh.stats["dropped_unknown_source"] += 1
         return DROP
 
@@ -83,12 +91,7 @@ class Screen:
 
     def unknown_source(self, req: Request, arr: Arrival) -> list[Action]:
         """A request from no trunk's address that got past the early screen: 403 or drop (counted)."""
-        sh = self.shared
-        sh.stats["dropped_unknown_source"] += 1
-        code = sh.cfg.unknown_source_code
-        if code and req.method != "ACK":
-            return [sh.reply(req, arr, code, extra=[reason_header(code, "unknown_source")])]
-        return []
+        return list(self.shared.unknown_source(req, arr))
 
     def proxy_require(self, req: Request, arr: Arrival) -> list[Action] | None:
         """RFC 3261 §16.3 step 5: 420 naming every Proxy-Require option tag we lack; None to go on.
@@ -136,7 +139,7 @@ class Screen:
             return []
         sh.stats["malformed_answered"] += 1
         sh.stats[f"tx_{status}"] += 1
-        return [Send(raw, source, transport, conn_id if transport == "tcp" else None)]
+        return [Send(raw, source, transport, conn_id if transport != "udp" else None)]
 
 
 def raw_response(data: bytes, status: int, tag: str) -> bytes | None:

@@ -40,7 +40,7 @@ _PIKE_OFF = PikeConfig()
 @final
 class CoreConfig:
     listen: Addr  # public address for Record-Route and "addressed to us" checks
-    private: Addr  # this worker's downstream UDP socket (our Via for UDP forwarding)
+    private: Addr  # this worker's downstream UDP socket (our Via for UDP forwarding to hops)
     next_hops: tuple[NextHop, ...]
     rr_secret: bytes  # HMAC key of the Record-Route token, shared by all workers / nodes
     hop_timeout: float = 1.0  # no response within this: mark the hop down, fail over
@@ -51,6 +51,11 @@ class CoreConfig:
     timer_c: float = 180.0  # an INVITE client transaction gives up this long after a provisional
     node: str = "gw"
     worker: int = 0
+    listen_tls: Addr | None = None  # public TLS address (Record-Route transport=tls), when TLS is served
+
+
+STREAMS: Final = frozenset(("tcp", "tls"))
+"""Transports whose responses leave on the request's connection (RFC 3261 §18.2.2)."""
 
 
 def uri_host(host: str) -> str:
@@ -61,6 +66,52 @@ def uri_host(host: str) -> str:
 def reason_header(code: int, text: str) -> tuple[str, str]:
     """RFC 3326 Reason: the reason code of SPEC §5 travels with every refusal we originate."""
     return ("Reason", f'SIP;cause={code};text="{text}"')
+
+
+def stamp_via(via: Via, source: Addr) -> str | None:
+    """The top Via value with ``received`` / ``rport`` filled in, or None when nothing is owed.
+
+    RFC 3261 §18.2.1: ``received`` when the sent-by host is not the source IP;
+    RFC 3581 §4: an ``rport`` without a value is given the source port, and
+    then ``received`` is added even when it equals the sent-by host. Over TCP
+    and TLS the same (the next hop reads where the request really came from).
+    Any ``received`` the client wrote itself is replaced.
+    """
+    ip, port = source
+    params = via.params
+    has_rport = "rport" in params
+    if not has_rport and params.get("received") is None and via.host.strip("[]").lower() == ip.lower():
+        return None
+    head, _, ptext = via.raw.partition(";")
+    kept = [p for p in _split_semis(ptext) if p.split("=", 1)[0].strip().lower() not in ("received", "rport")]
+    kept.append(f"received={ip}")
+    if has_rport:
+        kept.append(f"rport={port}")
+    return ";".join((head.rstrip(), *kept))
+
+
+def _split_semis(text: str) -> list[str]:
+    """Via parameters split on ';' outside quoted strings (a generic-param may quote one)."""
+    if '"' not in text:
+        return [p.strip() for p in text.split(";") if p.strip()]
+    out: list[str] = []
+    cur: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            out.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    out.append("".join(cur).strip())
+    return [p for p in out if p]
 
 
 def reply_addr(via: Via, source: Addr) -> Addr:
@@ -82,8 +133,8 @@ class Arrival:
 
     def reply_to(self, data: bytes) -> Send:
         """``data`` back to the requester: on its TCP connection, or to its UDP reply address."""
-        if self.transport == "tcp":
-            return Send(data, self.source, "tcp", self.conn_id)
+        if self.transport != "udp":
+            return Send(data, self.source, self.transport, self.conn_id)
         return Send(data, reply_addr(self.top, self.source), "udp")
 
 
@@ -114,6 +165,7 @@ class Shared:
         "timers",
         "tokens",
         "via",
+        "via_listen",
         "wall_offset",
     )
 
@@ -131,13 +183,52 @@ class Shared:
         lh, lp = cfg.listen
         ph, pp = cfg.private
         lhost, phost = uri_host(lh), uri_host(ph)
+        th, tp = cfg.listen_tls or cfg.listen
+        thost = uri_host(th)
         # Hosts as they appear in Vias / URIs (IPv6 in brackets) and bare.
-        self.ours = {(lh, lp), (ph, pp), (lhost, lp), (phost, pp)}
-        self.listen_keys = {(lh.lower(), lp), (lhost.lower(), lp)}
-        # Our Via value up to the branch, per transport: UDP from the private socket, TCP from listen.
-        self.via = {"udp": f"SIP/2.0/UDP {phost}:{pp};branch=", "tcp": f"SIP/2.0/TCP {lhost}:{lp};branch="}
-        # Our Record-Route up to the token, per transport the caller used.
-        self.rr = {t: f"<sip:{lhost}:{lp};transport={t};lr;cag=" for t in ("udp", "tcp")}
+        self.ours = {(lh, lp), (ph, pp), (lhost, lp), (phost, pp), (th, tp), (thost, tp)}
+        self.listen_keys = {(lh.lower(), lp), (lhost.lower(), lp), (th.lower(), tp), (thost.lower(), tp)}
+        # Our Via value up to the branch, per transport. Towards next hops UDP leaves from this
+        # worker's private socket (its responses come back here, SPEC §6); towards the trunk
+        # (``via_listen``) from the listen socket, so a trunk matching peers by IP:port knows us.
+        self.via = {
+            "udp": f"SIP/2.0/UDP {phost}:{pp};branch=",
+            "tcp": f"SIP/2.0/TCP {lhost}:{lp};branch=",
+            "tls": f"SIP/2.0/TLS {thost}:{tp};branch=",
+        }
+        self.via_listen = {**self.via, "udp": f"SIP/2.0/UDP {lhost}:{lp};branch="}
+        # Our Record-Route up to the token, per transport of the side it faces (RFC 5658: two
+        # of them when the caller's transport and the hop's differ). ``sip:`` with
+        # ``transport=tls`` rather than ``sips:`` (RFC 5630 §3.2: only TLS on this hop is meant).
+        self.rr = {
+            "udp": f"<sip:{lhost}:{lp};transport=udp;lr;cag=",
+            "tcp": f"<sip:{lhost}:{lp};transport=tcp;lr;cag=",
+            "tls": f"<sip:{thost}:{tp};transport=tls;lr;cag=",
+        }
+
+    def record_route(self, token: str, caller: str, hop: str) -> tuple[str, ...]:
+        """Our Record-Route values for a dialog: one, or two when the transports differ (RFC 5658).
+
+        The first faces the callee (its route set is the Record-Route in
+        order), the second the caller (who reverses it); both carry the same
+        token. Each goes on a line of its own.
+        """
+        rr = self.rr
+        if caller == hop:
+            return (f"{rr[hop]}{token}>",)
+        return (f"{rr[hop]}{token}>", f"{rr[caller]}{token}>")
+
+    def is_our_rr(self, value: str) -> bool:
+        """A Record-Route value we wrote (one of our prefixes)."""
+        return any(value.startswith(p) for p in self.rr.values())
+
+    def unknown_source(self, req: Request, arr: Arrival) -> list[Send]:
+        """A request from no trunk's or hop's address: 403 when configured, else dropped (counted)."""
+        self.stats["dropped_unknown_source"] += 1
+        code = self.cfg.unknown_source_code
+        if code and req.method != "ACK":
+            return [self.reply(req, arr, code, extra=[reason_header(code, "unknown_source")])]
+        return []
 
     def next_id(self) -> int:
         self._counter += 1
@@ -156,8 +247,8 @@ class Shared:
 
     def upstream(self, txn: ServerTxn, data: bytes) -> Send:
         """``data`` back to the caller of a server transaction (its TCP connection, or its reply address)."""
-        if txn.transport == "tcp":
-            return Send(data, txn.source, "tcp", txn.conn_id)
+        if txn.transport != "udp":
+            return Send(data, txn.source, txn.transport, txn.conn_id)
         return Send(data, txn.reply_addr, "udp")
 
     def reply(

@@ -2,9 +2,9 @@
 
 The next hop is a plain UDP socket owned by the test (it sees exactly what
 the gateway sends, probes included) and the caller a UDP or TCP socket, so
-each test shows one thing on the wire. Strict xfail on what fails today:
-the fix flips it to XPASS and the fixer removes the marker. The core-level
-twins are in tests/unit/proxy/test_interop_findings.py.
+each test shows one thing on the wire. Each was a strict xfail until its
+finding was fixed (all are now). The core-level twins are in
+tests/unit/proxy/test_interop_findings.py.
 """
 
 from __future__ import annotations
@@ -111,8 +111,6 @@ def _tcp_invite(gw: GatewayProc, sent_by: str) -> socket.socket:
     return s
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: no received= on a TCP caller's Via whose sent-by "
-                   "is not its source (RFC 3261 §18.2.1)")
 def test_received_on_a_tcp_callers_via(gw: GatewayProc, hop: Hop) -> None:
     s = _tcp_invite(gw, "127.0.0.2:25064")
     try:
@@ -125,7 +123,6 @@ def test_received_on_a_tcp_callers_via(gw: GatewayProc, hop: Hop) -> None:
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: rport on a TCP caller's Via left empty (RFC 3581 §4)")
 def test_rport_filled_on_a_tcp_callers_via(gw: GatewayProc, hop: Hop) -> None:
     s = _tcp_invite(gw, "127.0.0.2:25064")
     try:
@@ -139,8 +136,6 @@ def test_rport_filled_on_a_tcp_callers_via(gw: GatewayProc, hop: Hop) -> None:
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 3: the callee's BYE towards the trunk leaves from an "
-                   "ephemeral worker port (and says so in the Via), not the listen port")
 def test_request_towards_the_trunk_leaves_from_the_listen_port(gw: GatewayProc, hop: Hop) -> None:
     caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     caller.bind(("127.0.0.1", 0))

@@ -164,14 +164,10 @@ def test_tcp_caller_udp_callee_same_address(world: World) -> None:
     assert world.caller.received("BYE sip:", "tcp"), world.diagnostics()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 finding 1: TCP caller, UDP next hop: the callee's in-dialog requests get 481 "
-    "(Record-Route says transport=tcp; direction decided from the source address)",
-)
 def test_tcp_caller_udp_callee_reinvite_and_callee_bye(world_node: World) -> None:
-    """Issue 15's set-up: the Record-Route tells the callee transport=tcp; its TCP connection
-    comes from 127.0.0.1, not the next-hop address 127.0.0.3, and the gateway answers 481."""
+    """Issue 15's set-up (finding 1, fixed): caller over TCP, callee over UDP at 127.0.0.3. The
+    Record-Route is doubled (RFC 5658), so the callee reaches us over UDP, and the direction is
+    read from the token's tag, not from the source address."""
     world = world_node
     world.dial("tcp")
     world.established()

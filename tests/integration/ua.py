@@ -68,6 +68,9 @@ class Baresip:
     proc: subprocess.Popen[bytes] | None = None
     events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
     seen: list[dict[str, Any]] = field(default_factory=list)
+    # PEM with certificate and key: baresip then serves TLS on port + 1 (``sip_certificate``),
+    # and trusts the same file as CA (``sip_cafile``).
+    tls_pem: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -106,6 +109,8 @@ class Baresip:
             "rtp_timeout 0",
             "sip_trans_def udp",
         ]
+        if self.tls_pem is not None:
+            lines += [f"sip_certificate {self.tls_pem}", f"sip_cafile {self.tls_pem}"]
         (self.workdir / "config").write_text("\n".join(lines) + "\n")
         mode = "auto" if self.answer else "manual"
         (self.workdir / "accounts").write_text(
@@ -222,8 +227,9 @@ class Baresip:
         ]
 
     def received(self, start: str, transport: str | None = None) -> list[str]:
-        """First lines of the messages this UA received that start with ``start``."""
-        here = f":{self.port}"
+        """First lines of the messages this UA received on its listen ports that start with ``start``
+        (UDP/TCP on ``port``, TLS on ``port + 1``)."""
+        here = (f":{self.port}", f":{self.port + 1}")
         return [
             line
             for t, _src, dst, line in self.trace()

@@ -102,3 +102,27 @@ def test_cag_bench_is_python_m_bench(capsys: pytest.CaptureFixture[str]) -> None
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "python -m bench" in out and "sweep" in out and "replay" in out
+
+
+def test_tls_listen_and_keys(tmp_path: Path) -> None:
+    assert parse_listen("tls:127.0.0.1:5061") == ("tls", "127.0.0.1", 5061)
+    s = load_settings(
+        listen=["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"],
+        next_hop=["tls:10.0.0.9:5061"],
+        tls_cert_file=str(tmp_path / "c.pem"),
+        tls_key_file=str(tmp_path / "c.key"),
+    )
+    assert s.tls_cert_file == tmp_path / "c.pem" and s.tls_verify_hop and not s.tls_verify_client
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"listen": ["tls:127.0.0.1:5061"]}, "tls_cert_file"),
+        ({"next_hop": ["tls:10.0.0.9:5061"]}, "tls: listen"),
+        ({"tls_verify_client": True, "tls_cert_file": "c", "tls_key_file": "k"}, "tls_ca_file"),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_settings(**kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 from gateway.transport import Addr, TcpConnection, TcpLimits
 
@@ -120,3 +121,37 @@ async def test_idle_connection_is_closed() -> None:
         assert events["tcp_idle_closed"] == 1
         await asyncio.sleep(0.1)
         assert limits.total == 0
+
+
+async def test_tls_server_and_connector_frame_messages_as_tls(tmp_path: Path) -> None:
+    """TLS is TCP's connection class behind asyncio's SSL layer: same framing, told to the core as "tls"."""
+    import ssl
+
+    from gateway.transport import TcpConnector
+    from tests.tlscert import make_cert
+
+    cert, key = make_cert(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(cert), str(key))
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    got: list[tuple[bytes, str]] = []
+    registry: dict[int, TcpConnection] = {}
+
+    def sink(data: bytes, source: Addr, transport: str, conn_id: int | None, private: bool) -> None:
+        got.append((data, transport))
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: TcpConnection(sink, registry, lambda e: None, name="tls"), "127.0.0.1", 0, ssl=server_ctx
+    )
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        connector = TcpConnector(sink, {}, lambda e: None, ssl=client_ctx)
+        connector.send(MSG + MSG, ("127.0.0.1", port))  # two messages in one write: framed apart
+        for _ in range(200):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [(MSG, "tls"), (MSG, "tls")]
+        for conn in [*registry.values(), *connector.by_dest.values()]:
+            conn.close()

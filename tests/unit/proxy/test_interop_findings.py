@@ -1,7 +1,8 @@
 """Issue 15 findings reproduced at the proxy core (the lowest level that shows each).
 
-Strict xfail on every test that fails today: the fix flips it to XPASS and
-the fixer removes the marker. Findings about sockets (3: which socket a
+Each reproducing test was a strict xfail until its finding was fixed (all
+ten are now); the rules behind each fix have tests of their own below the
+reproducers. Findings about sockets (3: which socket a
 request leaves from; 9: the worker's metric) have integration twins in
 tests/integration/test_interop_findings.py. Only the public facade is used
 (``receive`` / ``decided`` / ``tick`` / ``hop_status``): the core is being
@@ -14,11 +15,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.proxy import Admit, ProxyCore, Send
+from gateway.proxy import Admit, NextHop, ProxyCore, Send
 from policy.decision import Decision
 from tests.unit.proxy._support import (
     HOP1,
+    HOP2,
     LISTEN,
+    PRIVATE,
     TRUNK,
     first_line,
     hall,
@@ -77,8 +80,6 @@ def _callee_bye(fwd: bytes, ok: bytes) -> bytes:
 # ------------------------------------------------------------------ finding 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 1: the Record-Route facing a UDP hop says transport=tcp "
-                   "(built from the caller's transport); needs double Record-Route (RFC 5658)")
 def test_record_route_facing_the_hop_matches_the_hop_transport() -> None:
     core = make_core()
     fwd, _ = _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
@@ -99,8 +100,6 @@ def test_callee_bye_from_the_hop_address_reaches_the_caller_udp() -> None:
     assert out[0].dest == TRUNK
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 1: direction decided from the source address, not from "
-                   "which tag the Record-Route token matches: a callee request from another core node gets 481/dropped")
 def test_callee_bye_from_another_core_node_reaches_the_caller() -> None:
     core = make_core()
     fwd, ok = _call(core)
@@ -113,8 +112,6 @@ def test_callee_bye_from_another_core_node_reaches_the_caller() -> None:
 # ------------------------------------------------------------------ finding 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: no received= on the caller's Via when its sent-by "
-                   "differs from the source (RFC 3261 §18.2.1)")
 def test_received_added_to_a_tcp_callers_via() -> None:
     core = make_core()
     fwd, _ = _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
@@ -122,7 +119,6 @@ def test_received_added_to_a_tcp_callers_via() -> None:
     assert param(caller_via, "received") == CALLER_TCP[0]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: rport left empty on the caller's Via (RFC 3581 §4: MUST fill it)")
 def test_rport_filled_on_the_callers_via() -> None:
     core = make_core()
     fwd, _ = _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
@@ -130,7 +126,6 @@ def test_rport_filled_on_the_callers_via() -> None:
     assert param(caller_via, "rport") == str(CALLER_TCP[1])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 2: rport left empty on a UDP caller's Via (RFC 3581 §4)")
 def test_rport_filled_on_a_udp_callers_via() -> None:
     core = make_core()
     fwd, _ = _call(core, via_host="10.0.0.1:5062", source=(TRUNK[0], 40123))
@@ -142,8 +137,6 @@ def test_rport_filled_on_a_udp_callers_via() -> None:
 # ------------------------------------------------------------------ finding 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 finding 3: requests towards the trunk leave from the worker's "
-                   "private socket (ephemeral port, also in the Via), not the listen port")
 def test_callee_bye_towards_the_trunk_leaves_from_the_listen_address() -> None:
     core = make_core()
     fwd, ok = _call(core)
@@ -287,3 +280,139 @@ def test_raw_400_needs_a_via() -> None:
     data = b"\r\n".join(lines).replace(b"INVITE sip:", b"INVITE  sip:", 1)
     assert _sends(core.receive(data, TRUNK, "udp", None, T0)) == []
     assert core.stats["dropped_malformed"] == 1
+
+
+# ------------------------------------------------------------------ finding 1: the rules behind the fix
+
+
+def _tcp_call(core: ProxyCore) -> tuple[bytes, bytes]:
+    return _call(core, transport="tcp", via_host="10.0.0.7:25064", source=CALLER_TCP)
+
+
+def test_double_record_route_both_popped_for_the_callee_and_the_caller() -> None:
+    """RFC 5658: the callee's Route is [hop-facing, caller-facing], the caller's the reverse; both ours go."""
+    core = make_core()
+    fwd, ok = _tcp_call(core)
+    rrs = hall(ok, "Record-Route")
+    assert len(rrs) == 2 and "transport=udp" in rrs[0] and "transport=tcp" in rrs[1]
+    out = _sends(core.receive(_callee_bye(fwd, ok), NODE, "udp", None, T0 + 1))
+    assert len(out) == 1 and out[0].dest == TRUNK and out[0].transport == "udp"
+    assert hall(out[0].data, "Route") == []
+    # The caller's re-INVITE over its TCP connection: its route set is the Record-Route reversed.
+    reinv = request(
+        "INVITE", call_id=hall(fwd, "Call-ID")[0], branch="z9hG4bK-caller-re-1", via_host="10.0.0.7:25064",
+        transport="TCP", cseq=2, to_tag="uas-tag-1", routes=tuple(reversed(rrs)),
+    )
+    out = _sends(core.receive(reinv, CALLER_TCP, "tcp", CONN, T0 + 2))
+    assert len(out) == 1 and out[0].dest == HOP1 and out[0].transport == "udp" and out[0].private
+    assert hall(out[0].data, "Route") == []
+
+
+def test_callee_request_to_a_tcp_contact_goes_over_tcp_from_the_listen_address() -> None:
+    core = make_core()
+    fwd, ok = _tcp_call(core)
+    bye = _callee_bye(fwd, ok).replace(b"BYE sip:sipp@10.0.0.1:5060 ", b"BYE sip:sipp@10.0.0.7:25064;transport=tcp ")
+    (out,) = _sends(core.receive(bye, HOP1, "udp", None, T0 + 1, True))
+    assert (out.dest, out.transport, out.conn_id, out.private) == (("10.0.0.7", 25064), "tcp", None, False)
+    assert hall(out.data, "Via")[0].startswith(f"SIP/2.0/TCP {LISTEN[0]}:{LISTEN[1]};")
+
+
+def test_a_trunk_cannot_speak_as_the_callee() -> None:
+    """Tags swapped by the trunk (its own tag in To) would make us send to a target of its choosing: 481."""
+    core = make_core()
+    fwd, ok = _call(core)
+    out = _sends(core.receive(_callee_bye(fwd, ok), TRUNK, "udp", None, T0 + 1))
+    assert [status_of(s.data) for s in out] == [481]
+    assert core.stats["in_dialog_trunk_as_callee"] == 1
+
+
+def test_unknown_source_without_a_valid_token_is_dropped_not_answered() -> None:
+    core = make_core()
+    fwd, ok = _call(core)
+    bye = _callee_bye(fwd, ok).replace(b";cag=", b";cag=AAAA", 1)
+    assert core.receive(bye, NODE, "udp", None, T0 + 1) == []
+    assert core.stats["dropped_unknown_source"] == 1
+    # Nor does a To-tagged request with no token at all get past the early screen.
+    bare = request("BYE", to_tag="x", branch="z9hG4bK-bare")
+    assert core.receive(bare, NODE, "udp", None, T0 + 1) == []
+    assert core.stats["dropped_unknown_source"] == 2
+
+
+def test_failover_to_a_hop_of_another_transport_rewrites_our_record_routes() -> None:
+    core = make_core()
+    core.set_next_hops((NextHop(HOP1[0], HOP1[1], "udp"), NextHop(HOP2[0], HOP2[1], "tcp")))
+    inv = make_invite(via_host="10.0.0.7:25064", transport="TCP", branch="z9hG4bK-fo-1")
+    inv = inv.replace(b"Max-Forwards: 70", b"Max-Forwards: 70\r\nRecord-Route: <sip:up.example;lr>")
+    acts = core.receive(inv, CALLER_TCP, "tcp", CONN, T0)
+    (admit,) = [a for a in acts if isinstance(a, Admit)]
+    (first,) = [s for s in _sends(core.decided(admit.key, ADMITTED, T0)) if s.dest in (HOP1, HOP2)]
+    second_hop = HOP2 if first.dest == HOP1 else HOP1
+    # The first hop answers 503 before ringing: failover to the other.
+    sent = _sends(core.receive(respond(first.data, 503, "Busy"), first.dest, first.transport, None, T0 + 0.1, True))
+    (again,) = [s for s in sent if first_line(s.data).startswith("INVITE ")]
+    assert again.dest == second_hop
+    for s in (first, again):
+        rrs = hall(s.data, "Record-Route")
+        assert rrs[-1] == "<sip:up.example;lr>"
+        ours = rrs[:-1]
+        want = ["tcp"] if s.transport == "tcp" else ["udp", "tcp"]
+        assert [param(v, "transport") for v in ours] == want, rrs
+
+
+# ------------------------------------------------------------------ finding 2: Via stamping rules
+
+
+@pytest.mark.parametrize(
+    ("via", "source", "want"),
+    [
+        ("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1", ("10.0.0.1", 5060), None),
+        ("SIP/2.0/UDP host.example:5060;branch=z9hG4bK1", ("10.0.0.1", 5060),
+         "SIP/2.0/UDP host.example:5060;branch=z9hG4bK1;received=10.0.0.1"),
+        ("SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bK1", ("10.0.0.1", 4000),
+         "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1;received=10.0.0.1;rport=4000"),
+        ("SIP/2.0/UDP 10.0.0.1;received=6.6.6.6;branch=z9hG4bK1", ("10.0.0.1", 5060),
+         "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1;received=10.0.0.1"),
+        ('SIP/2.0/TCP [2001:db8::1]:5060;x="a;b";branch=z9hG4bK1', ("2001:db8::2", 3000),
+         'SIP/2.0/TCP [2001:db8::1]:5060;x="a;b";branch=z9hG4bK1;received=2001:db8::2'),
+        ("SIP/2.0/TCP [2001:DB8::1]:5060;branch=z9hG4bK1", ("2001:db8::1", 3000), None),
+    ],
+)
+def test_stamp_via(via: str, source: tuple[str, int], want: str | None) -> None:
+    from gateway.proxy.shared import stamp_via
+    from gateway.sip.via import parse_via
+
+    assert stamp_via(parse_via(via), source) == want
+
+
+def test_in_dialog_request_gets_received_and_rport() -> None:
+    core = make_core()
+    fwd, ok = _call(core)
+    bye = _callee_bye(fwd, ok).replace(b";branch=z9hG4bK-callee-bye-1", b";branch=z9hG4bK-callee-bye-1;rport")
+    (out,) = _sends(core.receive(bye, (HOP1[0], 41000), "udp", None, T0 + 1, True))
+    assert param(hall(out.data, "Via")[1], "rport") == "41000"
+    assert param(hall(out.data, "Via")[1], "received") == HOP1[0]
+
+
+def test_callee_request_to_a_tls_target_without_tls_configured_gets_503() -> None:
+    core = make_core()
+    fwd, ok = _call(core)
+    bye = _callee_bye(fwd, ok).replace(b"BYE sip:sipp@10.0.0.1:5060 ", b"BYE sips:sipp@10.0.0.1:5061 ")
+    (out,) = _sends(core.receive(bye, HOP1, "udp", None, T0 + 1, True))
+    assert out.dest == HOP1 and status_of(out.data) == 503
+
+
+def test_tls_caller_and_hop_record_route_and_via() -> None:
+    """With TLS served: a TLS caller to a UDP hop gets [udp, tls] Record-Route; a callee BYE to a sips: target goes over TLS."""
+    from gateway.proxy import CoreConfig
+
+    cfg = CoreConfig(listen=LISTEN, private=PRIVATE, next_hops=(NextHop(*HOP1),), rr_secret=b"s",
+                     probe_interval=0.0, listen_tls=(LISTEN[0], 5061))
+    core = ProxyCore(cfg, lambda ip: ip == TRUNK[0])
+    fwd, ok = _call(core, transport="tls", via_host="10.0.0.7:5061", source=CALLER_TCP)
+    rrs = hall(fwd, "Record-Route")
+    assert rrs[0].startswith(f"<sip:{LISTEN[0]}:{LISTEN[1]};transport=udp;")
+    assert rrs[1].startswith(f"<sip:{LISTEN[0]}:5061;transport=tls;")
+    bye = _callee_bye(fwd, ok).replace(b"BYE sip:sipp@10.0.0.1:5060 ", b"BYE sips:sipp@10.0.0.7:5061 ")
+    (out,) = _sends(core.receive(bye, HOP1, "udp", None, T0 + 1, True))
+    assert (out.dest, out.transport, out.private) == (("10.0.0.7", 5061), "tls", False)
+    assert hall(out.data, "Via")[0].startswith(f"SIP/2.0/TLS {LISTEN[0]}:5061;")
