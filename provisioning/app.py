@@ -29,7 +29,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.audit.record import Entry
 from gateway.config import Settings
+from policy.hotlink import HotLink, LinkTarget
 from policy.loader import RowError, validate_row
 from policy.model import CallAttempt, Consent, DncEntry
 from policy.numbers import normalize_number
@@ -96,6 +97,7 @@ class ApiState:
     sync_client: Any = None
     consents: Coalescer[tuple[Consent, Entry]] | None = None
     audit_failed_seen: int = 0
+    audit_link: HotLink | None = None
     keys: dict[str, tuple[ApiKey | None, float, str | None]] = field(default_factory=dict)
     buckets: dict[str, _Bucket] = field(default_factory=dict)
 
@@ -105,7 +107,14 @@ class ApiState:
         self.policy = await PolicyStore.connect(self.redis_url)
         await self.policy.ensure_functions()
         self.api = ApiStore(self.policy.client)
-        self.changes = changes = ChangeLog(self.policy.client, pipeline=self.policy.bulk_pipeline)
+        # The audit records' XADDs on a hot link of their own (policy.hotlink: ~12 µs of client
+        # CPU a round trip, ~45 through redis-py's pool); redis-py where it does not apply.
+        pipeline: Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]] = self.policy.bulk_pipeline
+        target = None if self.policy.cluster else LinkTarget.from_url(self.redis_url)
+        if target is not None:
+            self.audit_link = HotLink(target, reply_timeout=5.0)
+            pipeline = self.audit_link.pipeline
+        self.changes = changes = ChangeLog(self.policy.client, pipeline=pipeline)
         policy = self.policy
 
         async def grant_and_record(batch: list[tuple[Consent, Entry]]) -> None:
@@ -127,6 +136,8 @@ class ApiState:
     async def stop(self) -> None:
         if self.engine is not None:
             await self.engine.stop()
+        if self.audit_link is not None:
+            self.audit_link.close()
         if self.policy is not None:
             await self.policy.close()
         if self.sync_client is not None:
