@@ -181,7 +181,8 @@ class WritesMixin(RefDataMixin):
         """
         if not consents:
             return
-        layers = await self._ensure_layer("consents")
+        (pointers,) = await self._small([("HGETALL", GEN_POINTER)])  # refresh_layers, on the hot link
+        layers = self._set_layers(_pairs(pointers)).get("consents", ()) or await self._ensure_layer("consents")
         top = layers[0]
         looked_up: list[tuple[Any, ...]] = []
         for c in consents:
