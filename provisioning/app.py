@@ -11,6 +11,11 @@ second), per-key token bucket (429, in this process: N API processes give
 a key N times its rate), then validation (422) and the handler. Every error
 is RFC 9457 problem JSON (``provisioning.problems``).
 
+``POST /v1/consents``, the one route CRMs call at rate, has a fast path
+(``consent_fast``) past FastAPI's per-request machinery for the usual
+request; it calls the same ``authenticate`` and ``consent_create`` as the
+route and leaves every other request to it (docs/api.md, "Performance").
+
 The bodies are in ``provisioning.schemas``, the body-limit and metrics
 wrapper in ``provisioning.guard``; the routes stay in one ``create_app``
 because they all close over the same ``ApiState``, key dependency and
