@@ -173,22 +173,30 @@ class WritesMixin(RefDataMixin):
         await self.grant_consents([consent])
 
     async def grant_consents(self, consents: Sequence[Consent]) -> None:
-        """``grant_consent`` for several at once, as if one after the other, in three round trips.
+        """``grant_consent`` for several at once, as if one after the other, in two round trips.
 
         The provisioning API hands over the consents of its concurrent requests
-        together: one layer read, one pipeline of token look-ups and one of writes
-        for the batch, instead of three round trips (and kernel sends) each.
+        together: one pipeline reads the layer pointers and looks the tokens up
+        in the layers last seen (again, if the pointers moved), one writes,
+        instead of three round trips (and kernel sends) per consent.
         """
         if not consents:
             return
-        (pointers,) = await self._small([("HGETALL", GEN_POINTER)])  # refresh_layers, on the hot link
+
+        def look_ups(layers: tuple[int, ...]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for c in consents:
+                keys = [token_layer_key(token_shard(c.token), g) for g in layers]
+                out.append(("FCALL_RO", "cag_token", len(keys), *keys, c.token))
+            return out
+
+        seen = (self._gens or {}).get("consents", ())
+        pointers, *found = await self._small([("HGETALL", GEN_POINTER), *(look_ups(seen) if seen else ())])
         layers = self._set_layers(_pairs(pointers)).get("consents", ()) or await self._ensure_layer("consents")
+        if layers != seen:
+            found = await self._small(look_ups(layers))
         top = layers[0]
-        looked_up: list[tuple[Any, ...]] = []
-        for c in consents:
-            keys = [token_layer_key(token_shard(c.token), g) for g in layers]
-            looked_up.append(("FCALL_RO", "cag_token", len(keys), *keys, c.token))
-        owners = {c.token: _opt(o) for c, o in zip(consents, await self._small(looked_up), strict=True)}
+        owners = {c.token: _opt(o) for c, o in zip(consents, found, strict=True)}
         cmds: list[tuple[Any, ...]] = []
         for consent in consents:
             callee = _normalize(consent.callee)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from policy.layout import consent_field, consent_layer_key, split
 from policy.model import Consent
 from policy.store import PolicyStore
 from tests.integration.conftest import consent, load_world
@@ -84,3 +85,28 @@ async def test_an_empty_batch_writes_nothing(redis_url: str) -> None:
     finally:
         await store.close()
     assert _snapshot(redis_url) == {}
+
+
+async def test_a_grant_after_another_process_loaded_a_new_generation(redis_url: str) -> None:
+    """The layers this store last saw are stale (a file load elsewhere switched generations):
+    the grant still lands in the new top layer, and the token's earlier holder is found there."""
+    api_side, loader = await PolicyStore.connect(redis_url), await PolicyStore.connect(redis_url)
+    try:
+        await api_side.ensure_functions()
+        await load_world(api_side)
+        await api_side.grant_consent(consent(token="t-1", callee="13800138001"))  # layers seen now
+        before = (api_side._gens or {}).get("consents")
+        await loader.put_records("consents", [consent(token="t-1", callee="13800138002")], replace=True)
+        assert (await loader.refresh_layers()).get("consents") != before
+        await api_side.grant_consents([consent(token="t-1", callee="13800138003")])
+        got = await loader.get_consent("t-1")
+        assert got is not None and got.callee == "+8613800138003"
+        layers = (await loader.refresh_layers())["consents"]
+        moved_from = "+8613800138002"  # the loaded holder: its consent under t-1 is gone from every layer
+        held = [await loader.client.hget(consent_layer_key(split(moved_from)[0], g), consent_field(moved_from, "t-1"))
+                for g in layers]
+        assert held == [None] * len(layers)
+        assert (api_side._gens or {}).get("consents") == (await loader.refresh_layers()).get("consents")
+    finally:
+        await api_side.close()
+        await loader.close()
