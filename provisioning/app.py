@@ -124,8 +124,8 @@ class ApiState:
 
         async def grant_and_record(batch: list[tuple[Consent, Entry]]) -> None:
             # One-off grants into the top layer (what `cag policy consent grant` does), the
-            # whole batch in three round trips (a file-style put_records would write a new
-            # generation), then their audit records in a fourth: recorded once made.
+            # whole batch in two round trips (a file-style put_records would write a new
+            # generation), then their audit records in a third: recorded once made.
             await policy.grant_consents([c for c, _ in batch])
             await changes.write([e for _, e in batch])
             if changes.failed > self.audit_failed_seen:
@@ -309,7 +309,8 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True, fast_path: bool
             await state.start()
             # Everything loaded so far (FastAPI, pydantic, the engine's reference data) lives as
             # long as the process: out of the collector's reach, a full collection walks only
-            # what requests allocate, instead of pausing every request in flight for tens of ms.
+            # what requests allocate, instead of ~76,000 objects (76 ms measured on a busy box)
+            # with every request in flight waiting.
             gc.collect()
             gc.freeze()
         try:
