@@ -70,9 +70,6 @@ class _Guard:
                 chunks.append(chunk)
                 more = bool(message.get("more_body"))
             fast = self.fast.get((scope.get("method", ""), scope.get("path", "")))
-            if fast is not None and await fast(scope, b"".join(chunks), send_wrapper):
-                label = scope["path"]
-                return
             replayed = False
 
             async def replay() -> dict[str, Any]:
@@ -83,6 +80,11 @@ class _Guard:
                 return await receive()
 
             try:
+                if fast is not None:  # a route's fast path (provisioning.app.consent_fast): it answers, or
+                    label = scope["path"]  # leaves the request to the framework untouched
+                    if await fast(scope, b"".join(chunks), send_wrapper):
+                        return
+                    label = None
                 await self.app(scope, replay, send_wrapper)  # type: ignore[arg-type]
             except Exception as e:
                 log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))

@@ -122,3 +122,20 @@ async def test_fast_path_requests_are_counted_under_their_route(api: Api) -> Non
     r = await api.req("POST", "/v1/consents", json=consent_body())
     assert r.status_code == 201
     assert metrics.REQUESTS.labels("/v1/consents", "POST", "201")._value.get() == before + 1
+
+
+async def test_a_bug_in_the_fast_path_answers_500_problem_json(
+    api: Api, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    assert api.state.consents is not None
+
+    async def broken(item: Any) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(api.state.consents, "submit", broken)
+    before = metrics.REQUESTS.labels("/v1/consents", "POST", "500")._value.get()
+    r = await api.req("POST", "/v1/consents", json=consent_body())
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["detail"] == "internal error (KeyError)"
+    assert metrics.REQUESTS.labels("/v1/consents", "POST", "500")._value.get() == before + 1
