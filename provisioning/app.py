@@ -593,7 +593,7 @@ async def consent_fast(st: ApiState, scope: dict[str, Any], body: bytes, send: A
             ctype = v if ctype is None else ctype
         elif k == b"idempotency-key":
             idem = v if idem is None else idem
-    if auth is None or ctype is None or not ctype.startswith(b"application/json"):
+    if auth is None or ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
         return False
     scheme, _, credentials = auth.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not credentials:

@@ -55,6 +55,9 @@ CASES: list[tuple[str, str | None, Any, dict[str, str]]] = [
     ("unknown key", "bogus", consent_body(), {}),
     ("basic auth", "basic", consent_body(), {}),
     ("text body", "a", consent_body(), {"Content-Type": "text/plain"}),
+    ("JSON with charset", "a", consent_body(), {"Content-Type": "Application/JSON; charset=utf-8"}),
+    ("not quite JSON", "a", consent_body(), {"Content-Type": "application/jsonfoo"}),
+    ("a JSON suffix", "a", consent_body(), {"Content-Type": "application/merge-patch+json"}),
     ("long idempotency key", "a", consent_body(), {"Idempotency-Key": "k" * 256}),
 ]
 
