@@ -46,6 +46,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -595,7 +596,7 @@ async def consent_fast(st: ApiState, scope: dict[str, Any], body: bytes, send: A
             idem = v if idem is None else idem
     if auth is None or ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
         return False
-    scheme, _, credentials = auth.decode("latin-1").partition(" ")
+    scheme, credentials = get_authorization_scheme_param(auth.decode("latin-1"))  # as HTTPBearer reads it
     if scheme.lower() != "bearer" or not credentials:
         return False
     idempotency_key = idem.decode("latin-1") if idem is not None else None

@@ -54,6 +54,7 @@ CASES: list[tuple[str, str | None, Any, dict[str, str]]] = [
     ("no key", None, consent_body(), {}),
     ("unknown key", "bogus", consent_body(), {}),
     ("basic auth", "basic", consent_body(), {}),
+    ("spaces after the scheme", "spaced", consent_body(), {}),
     ("text body", "a", consent_body(), {"Content-Type": "text/plain"}),
     ("JSON with charset", "a", consent_body(), {"Content-Type": "Application/JSON; charset=utf-8"}),
     ("not quite JSON", "a", consent_body(), {"Content-Type": "application/jsonfoo"}),
@@ -68,6 +69,8 @@ def _headers(api: Api, who: str | None, extra: dict[str, str]) -> dict[str, str]
         h["Authorization"] = "Bearer cag_nope_secret"
     elif who == "basic":
         h["Authorization"] = "Basic abc"
+    elif who == "spaced":
+        h["Authorization"] = f"bearer   {api.keys['a']}"
     elif who is not None:
         h["Authorization"] = f"Bearer {api.keys[who]}"
     h.update(extra)
