@@ -18,28 +18,9 @@ from policy.layout import consent_field, consent_layer_key, split
 from policy.model import Consent
 from policy.store import PolicyStore
 from tests.integration.conftest import consent, load_world
+from tests.integration.test_policy_cli import snapshot  # every key and its value
 
 pytestmark = pytest.mark.integration
-
-
-def _snapshot(url: str) -> dict[bytes, Any]:
-    """Every key's value (hashes, sets, strings), for comparing two states of the store."""
-    c = redis.Redis.from_url(url)
-    try:
-        out: dict[bytes, Any] = {}
-        for k in c.keys("*"):
-            t = c.type(k)
-            if t == b"hash":
-                out[k] = c.hgetall(k)
-            elif t == b"set":
-                out[k] = c.smembers(k)
-            elif t == b"string":
-                out[k] = c.get(k)
-            else:
-                out[k] = t
-        return out
-    finally:
-        c.close()
 
 
 def _batch() -> list[Consent]:
@@ -69,7 +50,7 @@ async def _apply(url: str, batched: bool) -> dict[bytes, Any]:
             "t-1": "+8613800138003", "t-2": "+8613800138002", "t-3": "+8613800138001"}
     finally:
         await store.close()
-    return _snapshot(url)
+    return snapshot(url)
 
 
 async def test_a_batch_leaves_the_store_as_grants_one_by_one(redis_url: str) -> None:
@@ -84,7 +65,7 @@ async def test_an_empty_batch_writes_nothing(redis_url: str) -> None:
         await store.grant_consents([])
     finally:
         await store.close()
-    assert _snapshot(redis_url) == {}
+    assert snapshot(redis_url) == {b"__dbsize__": 0}
 
 
 async def test_a_grant_after_another_process_loaded_a_new_generation(redis_url: str) -> None:
