@@ -67,6 +67,8 @@ class WritesMixin(RefDataMixin):
 
         async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
 
+        async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]: ...
+
     def _store(self) -> PolicyStore:
         """This object as the store the bulk writers take (every ``WritesMixin`` is a ``PolicyStore``)."""
         return cast("PolicyStore", self)
@@ -81,12 +83,16 @@ class WritesMixin(RefDataMixin):
 
     _call_raw = _call
 
-    async def _checked(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """A non-transactional pipeline whose every reply must be a success."""
+    async def _checked(self, commands: Sequence[tuple[Any, ...]], *, hot: bool = False) -> list[Any]:
+        """A non-transactional pipeline whose every reply must be a success.
+
+        ``hot``: a few commands, on the hot path's pipeline (the hot link on a single
+        server: ~12 µs of client CPU a round trip, against ~45 through redis-py's pool).
+        """
         if not commands:
             return []
         try:
-            results = await self.bulk_pipeline(commands)
+            results = await (self._pipeline(commands) if hot else self.bulk_pipeline(commands))
         except (RedisError, OSError, TimeoutError) as e:
             raise StoreError(f"redis: {e}") from e
         for r in results:
@@ -168,24 +174,51 @@ class WritesMixin(RefDataMixin):
         an operator revocation of the same token (a file reload does not).
         A token granted before for another callee is removed there.
         """
-        layers = await self._ensure_layer("consents")
+        await self.grant_consents([consent])
+
+    async def grant_consents(self, consents: Sequence[Consent]) -> None:
+        """``grant_consent`` for several at once, as if one after the other, in two round trips.
+
+        The provisioning API hands over the consents of its concurrent requests
+        together: one pipeline reads the layer pointers and looks the tokens up
+        in the layers last seen (again, if the pointers moved), one writes,
+        instead of three round trips (and kernel sends) per consent.
+        """
+        if not consents:
+            return
+
+        def look_ups(layers: tuple[int, ...]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            for c in consents:
+                keys = [token_layer_key(token_shard(c.token), g) for g in layers]
+                out.append(("FCALL_RO", "cag_token", len(keys), *keys, c.token))
+            return out
+
+        seen = (self._gens or {}).get("consents", ())
+        pointers, *found = await self._checked([("HGETALL", GEN_POINTER), *(look_ups(seen) if seen else ())], hot=True)
+        layers = self._set_layers(_pairs(pointers)).get("consents", ()) or await self._ensure_layer("consents")
+        if layers != seen:
+            found = await self._checked(look_ups(layers), hot=True)
         top = layers[0]
-        callee = _normalize(consent.callee)
-        token = consent.token
-        old = await self._token_owner(token, layers)
+        owners = {c.token: _opt(o) for c, o in zip(consents, found, strict=True)}
         cmds: list[tuple[Any, ...]] = []
-        if old is not None and old != callee:
-            ob, _ = split(old)
-            cmds += [("HDEL", consent_layer_key(ob, g), consent_field(old, token)) for g in layers]
-        bucket, _ = split(callee)
-        field = consent_field(callee, token)
-        cmds += [
-            ("HSET", consent_layer_key(bucket, top), field, _pack(consent)),
-            ("HSET", token_layer_key(token_shard(token), top), token, callee),
-            ("SADD", index_key("consents", top, index_shard(bucket)), bucket),
-            ("HDEL", revoked_key(bucket), field),
-        ]
-        await self._checked(cmds)
+        for consent in consents:
+            callee = _normalize(consent.callee)
+            token = consent.token
+            old = owners[token]
+            if old is not None and old != callee:
+                ob, _ = split(old)
+                cmds += [("HDEL", consent_layer_key(ob, g), consent_field(old, token)) for g in layers]
+            owners[token] = callee  # a later grant of the same token in this batch moves it from here
+            bucket, _ = split(callee)
+            field = consent_field(callee, token)
+            cmds += [
+                ("HSET", consent_layer_key(bucket, top), field, _pack(consent)),
+                ("HSET", token_layer_key(token_shard(token), top), token, callee),
+                ("SADD", index_key("consents", top, index_shard(bucket)), bucket),
+                ("HDEL", revoked_key(bucket), field),
+            ]
+        await self._checked(cmds, hot=True)
 
     async def revoke_consent(self, token: str, at: datetime) -> bool:
         """Record an operator revocation at ``at``; effective on the next INVITE. False: unknown token.

@@ -11,6 +11,11 @@ second), per-key token bucket (429, in this process: N API processes give
 a key N times its rate), then validation (422) and the handler. Every error
 is RFC 9457 problem JSON (``provisioning.problems``).
 
+``POST /v1/consents``, the one route CRMs call at rate, has a fast path
+(``consent_fast``) past FastAPI's per-request machinery for the usual
+request; it calls the same ``authenticate`` and ``consent_create`` as the
+route and leaves every other request to it (docs/api.md, "Performance").
+
 The bodies are in ``provisioning.schemas``, the body-limit and metrics
 wrapper in ``provisioning.guard``; the routes stay in one ``create_app``
 because they all close over the same ``ApiState``, key dependency and
@@ -21,11 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import gc
 import hashlib
+import hmac
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,10 +46,13 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.audit.record import Entry
 from gateway.config import Settings
+from policy.hotlink import HotLink, LinkTarget
 from policy.loader import RowError, validate_row
 from policy.model import CallAttempt, Consent, DncEntry
 from policy.numbers import normalize_number
@@ -50,7 +62,7 @@ from provisioning.batch import Coalescer
 from provisioning.changes import ChangeLog
 from provisioning.complaints import channel_label, file_complaint
 from provisioning.guard import MAX_BODY as MAX_BODY  # re-exported: the limit is part of the API
-from provisioning.guard import _Guard
+from provisioning.guard import FastHandler, _Guard
 from provisioning.problems import Problem
 from provisioning.schemas import (
     TOKEN_RE,
@@ -89,8 +101,10 @@ class ApiState:
     changes: ChangeLog | None = None
     engine: Any = None
     sync_client: Any = None
-    consents: Coalescer[Consent] | None = None
-    keys: dict[str, tuple[ApiKey | None, float]] = field(default_factory=dict)
+    consents: Coalescer[tuple[Consent, Entry]] | None = None
+    audit_failed_seen: int = 0
+    audit_link: HotLink | None = None
+    keys: dict[str, tuple[ApiKey | None, float, str | None]] = field(default_factory=dict)
     buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     async def start(self) -> None:
@@ -99,15 +113,27 @@ class ApiState:
         self.policy = await PolicyStore.connect(self.redis_url)
         await self.policy.ensure_functions()
         self.api = ApiStore(self.policy.client)
-        self.changes = ChangeLog(self.policy.client)
+        # The audit records' XADDs on a hot link of their own (policy.hotlink: ~12 µs of client
+        # CPU a round trip, ~45 through redis-py's pool); redis-py where it does not apply.
+        pipeline: Callable[[Sequence[tuple[Any, ...]]], Awaitable[list[Any]]] = self.policy.bulk_pipeline
+        target = None if self.policy.cluster else LinkTarget.from_url(self.redis_url)
+        if target is not None:
+            self.audit_link = HotLink(target, reply_timeout=5.0)
+            pipeline = self.audit_link.pipeline
+        self.changes = changes = ChangeLog(self.policy.client, pipeline=pipeline)
         policy = self.policy
 
-        async def grant_all(batch: list[Consent]) -> None:
-            # One-off grants into the top layer (what `cag policy consent grant` does): a
-            # file-style put_records would write a new generation per batch.
-            await asyncio.gather(*(policy.grant_consent(c) for c in batch))
+        async def grant_and_record(batch: list[tuple[Consent, Entry]]) -> None:
+            # One-off grants into the top layer (what `cag policy consent grant` does), the
+            # whole batch in two round trips (a file-style put_records would write a new
+            # generation), then their audit records in a third: recorded once made.
+            await policy.grant_consents([c for c, _ in batch])
+            await changes.write([e for _, e in batch])
+            if changes.failed > self.audit_failed_seen:
+                metrics.AUDIT_FAILED.inc(changes.failed - self.audit_failed_seen)
+                self.audit_failed_seen = changes.failed
 
-        self.consents = Coalescer(grant_all)
+        self.consents = Coalescer(grant_and_record)
         # Only explain() is used here (nothing counted); like `cag explain`, never a shadow decision.
         cfg = dataclasses.replace(self.settings.engine_config(), shadow=False)
         self.engine = AdmissionEngine(self.policy, cfg)
@@ -116,6 +142,8 @@ class ApiState:
     async def stop(self) -> None:
         if self.engine is not None:
             await self.engine.stop()
+        if self.audit_link is not None:
+            self.audit_link.close()
         if self.policy is not None:
             await self.policy.close()
         if self.sync_client is not None:
@@ -157,14 +185,20 @@ async def principal(
     request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> ApiKey:
     """The caller's key (401 without a valid one), then its rate limit (429)."""
-    unauthorized = {"WWW-Authenticate": "Bearer"}
     if creds is None or creds.scheme.lower() != "bearer":
-        raise Problem(401, "an API key is required: Authorization: Bearer KEY", headers=unauthorized)
-    parts = split_key(creds.credentials)
+        raise Problem(401, "an API key is required: Authorization: Bearer KEY", headers=_UNAUTHORIZED)
+    return await authenticate(_state(request), creds.credentials)
+
+
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+async def authenticate(st: ApiState, credentials: str) -> ApiKey:
+    """The key a bearer credential names (401 unless valid), after its rate limit (429)."""
+    parts = split_key(credentials)
     if parts is None:
-        raise Problem(401, "unknown API key", headers=unauthorized)
+        raise Problem(401, "unknown API key", headers=_UNAUTHORIZED)
     key_id, secret = parts
-    st = _state(request)
     now = time.monotonic()
     cached = st.keys.get(key_id)
     if cached is None or cached[1] < now:
@@ -172,13 +206,15 @@ async def principal(
         key = await api.get_key(key_id)
         if len(st.keys) > 10_000:
             st.keys.clear()
-        st.keys[key_id] = (key, now + KEY_CACHE_S)
-    else:
-        key = cached[0]
-    if key is None or key.revoked_at is not None or not key.matches(secret):
-        raise Problem(401, "unknown API key", headers=unauthorized)
+        # The secret that matched is kept with the record (for the cache's second), so the
+        # key's next requests compare it instead of hashing again.
+        ok = key is not None and key.revoked_at is None and key.matches(secret)
+        st.keys[key_id] = cached = (key, now + KEY_CACHE_S, secret if ok else None)
+    key, _, known = cached
+    if key is None or key.revoked_at is not None or known is None or not hmac.compare_digest(known, secret):
+        if key is None or key.revoked_at is not None or not key.matches(secret):
+            raise Problem(401, "unknown API key", headers=_UNAUTHORIZED)
     _take(st, key, time.monotonic())
-    request.state.key = key
     return key
 
 
@@ -267,11 +303,17 @@ def _normalized(number: str, field_name: str, region: str) -> str:
     return n
 
 
-def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
+def create_app(state: ApiState, *, manage_lifespan: bool = True, fast_path: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_lifespan:
             await state.start()
+            # Everything loaded so far (FastAPI, pydantic, the engine's reference data) lives as
+            # long as the process: out of the collector's reach, a full collection walks only
+            # what requests allocate, instead of ~76,000 objects (76 ms measured on a busy box)
+            # with every request in flight waiting.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -341,69 +383,7 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
     async def create_consent(request: Request, body: ConsentIn, key: Key,
                              idempotency_key: IdemKey = None) -> JSONResponse:
         """Register a consent (a customer asked to be called back); effective on the next INVITE."""
-        st = _state(request)
-        policy, api, changes = _stores(st)
-        if key.admin:
-            if body.enterprise_id is None:
-                raise Problem(422, "invalid request",
-                              errors=[{"field": "enterprise_id", "message": "required with an admin key"}])
-            ent_id = body.enterprise_id
-        else:
-            if body.enterprise_id is not None and body.enterprise_id != key.enterprise_id:
-                raise Problem(403, "this key acts only for its own enterprise")
-            ent_id = str(key.enterprise_id)
-        ent = st.engine.ref.enterprises.get(ent_id) if st.engine is not None else None
-        if ent is None:  # loaded in the last second? The engine's copy follows within 1 s; Redis now.
-            _, enterprises, _, _ = await policy.load_refdata()
-            ent = next((e for e in enterprises if e.enterprise_id == ent_id), None)
-        if ent is None:
-            if not key.admin:
-                raise Problem(403, f"enterprise {ent_id} is not provisioned")
-            raise Problem(422, "invalid request", errors=[{"field": "enterprise_id", "message": "unknown enterprise"}])
-        purpose = body.purpose.strip().lower()
-        allowed = [p.strip().lower() for p in ent.purposes]
-        errors: list[dict[str, str]] = []
-        if purpose == "marketing" or purpose not in allowed:
-            why = "marketing calls need no consent: they are not allowed (R1)" if purpose == "marketing" else \
-                f"not one of the enterprise's purposes ({' '.join(allowed)})"
-            errors.append({"field": "purpose", "message": why})
-        # The same rules as a consents file row (number normalised, expiry after grant); the
-        # token is set once the request is known to be valid, so every bad field is named at once.
-        row = {
-            "token": "-", "callee": body.callee, "enterprise_id": ent_id, "purpose": purpose,
-            "granted_at": body.granted_at or _now(), "expires_at": body.expires_at,
-            "max_calls": body.max_calls, "evidence_ref": body.evidence_ref,
-        }
-        try:
-            valid = validate_row("consents", row, region=st.settings.region)
-        except RowError as e:
-            errors += problems.row_errors(e.reasons)
-        if errors:
-            raise Problem(422, "invalid request", errors=errors)
-        assert isinstance(valid, Consent)
-
-        async def work() -> tuple[int, Any]:
-            token = body.token
-            existing = None
-            if token is None:
-                # With an Idempotency-Key the token is derived from it: even a retry that
-                # outlived its pending claim re-grants the same consent, never a second one.
-                seed = f"{key.key_id}\n{idempotency_key}" if idempotency_key else uuid.uuid4().hex
-                token = "c-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
-            if body.token is not None or idempotency_key:
-                existing = await policy.get_consent(token)
-                if existing is not None and existing.enterprise_id != ent_id:
-                    raise Problem(409, "this token is not available; omit token to have one generated")
-            consent = valid.model_copy(update={"token": token})
-            assert st.consents is not None
-            await st.consents.submit(consent)  # PolicyStore.grant_consent, with this loop turn's others
-            await changes.record(_actor(key), "consent_grant", enterprise_id=ent_id, callee=consent.callee,
-                                 consent_token=token, evidence_ref=consent.evidence_ref)
-            # A re-grant keeps the calls already counted; a new token has counted none.
-            used = await policy.consent_used(token) if existing is not None else 0
-            return 201, _consent_out(consent, used)
-
-        return await _idempotent(api, key, idempotency_key, body, work)
+        return await consent_create(_state(request), key, body, idempotency_key)
 
     async def _owned(st: ApiState, key: ApiKey, token: str) -> Consent:
         policy, _, _ = _stores(st)
@@ -524,7 +504,123 @@ def create_app(state: ApiState, *, manage_lifespan: bool = True) -> FastAPI:
         decision = await st.engine.explain(call, at)
         return JSONResponse(ExplainReport(decision, extra={"at": at.isoformat()}).to_json())
 
-    return _Guard(app)  # type: ignore[return-value]
+    fast: dict[tuple[str, str], FastHandler] = {}
+    if fast_path:
+        fast[("POST", "/v1/consents")] = functools.partial(consent_fast, state)
+    return _Guard(app, fast)  # type: ignore[return-value]
+
+
+async def consent_create(st: ApiState, key: ApiKey, body: ConsentIn, idempotency_key: str | None) -> JSONResponse:
+    """POST /v1/consents once the key and the body are known good (the route and the fast path)."""
+    policy, api, changes = _stores(st)
+    if key.admin:
+        if body.enterprise_id is None:
+            raise Problem(422, "invalid request",
+                          errors=[{"field": "enterprise_id", "message": "required with an admin key"}])
+        ent_id = body.enterprise_id
+    else:
+        if body.enterprise_id is not None and body.enterprise_id != key.enterprise_id:
+            raise Problem(403, "this key acts only for its own enterprise")
+        ent_id = str(key.enterprise_id)
+    ent = st.engine.ref.enterprises.get(ent_id) if st.engine is not None else None
+    if ent is None:  # loaded in the last second? The engine's copy follows within 1 s; Redis now.
+        _, enterprises, _, _ = await policy.load_refdata()
+        ent = next((e for e in enterprises if e.enterprise_id == ent_id), None)
+    if ent is None:
+        if not key.admin:
+            raise Problem(403, f"enterprise {ent_id} is not provisioned")
+        raise Problem(422, "invalid request", errors=[{"field": "enterprise_id", "message": "unknown enterprise"}])
+    purpose = body.purpose.strip().lower()
+    allowed = [p.strip().lower() for p in ent.purposes]
+    errors: list[dict[str, str]] = []
+    if purpose == "marketing" or purpose not in allowed:
+        why = "marketing calls need no consent: they are not allowed (R1)" if purpose == "marketing" else \
+            f"not one of the enterprise's purposes ({' '.join(allowed)})"
+        errors.append({"field": "purpose", "message": why})
+    # The same rules as a consents file row (number normalised, expiry after grant); the
+    # token is set once the request is known to be valid, so every bad field is named at once.
+    row = {
+        "token": "-", "callee": body.callee, "enterprise_id": ent_id, "purpose": purpose,
+        "granted_at": body.granted_at or _now(), "expires_at": body.expires_at,
+        "max_calls": body.max_calls, "evidence_ref": body.evidence_ref,
+    }
+    try:
+        valid = validate_row("consents", row, region=st.settings.region)
+    except RowError as e:
+        errors += problems.row_errors(e.reasons)
+    if errors:
+        raise Problem(422, "invalid request", errors=errors)
+    assert isinstance(valid, Consent)
+
+    async def work() -> tuple[int, Any]:
+        token = body.token
+        existing = None
+        if token is None:
+            # With an Idempotency-Key the token is derived from it: even a retry that
+            # outlived its pending claim re-grants the same consent, never a second one.
+            seed = f"{key.key_id}\n{idempotency_key}" if idempotency_key else uuid.uuid4().hex
+            token = "c-" + hashlib.sha256(seed.encode()).hexdigest()[:24]
+        if body.token is not None or idempotency_key:
+            existing = await policy.get_consent(token)
+            if existing is not None and existing.enterprise_id != ent_id:
+                raise Problem(409, "this token is not available; omit token to have one generated")
+        consent = valid.model_copy(update={"token": token})
+        entry = changes.entry(_actor(key), "consent_grant", enterprise_id=ent_id, callee=consent.callee,
+                              consent_token=token, evidence_ref=consent.evidence_ref)
+        assert st.consents is not None
+        await st.consents.submit((consent, entry))  # granted and recorded with the others waiting
+        # A re-grant keeps the calls already counted; a new token has counted none.
+        used = await policy.consent_used(token) if existing is not None else 0
+        return 201, _consent_out(consent, used)
+
+    return await _idempotent(api, key, idempotency_key, body, work)
+
+
+async def consent_fast(st: ApiState, scope: dict[str, Any], body: bytes, send: Any) -> bool:
+    """``POST /v1/consents`` for the usual request, without the framework's per-request work.
+
+    FastAPI 0.16x re-inspects the route's parameters and dependencies on every request:
+    about half the CPU of a consent (0.2 ms) went there. A request with a clean
+    ``Authorization: Bearer``, a JSON content type and a body that validates as
+    ``ConsentIn`` (json.loads + model_validate, as FastAPI does) is answered here by the
+    same ``authenticate`` and ``consent_create`` as the route. Anything else returns
+    False untouched, and the route answers it, so every error keeps the framework's form.
+    """
+    auth = ctype = idem = None
+    for k, v in scope["headers"]:
+        if k == b"authorization":
+            auth = v if auth is None else auth
+        elif k == b"content-type":
+            ctype = v if ctype is None else ctype
+        elif k == b"idempotency-key":
+            idem = v if idem is None else idem
+    if auth is None or ctype is None or ctype.partition(b";")[0].strip().lower() != b"application/json":
+        return False
+    scheme, credentials = get_authorization_scheme_param(auth.decode("latin-1"))  # as HTTPBearer reads it
+    if scheme.lower() != "bearer" or not credentials:
+        return False
+    idempotency_key = idem.decode("latin-1") if idem is not None else None
+    if idempotency_key is not None and len(idempotency_key) > 255:
+        return False
+    try:
+        model = ConsentIn.model_validate(json.loads(body))
+    except (ValueError, ValidationError):  # bad JSON, not UTF-8, invalid fields: the route says which
+        return False
+    path = scope.get("path")
+    try:
+        key = await authenticate(st, credentials)
+        response = await consent_create(st, key, model, idempotency_key)
+    except Problem as exc:
+        response = problems.response(exc, path)
+    except StoreError as exc:
+        log.error("store error on POST %s: %s", path, exc)
+        response = problems.response(Problem(503, "the policy store is unavailable", retry_after=1), path)
+    await response(scope, _no_receive, send)
+    return True
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
 
 
 def _call(body: ExplainIn, at: datetime) -> CallAttempt:

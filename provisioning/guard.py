@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,6 +15,8 @@ log = logging.getLogger("cag.api")
 
 MAX_BODY = 64 * 1024
 
+FastHandler = Callable[[dict[str, Any], bytes, Any], Awaitable[bool]]
+
 
 class _Guard:
     """Raw ASGI wrapper: the 64 KiB body limit (413) and the request metrics.
@@ -22,8 +25,9 @@ class _Guard:
     and it sees the status even of answers the framework makes itself.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, fast: dict[tuple[str, str], FastHandler] | None = None) -> None:
         self.app = app
+        self.fast = fast or {}  # (method, path) -> handler(scope, body, send) -> answered?
         self.state = app.state  # tests reach app.state through the wrapper
 
     def __getattr__(self, name: str) -> Any:
@@ -36,6 +40,7 @@ class _Guard:
         start = time.perf_counter()
         status = [500]
         started = [False]
+        label = None
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -64,6 +69,7 @@ class _Guard:
                     return
                 chunks.append(chunk)
                 more = bool(message.get("more_body"))
+            fast = self.fast.get((scope.get("method", ""), scope.get("path", "")))
             replayed = False
 
             async def replay() -> dict[str, Any]:
@@ -74,14 +80,19 @@ class _Guard:
                 return await receive()
 
             try:
+                if fast is not None:  # a route's fast path (provisioning.app.consent_fast): it answers, or
+                    label = scope["path"]  # leaves the request to the framework untouched
+                    if await fast(scope, b"".join(chunks), send_wrapper):
+                        return
+                    label = None
                 await self.app(scope, replay, send_wrapper)  # type: ignore[arg-type]
             except Exception as e:
                 log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
                 if status[0] == 500 and not started[0]:
                     await _send_problem(send_wrapper, problems.body(500, f"internal error ({type(e).__name__})"), 500)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            if label is None:
+                label = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
             metrics.REQUESTS.labels(label, method if method in _METHODS else "other", str(status[0])).inc()
             metrics.SECONDS.labels(label).observe(time.perf_counter() - start)
