@@ -435,7 +435,7 @@ def stage_udp(calls: int) -> Callable[[], Callable[[], None]]:
     def factory() -> Callable[[], None]:
         def run() -> None:
             sendto, readable = tx.sendto, reader._readable
-            for _ in range(calls // 8):  # 8 calls' datagrams queued, then read: a read pass of 56
+            for _ in range(-(-calls // 8)):  # 8 calls' datagrams queued, then read: a read pass of 56
                 for _c in range(8):
                     for m in msgs:
                         sendto(m, dest)  # type: ignore[arg-type]
