@@ -68,8 +68,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("parse", "core", "rules", "redis_encode", "redis_decode", "metrics", "audit", "steering", "worker",
-          "udp")
+STAGES = (
+    "parse",
+    "core",
+    "rules",
+    "redis_encode",
+    "redis_decode",
+    "metrics",
+    "audit",
+    "steering",
+    "worker",
+    "udp",
+)
 IN_TOTAL = ("core", "rules", "redis_encode", "redis_decode", "metrics", "audit", "steering")
 # ``worker`` includes ``core``, ``metrics`` and the worker's part of ``audit``: not added to the total;
 # ``worker`` - ``core`` is the adapter's own cost per call (dispatch, timers, counters, finishing).
@@ -377,7 +387,9 @@ def stage_worker(calls: int) -> Callable[[], Callable[[], None]]:
             spec = worker_mod.WorkerSpec(0, Settings(), "redis://unused", b"k", [], "gw")
             w = worker_mod.Worker(spec)
             w.engine = _Engine()
-            w.audit = AuditSink("redis://127.0.0.1:1", spool, buffer_max=10 * calls + 10, batch=10 * calls + 10)
+            w.audit = AuditSink(
+                "redis://127.0.0.1:1", spool, buffer_max=10 * calls + 10, batch=10 * calls + 10
+            )
             w.core = make_core()
             sent = [0]
 

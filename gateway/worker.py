@@ -174,7 +174,8 @@ class Worker:
         # Overload and drain: new INVITEs answered 503 overload at once, without a decision.
         self.draining = False
         self.overloaded = False  # datagrams wait in the kernel longer than overload_wait_ms
-        self._overload_looked_at = -1.0  # loop time of the last look at the queues (``_still_overloaded``)
+        # Loop time of the last look at the queues (``_still_overloaded``).
+        self._overload_looked_at = -1.0
         self._udp_socks = [sock for transport, sock in spec.sockets if transport == "udp"]
         self._steer_n = len(spec.steer)
         self._steer_tx = [pair[1] for pair in spec.steer]
@@ -218,7 +219,9 @@ class Worker:
         psock.bind((priv_host, 0))
         psock.setblocking(False)
         private_addr = psock.getsockname()[:2]
-        self.private = UdpReader(psock, self._receive, private=True, on_event=self._event, after=self._arm)
+        self.private = UdpReader(
+            psock, self._receive, private=True, on_event=self._event, after=self._arm
+        )
         self.private.start(self.loop)
 
         hops = tuple(NextHop.parse(h) for h in s.next_hop)
@@ -237,7 +240,9 @@ class Worker:
 
         for transport, sock in self.spec.sockets:
             if transport == "udp":
-                reader = UdpReader(sock, self._receive, private=False, on_event=self._event, after=self._arm)
+                reader = UdpReader(
+                    sock, self._receive, private=False, on_event=self._event, after=self._arm
+                )
                 reader.start(self.loop)
                 self.udp_listen.append(reader)
             else:

@@ -112,17 +112,21 @@ async def test_a_hung_server_fails_the_batches_in_flight_then_reconnects(tmp_pat
         s.stop()
 
 
-async def test_send_now_answers_by_callback_in_order_and_fails_on_a_lost_link(tmp_path: Path) -> None:
+async def test_send_now_answers_by_callback_in_order_and_fails_on_a_lost_link(
+    tmp_path: Path,
+) -> None:
     """The hot path's way in: nothing sent before a connection exists; replies from data_received."""
     s = EmbeddedRedis(tmp_path / "n")
     s.start()
     link = HotLink(LinkTarget.from_url(s.url) or LinkTarget())
     got: list[object] = []
     try:
-        assert not link.send_now([("PING",)], got.append)  # not connected: the caller takes pipeline()
+        # Not connected: nothing sent, the caller takes pipeline().
+        assert not link.send_now([("PING",)], got.append)
         assert await link.pipeline([("PING",)]) == [b"PONG"]
         for i in range(20):
-            assert link.send_now([("SET", f"k{i}", i), ("GET", f"k{i}"), ("XX-NO-SUCH",)], got.append)
+            batch = [("SET", f"k{i}", i), ("GET", f"k{i}"), ("XX-NO-SUCH",)]
+            assert link.send_now(batch, got.append)
         t = asyncio.get_running_loop().time() + 2.0
         while len(got) < 20 and asyncio.get_running_loop().time() < t:
             await asyncio.sleep(0.005)
