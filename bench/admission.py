@@ -200,9 +200,10 @@ async def _batch_run(
     return (time.thread_time() - cpu0) / len(attempts), reasons
 
 
-async def run_batch(sizes: list[int], calls: int, repeat: int) -> list[dict[str, Any]]:
+async def run_batch(
+    sizes: list[int], calls: int, repeat: int, modes: tuple[str, ...] = ("tasks", "admit_many")
+) -> list[dict[str, Any]]:
     """Per-decision CPU at batch sizes ``sizes``, task per decision vs ``admit_many``."""
-    modes = ["tasks"] + (["admit_many"] if hasattr(AdmissionEngine, "admit_many") else [])
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp), extra_args=("--appendonly", "no"))
@@ -306,7 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-uvloop", action="store_true")
     ap.add_argument("--batch", help="batch sizes, e.g. 1,8,32: the per-turn decision path")
     ap.add_argument("--repeat", type=int, default=3, help="--batch runs per figure (best kept)")
+    ap.add_argument("--modes", default="tasks,admit_many", help="--batch: tasks and/or admit_many")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="--batch: client instructions per decision under callgrind (valgrind), "
+        "the same figure however busy the box is; --calls 600 is plenty",
+    )
+    ap.add_argument("--under-callgrind", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.batch and (args.instructions or args.under_callgrind):
+        return _main_instructions(args)
     if args.batch:
         return _main_batch(args)
     use_uvloop = False
@@ -353,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main_batch(args: argparse.Namespace) -> int:
     sizes = [int(x) for x in args.batch.split(",")]
     calls = min(args.calls, 3000)
-    coro = run_batch(sizes, calls, args.repeat)
+    coro = run_batch(sizes, calls, args.repeat, tuple(args.modes.split(",")))
     if args.no_uvloop:
         results = asyncio.run(coro)
     else:
@@ -375,6 +386,86 @@ def _main_batch(args: argparse.Namespace) -> int:
     }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {out}")
+    return 0
+
+
+def _instr_run(sizes: list[int], calls: int, modes: tuple[str, ...]) -> None:
+    """Inside valgrind: per size and mode, the decisions run inside ``sys.call_tracing`` (collected)."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp), extra_args=("--appendonly", "no"))
+        server.start()
+        try:
+            store = loop.run_until_complete(PolicyStore.connect(server.url))
+            for size in sizes:
+                for mode in modes:
+                    loop.run_until_complete(store.client.flushall())
+                    loop.run_until_complete(_load(store, 0))
+                    engine = AdmissionEngine(
+                        store, EngineConfig(budget_ms=10_000), clock=lambda: NOON
+                    )
+                    loop.run_until_complete(engine.start())
+                    warm = _attempts("w", CALLEES // 2, 400, "198.51.100.10")
+                    loop.run_until_complete(_batch_run(engine, warm, size, mode))
+                    timed = _attempts(f"{mode}{size}", 0, calls, "198.51.100.10")
+                    sys.call_tracing(
+                        loop.run_until_complete, (_batch_run(engine, timed, size, mode),)
+                    )
+                    loop.run_until_complete(engine.stop())
+            loop.run_until_complete(store.close())
+        finally:
+            server.stop()
+
+
+def _main_instructions(args: argparse.Namespace) -> int:
+    """Client instructions per decision, one callgrind dump per (size, mode): deterministic on a busy box."""
+    import os
+    import re
+
+    sizes = [int(x) for x in args.batch.split(",")]
+    modes = tuple(args.modes.split(","))
+    calls = min(args.calls, 3000)
+    if args.under_callgrind:
+        _instr_run(sizes, calls, modes)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="cag-admission-cg-") as tmp:
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=sys_call_tracing",
+            "--dump-after=sys_call_tracing",
+            f"--callgrind-out-file={tmp}/cg.%p",
+            sys.executable,
+            "-m",
+            "bench.admission",
+            "--under-callgrind",
+            "--batch",
+            args.batch,
+            "--modes",
+            args.modes,
+            "--calls",
+            str(calls),
+        ]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        subprocess.run(
+            cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        dumps = sorted(Path(tmp).glob("cg.*.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+        totals = []
+        for d in dumps:
+            m = re.search(r"^(?:totals|summary): (\d+)", d.read_text(errors="replace"), re.M)
+            totals.append(int(m.group(1)) if m else 0)
+    names = [(size, mode) for size in sizes for mode in modes]
+    if len(totals) != len(names):
+        raise SystemExit(f"admission: expected {len(names)} callgrind dumps, got {len(totals)}")
+    for (size, mode), t in zip(names, totals, strict=True):
+        print(
+            f"batch {size:>3} {mode:>10}: {t / calls / 1000:8.1f} k instructions/decision (client, {calls} calls)"
+        )
     return 0
 
 

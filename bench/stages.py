@@ -29,8 +29,20 @@ disturbed):
   ``wrap`` / ``unwrap`` of each (as if all were steered; with two workers
   about half are).
 
-Not here, because they need sockets or the event loop: receive, send,
-asyncio tasks and futures per decision, redis-py's connection path.
+- ``worker``: the worker's adapter around the core for the whole call
+  (``Worker._receive`` for each message, the Admit batched and decided
+  through ``_flush_admits`` / ``_decided`` / ``_finish``, the one core timer,
+  the Meter, the audit sink's appends, and at the end the expiry of every
+  transaction through ``_on_timer``) with the real compiled core, an
+  engine that decides at once and ``_send`` counting instead of sending.
+  It includes ``core``: ``worker`` - ``core`` is the adapter's own cost.
+- ``udp``: the system calls of a call's datagrams on loopback: 7 ``sendto``
+  and 7 reads through ``UdpReader`` (a call has 6 in and 7 out; the
+  receive side reads one more than it needs, the send side is exact).
+
+Not here: the Redis round trip and the engine's futures per decision
+(``python -m bench admission --batch 1,8,32`` measures those against a
+real redis-server).
 
 Run: ``python -m bench stages [--calls 2000] [--repeat 5] [--json]``.
 
@@ -56,8 +68,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("parse", "core", "rules", "redis_encode", "redis_decode", "metrics", "audit", "steering")
+STAGES = (
+    "parse",
+    "core",
+    "rules",
+    "redis_encode",
+    "redis_decode",
+    "metrics",
+    "audit",
+    "steering",
+    "worker",
+    "udp",
+)
 IN_TOTAL = ("core", "rules", "redis_encode", "redis_decode", "metrics", "audit", "steering")
+# ``worker`` includes ``core``, ``metrics`` and the worker's part of ``audit``: not added to the total;
+# ``worker`` - ``core`` is the adapter's own cost per call (dispatch, timers, counters, finishing).
 
 
 @dataclass
@@ -333,6 +358,108 @@ def stage_steering(calls: int) -> Callable[[], Callable[[], None]]:
     return factory
 
 
+def stage_worker(calls: int) -> Callable[[], Callable[[], None]]:
+    """The worker's adapter for one admitted call around the real core (see the docstring)."""
+    import asyncio
+
+    from bench.proxy_core import ADMIT, record
+    from gateway import worker as worker_mod
+    from gateway.audit.sink import AuditSink
+    from gateway.config import Settings
+    from tests.unit.proxy._support import make_core
+
+    worker_mod.metrics = _multiprocess_metrics()
+    steps = record(calls)
+    spool = Path(tempfile.mkdtemp(prefix="cag-stages-worker-"))
+
+    class _Engine:
+        def admit_many(self, items: Any, on_decided: Any) -> None:
+            for token, _call in items:
+                on_decided(token, ADMIT)
+
+        def release(self, trunk_id: str, call_id: str) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+
+    def factory() -> Callable[[], None]:
+        async def make() -> Any:
+            spec = worker_mod.WorkerSpec(0, Settings(), "redis://unused", b"k", [], "gw")
+            w = worker_mod.Worker(spec)
+            w.engine = _Engine()
+            w.audit = AuditSink(
+                "redis://127.0.0.1:1", spool, buffer_max=10 * calls + 10, batch=10 * calls + 10
+            )
+            w.core = make_core()
+            sent = [0]
+
+            def send(a: Any) -> None:
+                sent[0] += 1
+
+            w._send = send  # type: ignore[method-assign]
+            return w
+
+        w = loop.run_until_complete(make())
+        clock = [0.0]
+        worker_mod.core_time = lambda: clock[0]
+        receive, arm = w._receive, w._arm
+
+        def run() -> None:
+            for kind, data, source, private, now in steps:
+                clock[0] = now
+                if kind == "decision":
+                    w._flush_admits()  # what the loop's call_soon runs after this turn's reads
+                    continue
+                receive(data, source, "udp", None, private)  # type: ignore[arg-type]
+                arm()  # UdpReader's ``after``: a read pass of one datagram (an idle worker's worst case)
+            loop.run_until_complete(asyncio.sleep(0))  # the scheduled (now empty) flushes
+            clock[0] += 64.0  # every transaction's timers due: their expiry is per-call work too
+            w._on_timer()
+            if w._timer is not None:
+                w._timer.cancel()
+
+        return run
+
+    return factory
+
+
+def stage_udp(calls: int) -> Callable[[], Callable[[], None]]:
+    """7 loopback sendto + 7 reads through ``UdpReader._readable`` per call (the call's datagrams)."""
+    import socket
+
+    from bench.proxy_core import record
+    from gateway.udp_reader import UdpReader
+
+    msgs = [s[1] for s in record(min(calls, 50)) if isinstance(s[1], bytes)][:6]
+    msgs.append(msgs[0])  # 7 datagrams per call
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dest = rx.getsockname()
+    got = [0]
+
+    def sink(data: bytes, source: Any, transport: str, conn_id: Any, private: bool) -> None:
+        got[0] += 1
+
+    reader = UdpReader(rx, sink, private=False, on_event=lambda name: None)
+
+    def factory() -> Callable[[], None]:
+        def run() -> None:
+            sendto, readable = tx.sendto, reader._readable
+            for _ in range(-(-calls // 8)):  # 8 calls' datagrams queued, then read: a read pass of 56
+                for _c in range(8):
+                    for m in msgs:
+                        sendto(m, dest)  # type: ignore[arg-type]
+                readable()
+                while reader.last_read:
+                    readable()
+
+        return run
+
+    return factory
+
+
 FACTORIES: dict[str, Callable[[int], Callable[[], Callable[[], None]]]] = {
     "parse": stage_parse,
     "core": stage_core,
@@ -342,6 +469,8 @@ FACTORIES: dict[str, Callable[[int], Callable[[], Callable[[], None]]]] = {
     "metrics": stage_metrics,
     "audit": stage_audit,
     "steering": stage_steering,
+    "worker": stage_worker,
+    "udp": stage_udp,
 }
 
 
@@ -425,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"per-stage {unit} per admitted call ({status}; {how})")
     u = "" if args.instructions else " µs"
     for k, v in figures.items():
-        note = "  (inside core)" if k == "parse" else ""
+        note = {"parse": "  (inside core)", "worker": "  (includes core)"}.get(k, "")
         print(f"  {k:<13} {v:10.1f}{u}{note}")
     print(f"  {'total':<13} {total:10.1f}{u}  (all but parse; no sockets, loop or redis-py)")
     return 0

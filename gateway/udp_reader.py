@@ -69,7 +69,9 @@ class UdpReader:
 
     ``sink`` gets the same arguments as from ``UdpEndpoint``. At most
     ``max_per_turn`` datagrams are read per readiness event, so timers and
-    the Redis socket get their turn under a flood.
+    the Redis socket get their turn under a flood. ``after`` runs once at the
+    end of a pass that read something: per-pass work (the worker's one
+    ``call_at`` for the core's deadline) is done once, not per datagram.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class UdpReader:
         on_event: Callable[[str], None],
         max_per_turn: int = 64,
         bufsize: int = 65535,
+        after: Callable[[], None] | None = None,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
@@ -89,6 +92,7 @@ class UdpReader:
         self.on_event = on_event
         self.max_per_turn = max_per_turn
         self.bufsize = bufsize
+        self.after = after  # once per read pass that read something (the worker arms its timer)
         self.stamped = enable_rx_timestamps(sock)
         self.max_wait = 0.0  # s, longest kernel-queue wait seen since the last take_max_wait()
         self.last_read = 0  # datagrams read in the last read pass
@@ -146,6 +150,8 @@ class UdpReader:
             sink(data, addr if len(addr) == 2 else (addr[0], addr[1]), "udp", None, private)
         self.last_read = n
         self.read_total += n
+        if self.after is not None:
+            self.after()
 
     def sendto(self, data: bytes, dest: Addr) -> None:
         """Send now; when the socket buffer is full, queue and send once it is writable."""

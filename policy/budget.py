@@ -10,6 +10,15 @@ then raises says ``stalled`` so it does not count towards the breaker.
 The timer guards a waiter future, not the futures it watches, so that one
 timer can guard a whole batch of decisions (one per event-loop turn, issue
 13): ``_expire`` takes any waiter.
+
+A grace timer that fires late again means the loop is *still* behind (a
+saturated worker, or one the kernel does not schedule): the answer is most
+likely read, or waiting to be read, in this very iteration. Failing then
+would turn our CPU shortage into a wrong ``store_unavailable`` while Redis
+answered on time, so the grace is renewed, up to ``STALL_GRACES`` times in
+a row; shedding new INVITEs (503 overload, the worker's queue-wait signal)
+is what answers a loop that cannot keep up. A grace that fires on time
+with no answer still fails, ``stalled``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from policy.ports import Handle, StoreError, Timers
+
+# Graces in a row while the loop stays late (each ``grace`` long: 8 x 25 ms = 200 ms at most).
+STALL_GRACES = 8
 
 
 class BudgetExceeded(TimeoutError):
@@ -45,6 +57,7 @@ def _expire(
     late_s: float,
     grace: float,
     stalled: bool,
+    graces: int = 0,
 ) -> None:
     """The budget timer. Fired late by more than ``late_s``: the loop was stalled.
 
@@ -56,8 +69,10 @@ def _expire(
     if waiter.done():
         return
     now = timers.time()
-    if not stalled and now - deadline > late_s:
-        timers.call_at(now + grace, _expire, timers, waiter, now + grace, late_s, grace, True)
+    if now - deadline > late_s and graces < STALL_GRACES:  # the loop is (still) behind
+        timers.call_at(
+            now + grace, _expire, timers, waiter, now + grace, late_s, grace, True, graces + 1
+        )
         return
     waiter.set_exception(BudgetExceeded(stalled))
 
@@ -107,8 +122,9 @@ class BatchBudget:
     decisions of a turn share a deadline, so they share the timer: when it
     fires, ``on_expire(stalled)`` fails whatever is still open (the caller
     knows which), with the same stall rule as ``_expire`` — a timer more than
-    ``late_s`` late gets one ``grace`` for answers already in the socket
-    buffer, and the failure it then reports says ``stalled``.
+    ``late_s`` late gets a ``grace`` for answers already in the socket
+    buffer, renewed while the grace timers fire late too (``STALL_GRACES``),
+    and the failure it then reports says ``stalled``.
 
     ``settled()`` is called once per decision that finished before the
     deadline; the last one cancels the timer.
@@ -131,7 +147,7 @@ class BatchBudget:
         self._left = count
         self._on_expire = on_expire
         deadline = timers.time() + timeout
-        self._handle: Handle | None = timers.call_at(deadline, self._fire, deadline, False)
+        self._handle: Handle | None = timers.call_at(deadline, self._fire, deadline, False, 0)
 
     def settled(self) -> None:
         """One decision of the batch has its answer (or its failure) before the deadline."""
@@ -140,13 +156,13 @@ class BatchBudget:
             self._handle.cancel()
             self._handle = None
 
-    def _fire(self, deadline: float, stalled: bool) -> None:
+    def _fire(self, deadline: float, stalled: bool, graces: int) -> None:
         if self._handle is None:
             return
         now = self._timers.time()
-        if not stalled and now - deadline > self._late_s:
+        if now - deadline > self._late_s and graces < STALL_GRACES:  # the loop is (still) behind
             self._handle = self._timers.call_at(
-                now + self._grace, self._fire, now + self._grace, True
+                now + self._grace, self._fire, now + self._grace, True, graces + 1
             )
             return
         self._handle = None

@@ -163,21 +163,45 @@ class _Waiting(Generic[T]):
         if exc is not None:
             self.fail(exc if isinstance(exc, Exception) else StoreError(repr(exc)), on_time=True)
         elif self.left == 0:
-            e = self.engine
-            self.decided = True
-            if self.batch is not None:
-                self.batch.settled()
-            if e.latency_observer is not None:
-                e.latency_observer("redis", time.perf_counter() - self.t_store)
-            try:
-                results: dict[str, Any] = {p.kind: p.fut.result() for p in self.pending}
-                d = e._settle(self.call, self.local, results, self.cfg)
-            except Exception:
-                e._internal_error(
-                    self.call, self.on_decided, self.token, self.now, self.t0, self.cfg
+            self._decide()
+
+    def answered(self) -> bool:
+        """Every answer is in, even if its done-callback has not run yet."""
+        return all(p.fut.done() for p in self.pending)
+
+    def decide_answered(self) -> None:
+        """The budget ran out between the answers landing and their callbacks running.
+
+        The futures' done-callbacks run one loop iteration after the reply is
+        read, and a loop iteration runs its timers first: a budget timer due in
+        that iteration would otherwise fail a decision whose answers are in
+        hand. Decided from them instead; the callbacks, when they run, find it
+        decided.
+        """
+        for p in self.pending:
+            f = p.fut
+            exc = f.exception() if not f.cancelled() else StoreError("cancelled")
+            if exc is not None:
+                self.fail(
+                    exc if isinstance(exc, Exception) else StoreError(repr(exc)), on_time=True
                 )
                 return
-            e._deliver(self.on_decided, self.token, d, self.now, self.t0, self.cfg)
+        self._decide()
+
+    def _decide(self) -> None:
+        e = self.engine
+        self.decided = True
+        if self.batch is not None:
+            self.batch.settled()
+        if e.latency_observer is not None:
+            e.latency_observer("redis", time.perf_counter() - self.t_store)
+        try:
+            results: dict[str, Any] = {p.kind: p.fut.result() for p in self.pending}
+            d = e._settle(self.call, self.local, results, self.cfg)
+        except Exception:
+            e._internal_error(self.call, self.on_decided, self.token, self.now, self.t0, self.cfg)
+            return
+        e._deliver(self.on_decided, self.token, d, self.now, self.t0, self.cfg)
 
     def fail(self, exc: Exception, *, on_time: bool) -> None:
         """A store error (``on_time``: before the deadline) or the batch's budget ran out."""
@@ -370,9 +394,18 @@ class AdmissionEngine:
                 p.fut.add_done_callback(w)
 
     def _expire_batch(self, waiting: list[_Waiting[Any]], stalled: bool) -> None:
-        """The batch's budget ran out: every decision still waiting gets the fail mode."""
+        """The batch's budget ran out: every decision still waiting gets the fail mode.
+
+        Except one whose answers are all in and only their callbacks have not
+        run yet (``_Waiting.decide_answered``): it is decided from them.
+        """
         for w in waiting:
-            if not w.decided:
+            if w.decided:
+                continue
+            if w.answered():
+                self.stats["answered_at_budget"] += 1
+                w.decide_answered()
+            else:
                 w.fail(BudgetExceeded(stalled), on_time=False)
 
     def _deliver(

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
@@ -34,6 +35,8 @@ import hiredis
 from redis.exceptions import ConnectionError, ResponseError
 
 __all__ = ["HotLink", "LinkTarget"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,35 @@ class LinkTarget:
 
 
 class _Batch:
-    __slots__ = ("fut", "n", "out")
+    """One pipeline in flight: its replies so far, and who gets them (a future or a callback)."""
 
-    def __init__(self, n: int, fut: asyncio.Future[list[Any]]) -> None:
+    __slots__ = ("cb", "fut", "n", "out")
+
+    def __init__(
+        self,
+        n: int,
+        fut: asyncio.Future[list[Any]] | None,
+        cb: Callable[[list[Any] | ConnectionError], None] | None = None,
+    ) -> None:
         self.n = n
         self.out: list[Any] = []
         self.fut = fut
+        self.cb = cb
+
+    def done(self, result: list[Any] | ConnectionError) -> None:
+        if self.cb is not None:
+            try:
+                self.cb(result)
+            except Exception:  # the receiver's bug must not stop the replies of the next batches
+                log.exception("hot link: reply callback failed")
+            return
+        fut = self.fut
+        if fut is None or fut.done():
+            return
+        if isinstance(result, ConnectionError):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 class _Protocol(asyncio.Protocol):
@@ -134,15 +160,38 @@ class HotLink:
         packed = b"".join([hiredis.pack_command(c) for c in commands])
         return await self._send(packed, len(commands))
 
+    def send_now(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        on_replies: Callable[[list[Any] | ConnectionError], None],
+    ) -> bool:
+        """Write ``commands`` now if the link is up; ``on_replies`` gets the replies (or the error).
+
+        False, and nothing sent, when there is no connection yet (or one is
+        being made): the caller takes ``pipeline``, which connects. This is
+        the hot path's way in (issue 13): no coroutine, task or future per
+        batch, and the replies are handed over from ``data_received`` itself
+        instead of a task wake-up one loop iteration later.
+        """
+        if self._transport is None or self._connecting is not None:
+            return False
+        packed = b"".join([hiredis.pack_command(c) for c in commands])
+        self._queue(_Batch(len(commands), None, on_replies), packed)
+        return True
+
     def _send(self, packed: bytes, n: int) -> asyncio.Future[list[Any]]:
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue(_Batch(n, fut), packed)
+        return fut
+
+    def _queue(self, batch: _Batch, packed: bytes) -> None:
         assert self._transport is not None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiting.append(_Batch(n, fut))
+        self._waiting.append(batch)
         self._transport.write(packed)
         if self._timer is None:
-            self._timer = loop.call_later(self.reply_timeout, self._check_stuck, self._replies)
-        return fut
+            self._timer = asyncio.get_running_loop().call_later(
+                self.reply_timeout, self._check_stuck, self._replies
+            )
 
     # ------------------------------------------------------------ replies
     def _feed(self, data: bytes) -> None:
@@ -161,8 +210,7 @@ class HotLink:
                 head.out.append(r)
                 if len(head.out) == head.n:
                     waiting.popleft()
-                    if not head.fut.done():
-                        head.fut.set_result(head.out)
+                    head.done(head.out)
         except hiredis.ProtocolError as e:
             self._drop(ConnectionError(f"redis protocol error: {e}"))
 
@@ -242,8 +290,7 @@ class HotLink:
             self._timer = None
         waiting, self._waiting = self._waiting, collections.deque()
         for b in waiting:
-            if not b.fut.done():
-                b.fut.set_exception(err)
+            b.done(err)
         if transport is not None:
             transport.abort()
 

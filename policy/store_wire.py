@@ -101,9 +101,42 @@ class _Batcher:
         batch, self._queue = self._queue, []
         self._scheduled = False
         if batch:
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Hot link (issue 13, policy.hotlink): written now, answered from its data_received.
+            hot = self._store._hotlink
+            if (
+                hot is not None
+                and self._store._functions_ok
+                and hot.send_now([e[0] for e in batch], lambda r: self._hot_replies(batch, r))
+            ):
+                return
+            self._spawn(batch)
+
+    def _spawn(self, batch: list[_Entry]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _hot_replies(self, batch: list[_Entry], results: list[Any] | Exception) -> None:
+        """The hot link's answer to a batch: resolve it, as ``_run`` does after its pipeline."""
+        if isinstance(results, Exception):
+            self._fail(batch, StoreError(f"redis: {results}"))
+            return
+        retry = [i for i, r in enumerate(results) if _function_missing(r)]
+        if retry:  # library missing: ``_run`` loads it and sends these again
+            self._spawn([batch[i] for i in retry])
+            done = set(retry)
+            self._resolve(
+                [e for i, e in enumerate(batch) if i not in done],
+                [r for i, r in enumerate(results) if i not in done],
+            )
+            return
+        self._resolve(batch, results)
+
+    @staticmethod
+    def _fail(batch: list[_Entry], err: StoreError) -> None:
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_exception(err)
 
     async def _run(self, batch: list[_Entry]) -> None:
         try:
@@ -116,10 +149,7 @@ class _Batcher:
                 for i, r in zip(retry, again, strict=True):
                     results[i] = r
         except (RedisError, OSError, StoreError) as e:
-            err = e if isinstance(e, StoreError) else StoreError(f"redis: {e}")
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
+            self._fail(batch, e if isinstance(e, StoreError) else StoreError(f"redis: {e}"))
             return
         except (
             BaseException
@@ -131,6 +161,10 @@ class _Batcher:
                 raise
             log.exception("pipeline batch failed")
             return
+        self._resolve(batch, results)
+
+    @staticmethod
+    def _resolve(batch: list[_Entry], results: list[Any]) -> None:
         for (_, parse, fut), r in zip(batch, results, strict=True):
             if fut.done():
                 continue

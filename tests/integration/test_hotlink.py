@@ -110,3 +110,66 @@ async def test_a_hung_server_fails_the_batches_in_flight_then_reconnects(tmp_pat
     finally:
         link.close()
         s.stop()
+
+
+async def test_send_now_answers_by_callback_in_order_and_fails_on_a_lost_link(
+    tmp_path: Path,
+) -> None:
+    """The hot path's way in: nothing sent before a connection exists; replies from data_received."""
+    s = EmbeddedRedis(tmp_path / "n")
+    s.start()
+    link = HotLink(LinkTarget.from_url(s.url) or LinkTarget())
+    got: list[object] = []
+    try:
+        # Not connected: nothing sent, the caller takes pipeline().
+        assert not link.send_now([("PING",)], got.append)
+        assert await link.pipeline([("PING",)]) == [b"PONG"]
+        for i in range(20):
+            batch = [("SET", f"k{i}", i), ("GET", f"k{i}"), ("XX-NO-SUCH",)]
+            assert link.send_now(batch, got.append)
+        t = asyncio.get_running_loop().time() + 2.0
+        while len(got) < 20 and asyncio.get_running_loop().time() < t:
+            await asyncio.sleep(0.005)
+        assert [r[1] for r in got] == [str(i).encode() for i in range(20)]  # type: ignore[index]
+        assert all(isinstance(r[2], ResponseError) for r in got)  # type: ignore[index]
+        got.clear()
+        assert s.proc is not None
+        os.kill(s.proc.pid, signal.SIGSTOP)
+        try:
+            assert link.send_now([("PING",)], got.append)
+            link._drop(ConnectionError("gone"))  # what a lost connection or the stuck check does
+        finally:
+            os.kill(s.proc.pid, signal.SIGCONT)
+        assert len(got) == 1 and isinstance(got[0], ConnectionError)
+    finally:
+        link.close()
+        s.stop()
+
+
+async def test_the_stores_batches_take_the_hot_link_without_a_task(tmp_path: Path) -> None:
+    """Once connected, a loop turn's store calls are written from the batcher's flush itself."""
+    from policy.store import PolicyStore
+
+    s = EmbeddedRedis(tmp_path / "b")
+    s.start()
+    store = await PolicyStore.connect(s.url)
+    try:
+        await store.fcall("cag_release", ["{t:x}:conc"], ["c1"])  # first batch: connects (a task)
+        loop = asyncio.get_running_loop()
+        spawned: list[object] = []
+        real = loop.create_task
+
+        def counting(coro: object, **kw: object) -> object:
+            spawned.append(coro)
+            return real(coro, **kw)  # type: ignore[arg-type]
+
+        loop.create_task = counting  # type: ignore[method-assign]
+        try:
+            futs = [store.release("t-x", f"c{i}") for i in range(10)]
+            assert [await f for f in futs] == [False] * 10
+        finally:
+            del loop.create_task
+        assert spawned == []
+    finally:
+        await store.close()
+        s.stop()

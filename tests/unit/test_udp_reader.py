@@ -120,3 +120,30 @@ def test_wait_overload_enters_after_ticks_and_leaves_when_drained(
     w.update(0.2)
     w.update(0.2)
     assert w.overloaded and w.update(0.001) and not w.overloaded
+
+
+async def test_after_runs_once_per_read_pass_not_per_datagram(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The worker arms its core timer in ``after``: once for a pass of many datagrams."""
+    rx, tx = pair
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    passes: list[int] = []
+    r = UdpReader(
+        rx,
+        lambda data, src, tr, conn, private: got.append((data, src)),
+        private=False,
+        on_event=lambda e: None,
+        after=lambda: passes.append(len(got)),
+    )
+    for i in range(30):
+        tx.sendto(b"z%d" % i, rx.getsockname())
+    time.sleep(0.05)  # all 30 queued before the first pass
+    r.start(asyncio.get_running_loop())
+    try:
+        await _until(lambda: len(got) == 30)
+        assert passes == [30]
+        r._readable()  # a pass that reads nothing: no ``after``
+        assert passes == [30]
+    finally:
+        r.close()
