@@ -116,7 +116,21 @@ async def test_a_message_arms_the_real_cores_deadline(monkeypatch: pytest.Monkey
     monkeypatch.setattr(worker_mod, "metrics", _NoMetrics())
     monkeypatch.setattr(worker_mod, "core_time", lambda: 1000.0)
     w._dispatch = lambda actions: None  # type: ignore[method-assign]
+    # UDP: the timer is armed once per read pass (UdpReader's ``after`` is ``Worker._arm``), not per datagram.
     w._receive(invite(), TRUNK, "udp", None, False)  # a pending server transaction: its bound is a deadline
+    assert core.next_deadline() < INF
+    assert loop.live() == []
+    w._arm()  # the end of the read pass
+    assert [h.when for h in loop.live()] == [core.next_deadline() + worker_mod.TIMER_SLACK_S]
+
+
+async def test_a_stream_message_arms_the_real_cores_deadline_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = make_core(probe_interval=0.0)
+    w, loop = await _worker(core)
+    monkeypatch.setattr(worker_mod, "metrics", _NoMetrics())
+    monkeypatch.setattr(worker_mod, "core_time", lambda: 1000.0)
+    w._dispatch = lambda actions: None  # type: ignore[method-assign]
+    w._receive(invite(), TRUNK, "tcp", 7, False)  # no read pass around a stream message: armed at once
     assert core.next_deadline() < INF
     assert [h.when for h in loop.live()] == [core.next_deadline() + worker_mod.TIMER_SLACK_S]
 
