@@ -66,7 +66,7 @@ def wanted(settings: TlsSettings) -> bool:
 
 def fingerprint(der: bytes) -> str:
     """The SHA-256 fingerprint of a DER certificate in the stored form (``policy.model.normalize_fingerprint``)."""
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    return hashlib.sha256(der).digest().hex(":").upper()
 
 
 class TrunkCertCheck:

@@ -12,6 +12,7 @@ reference snapshot.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -69,7 +70,7 @@ def _load_trunks(tmp_path: Path, redis_url: str, pins: str) -> None:
 
 
 def test_trunk_identified_by_certificate_and_address(
-    tmp_path: Path, redis_url: str, udp_hop: Hop
+    tmp_path: Path, redis_url: str, udp_hop: Hop, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = make_cert(tmp_path / "pki", cn="cag-gateway", name="server")
     trunk = make_cert(tmp_path / "pki", cn="trunk-t1", name="t1")
@@ -80,6 +81,9 @@ def test_trunk_identified_by_certificate_and_address(
 
     standard_policy(redis_url, callees=1)
     _load_trunks(tmp_path, redis_url, pin.replace(":", "").lower())  # plain hex is accepted too
+    capsys.readouterr()
+    assert cag(["policy", "show", "trunks", "T1", "--redis-url", redis_url]) == 0
+    assert json.loads(capsys.readouterr().out)["tls_fingerprints"] == [pin]  # the openssl form
     tls_port = free_port(socket.SOCK_STREAM)
     g = GatewayProc(
         redis_url,
