@@ -7,8 +7,10 @@ connection. This module only turns the settings into ``ssl.SSLContext`` objects:
 - **server** (``tls:`` listen addresses): our certificate and key, TLS 1.2 or
   later; with ``tls_verify_client`` a client certificate is required and must
   verify against ``tls_ca_file`` (the handshake fails otherwise). The trunk is
-  still identified by its source address (SPEC §2): the certificate only
-  authenticates the connection.
+  identified by its source address (SPEC §2); a trunk whose record lists
+  ``tls_fingerprints`` must also present one of those certificates
+  (``TrunkCertCheck``), so a certificate the CA vouches for cannot be used by
+  another trunk, nor an address of this trunk without its certificate.
 - **client** (``tls:`` next hops): the hop's certificate verified against
   ``tls_ca_file`` (or the system store), host name or IP included, unless
   ``tls_verify_hop`` is off; our certificate is shown when the hop asks (mutual TLS).
@@ -22,8 +24,11 @@ are added on reload; one removed from the file stays trusted until a restart.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +62,62 @@ def advertised_tls(settings: TlsSettings, host: str) -> tuple[str, int] | None:
 def wanted(settings: TlsSettings) -> bool:
     """Is TLS used at all (a ``tls:`` listen address or next hop)?"""
     return any(x.strip().lower().startswith("tls:") for x in (*settings.listen, *settings.next_hop))
+
+
+def fingerprint(der: bytes) -> str:
+    """The SHA-256 fingerprint of a DER certificate in the stored form (``policy.model.normalize_fingerprint``)."""
+    return hashlib.sha256(der).digest().hex(":").upper()
+
+
+class TrunkCertCheck:
+    """Is the certificate a TLS peer presented one its trunk lists? Called once per accepted
+    connection, when the handshake has completed (``gateway.transport.TcpConnection``).
+
+    ``fingerprints_for(ip)``: the ``tls_fingerprints`` of the trunk owning ``ip`` in the
+    current reference snapshot (empty: no trunk, or one identified by address alone: the
+    connection is accepted as before, the core still drops unknown sources). A refusal is
+    counted (``cag_proxy_events_total{event="tls_peer_rejected"}``, like ``tcp_rejected_limit``)
+    and logged, at most one line a second.
+    """
+
+    EVENT = "tls_peer_rejected"
+
+    def __init__(
+        self,
+        fingerprints_for: Callable[[str], Collection[str]],
+        on_event: Callable[[str], None],
+        log_interval: float = 1.0,
+    ) -> None:
+        self.fingerprints_for = fingerprints_for
+        self.on_event = on_event
+        self.log_interval = log_interval
+        self._logged_at = -float("inf")
+        self._suppressed = 0
+
+    def __call__(self, ip: str, der: bytes | None) -> bool:
+        wanted = self.fingerprints_for(ip)
+        if not wanted:
+            return True
+        got = fingerprint(der) if der else None
+        if got is not None and got in wanted:
+            return True
+        self.on_event(self.EVENT)
+        now = time.monotonic()
+        if now - self._logged_at < self.log_interval:
+            self._suppressed += 1
+            return False
+        self._logged_at = now
+        log.warning(
+            "TLS connection from %s closed: %s (trunk lists %d fingerprint(s)); %d more suppressed",
+            ip,
+            f"certificate {got} is not the trunk's"
+            if got
+            else "no client certificate (tls_verify_client off?)",
+            len(wanted),
+            self._suppressed,
+        )
+        self._suppressed = 0
+        return False
 
 
 class TlsContexts:
@@ -128,4 +189,3 @@ def reload_all() -> None:
     """SIGHUP in a worker: every context this process built takes the files again."""
     for contexts in _LIVE:
         contexts.reload()
-

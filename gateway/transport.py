@@ -113,7 +113,11 @@ class TcpConnection(asyncio.Protocol):
     """One TCP or TLS connection (accepted from a trunk, or opened to a next hop).
 
     ``name`` is the transport the core is told ("tcp" or "tls"): over TLS the
-    asyncio SSL layer hands this protocol the decrypted stream, framed the same way.
+    asyncio SSL layer hands this protocol the decrypted stream, framed the same way,
+    and calls ``connection_made`` once the handshake has completed, which is where
+    ``peer_check(ip, client certificate DER or None)`` runs (``gateway.tls.TrunkCertCheck``:
+    a trunk identified by its certificate as well as its address); False closes the connection
+    before a byte is read.
     """
 
     def __init__(
@@ -126,8 +130,10 @@ class TcpConnection(asyncio.Protocol):
         idle_timeout: float = 300.0,
         limits: TcpLimits | None = None,
         name: str = "tcp",
+        peer_check: Callable[[str, bytes | None], bool] | None = None,
     ) -> None:
         self.name = name
+        self.peer_check = peer_check
         self.sink = sink
         self.registry = registry
         self.on_event = on_event
@@ -153,6 +159,12 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.abort()
                 return
             self._counted = True
+        if self.peer_check is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not self.peer_check(self.peer[0], der):  # counted and logged by the check
+                self.transport.abort()
+                return
         self.registry[self.conn_id] = self
         for chunk in self.pending:
             self.transport.write(chunk)

@@ -43,7 +43,7 @@ from gateway.proxy import (
     steer,
 )
 from gateway.proxy.pike import PikeConfig
-from gateway.tls import TlsContexts, advertised_tls
+from gateway.tls import TlsContexts, TrunkCertCheck, advertised_tls
 from gateway.tls import reload_all as reload_tls
 from gateway.tls import wanted as tls_wanted
 from gateway.transport import Addr, TcpConnection, TcpConnector, TcpLimits, UdpReader, WaitOverload
@@ -256,10 +256,21 @@ class Worker:
             elif transport == "tls":  # TCP's connections behind the SSL layer (gateway/tls.py)
                 if self.tls is None or self.tls.server is None:  # Settings refuse a tls: listen without files
                     raise RuntimeError("tls: listen address without a TLS certificate")
+                # The trunk's certificate checked once the handshake is done (gateway/tls.py).
+                check = TrunkCertCheck(self._trunk_fingerprints, self._event)
+
+                def tls_connection(check: TrunkCertCheck = check) -> TcpConnection:
+                    return TcpConnection(
+                        self._receive,
+                        self.tcp_conns,
+                        self._event,
+                        limits=self.tcp_limits,
+                        name="tls",
+                        peer_check=check,
+                    )
+
                 server = await self.loop.create_server(
-                    lambda: TcpConnection(
-                        self._receive, self.tcp_conns, self._event, limits=self.tcp_limits, name="tls"
-                    ),
+                    tls_connection,
                     sock=sock,
                     ssl=self.tls.server,
                     ssl_handshake_timeout=s.tcp_message_timeout,
@@ -293,6 +304,12 @@ class Worker:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+
+    def _trunk_fingerprints(self, ip: str) -> tuple[str, ...]:
+        """The certificates the trunk owning ``ip`` may show over TLS, from the current
+        reference snapshot (empty: no such trunk, or one identified by address alone)."""
+        trunk = self.engine.ref.trunk_for(ip) if self.engine is not None else None
+        return trunk.tls_fingerprints if trunk is not None else ()
 
     # ---- bytes in -------------------------------------------------------
     def _receive(self, data: bytes, source: Addr, transport: str, conn_id: int | None, private: bool) -> None:

@@ -41,6 +41,25 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 certificate fingerprint as ``openssl x509 -fingerprint -sha256`` prints it
+    (``AA:BB:…``, upper case), from that form or plain hex, so a stored value compares
+    as a string with the one computed at the handshake and reads like the openssl output."""
+    raw = text.strip().lower()
+    for prefix in ("sha256 fingerprint=", "sha256:", "sha256="):
+        if raw.startswith(prefix):
+            raw = raw[len(prefix) :]
+    hexed = raw.replace(":", "")
+    if not _HEX64_RE.fullmatch(hexed):
+        raise ValueError(
+            f"bad TLS fingerprint {text!r}: expected a SHA-256 fingerprint, AA:BB:… or 64 hex digits"
+        )
+    return ":".join(hexed[i : i + 2] for i in range(0, 64, 2)).upper()
+
+
 class Record(BaseModel):
     """Base for stored records: unknown columns are ignored (SPEC §9 allows extras)."""
 
@@ -109,11 +128,20 @@ class Trunk(Record):
     max_cps: int = Field(0, ge=0)
     status: TrunkStatus = "active"
     max_concurrent: int = Field(0, ge=0)
+    # SHA-256 fingerprints of the client certificates this trunk may present over TLS
+    # (gateway/tls.py): empty, the trunk is identified by its address alone; set, a TLS
+    # connection from its sources must also show one of these certificates.
+    tls_fingerprints: tuple[str, ...] = ()
 
-    @field_validator("sources", mode="before")
+    @field_validator("sources", "tls_fingerprints", mode="before")
     @classmethod
     def _sources(cls, v: Any) -> Any:
         return _split_list(v)
+
+    @field_validator("tls_fingerprints")
+    @classmethod
+    def _valid_fingerprints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalize_fingerprint(f) for f in v)
 
     @field_validator("sources")
     @classmethod

@@ -93,3 +93,71 @@ def test_missing_files_fail_at_once(tmp_path: Path) -> None:
 def test_tls_next_hop_parses() -> None:
     assert NextHop.parse("tls:10.0.0.9:5061;weight=3") == NextHop("10.0.0.9", 5061, "tls", 3)
     assert str(NextHop.parse("TLS:[::1]:5061")) == "tls:::1:5061;weight=1"
+
+
+def test_fingerprint_matches_the_stored_form_of_the_openssl_output(tmp_path: Path) -> None:
+    """``openssl x509 -fingerprint -sha256`` output, plain hex and the handshake's DER all compare equal."""
+    import subprocess
+
+    from gateway.tls import fingerprint
+    from policy.model import Trunk, normalize_fingerprint
+
+    cert, _ = make_cert(tmp_path)
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()  # "sha256 Fingerprint=AB:CD:…" (the label's case varies by openssl version)
+    computed = fingerprint(ssl.PEM_cert_to_DER_cert(cert.read_text()))
+    assert normalize_fingerprint(out) == computed
+    hexed = out.split("=", 1)[1].replace(":", "").lower()
+    assert normalize_fingerprint(hexed) == computed
+    # The CSV cell: space-separated like ``sources``; empty means address only.
+    t = Trunk.model_validate(
+        {
+            "trunk_id": "T",
+            "enterprise_id": "E",
+            "sources": "10.0.0.1",
+            "tls_fingerprints": f"{hexed} {out.split('=', 1)[1]}",
+        }
+    )
+    assert t.tls_fingerprints == (computed, computed)
+    assert (
+        Trunk.model_validate(
+            {"trunk_id": "T", "enterprise_id": "E", "sources": "10.0.0.1"}
+        ).tls_fingerprints
+        == ()
+    )
+
+
+def test_bad_fingerprint_is_a_clear_row_error() -> None:
+    from policy.loader import RowError, validate_row
+
+    with pytest.raises(RowError) as e:
+        validate_row(
+            "trunks",
+            {
+                "trunk_id": "T",
+                "enterprise_id": "E",
+                "sources": "10.0.0.1",
+                "tls_fingerprints": "AB:CD",
+            },
+        )
+    assert "tls_fingerprints" in str(e.value) and "SHA-256" in str(e.value)
+
+
+def test_trunk_cert_check() -> None:
+    from gateway.tls import TrunkCertCheck, fingerprint
+
+    der_a, der_b = b"certificate a", b"certificate b"
+    pins = {"10.0.0.1": (fingerprint(der_a),)}
+    events: list[str] = []
+    check = TrunkCertCheck(lambda ip: pins.get(ip, ()), events.append)
+    assert check("10.0.0.1", der_a)
+    assert not check("10.0.0.1", der_b)
+    assert not check("10.0.0.1", None)  # no certificate shown (tls_verify_client off)
+    assert check("10.0.0.2", der_b) and check(
+        "10.0.0.2", None
+    )  # trunk without fingerprints / unknown
+    assert events == [TrunkCertCheck.EVENT, TrunkCertCheck.EVENT]

@@ -155,3 +155,70 @@ async def test_tls_server_and_connector_frame_messages_as_tls(tmp_path: Path) ->
         assert got == [(MSG, "tls"), (MSG, "tls")]
         for conn in [*registry.values(), *connector.by_dest.values()]:
             conn.close()
+
+
+async def test_tls_peer_check_closes_a_connection_the_trunk_does_not_list(tmp_path: Path) -> None:
+    """Trunk identified by certificate and address: the check runs after the handshake, on the DER the
+    client showed; a refused connection is aborted before a byte is read, and counted."""
+    import ssl
+
+    from gateway.tls import TrunkCertCheck, fingerprint
+    from tests.tlscert import make_cert
+
+    server_cert, server_key = make_cert(tmp_path, name="server")
+    good = make_cert(tmp_path, cn="trunk-a", name="a")
+    # Trusted by the CA file too: only the fingerprint tells the two apart.
+    other = make_cert(tmp_path, cn="trunk-b", name="b")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(good[0].read_bytes() + other[0].read_bytes())
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(server_cert), str(server_key))
+    server_ctx.load_verify_locations(cafile=str(ca))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    pinned = fingerprint(ssl.PEM_cert_to_DER_cert(good[0].read_text()))
+    pins: dict[str, tuple[str, ...]] = {"127.0.0.1": (pinned,)}
+    events: Counter[str] = Counter()
+    got: list[bytes] = []
+    limits = TcpLimits()
+
+    def sink(data: bytes, source: Addr, transport: str, conn_id: int | None, private: bool) -> None:
+        got.append(data)
+
+    check = TrunkCertCheck(lambda ip: pins.get(ip, ()), lambda e: events.update([e]))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: TcpConnection(
+            sink, {}, lambda e: events.update([e]), limits=limits, name="tls", peer_check=check
+        ),
+        "127.0.0.1",
+        0,
+        ssl=server_ctx,
+    )
+    port = server.sockets[0].getsockname()[1]
+
+    async def attempt(cert: tuple[Path, Path]) -> bool:
+        """Send one message with this client certificate; True when it reached the sink."""
+        ctx = ssl.create_default_context(cafile=str(server_cert))
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        before = len(got)
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
+        )
+        try:
+            w.write(MSG)
+            await w.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        closed = await _closed(r, 0.5)
+        w.close()
+        return len(got) > before and not closed
+
+    async with server:
+        assert await attempt(good)
+        assert not await attempt(other)
+        assert events[TrunkCertCheck.EVENT] == 1
+        pins.clear()  # the trunk without fingerprints: address alone, as before
+        assert await attempt(other)
+        assert events[TrunkCertCheck.EVENT] == 1
+    await asyncio.sleep(0.05)
+    assert limits.total == 0  # the refused connection gave its slot back
