@@ -17,13 +17,18 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from policy.bulk import BATCH_ROWS
 from policy.layout import GEN_POINTER, OPS, parse_layers
 from policy.model import KIND_KEYS, KIND_MODELS, Enterprise, NumberFiling, Record, Trunk
 from policy.store_keys import (
     CHANNEL,
+    FILINGS_DELTA_MAX,
+    FILINGS_FULL,
+    FILINGS_LOG,
+    FILINGS_LOG_KEEP,
+    FILINGS_VERSION,
     LAYERS_CHANGED,
     REF_KINDS,
     REF_MULTI_MAX,
@@ -102,6 +107,119 @@ class RefDataMixin:
             [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
             int(version or 0),
         )
+
+    async def ref_versions(self) -> tuple[int, int]:
+        """(reference version, filings version) in one command; refreshes the layer pointers too.
+
+        ``REF_VERSION - FILINGS_VERSION`` moves only when trunks, enterprises
+        or operator statuses change (policy/store_keys.py).
+        """
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(REF_VERSION, FILINGS_VERSION)
+            pipe.hgetall(GEN_POINTER)
+            (v, fv), gens = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
+        return int(v or 0), int(fv or 0)
+
+    async def load_ref_small(self) -> tuple[list[Trunk], list[Enterprise], int, int]:
+        """Trunks and enterprises (operator status applied) with both versions: one MULTI/EXEC.
+
+        What a worker reloads when the reference version moves but the
+        filings version does not (a suspension, a trunks file): small kinds,
+        never the filings.
+        """
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(ref_key("trunks"))
+            pipe.hgetall(ref_key("enterprises"))
+            pipe.mget(REF_VERSION, FILINGS_VERSION)
+            pipe.hgetall(OPS)
+            pipe.hgetall(GEN_POINTER)
+            trunks, ents, (v, fv), ops, gens = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
+        opmap = {_s(k): msgpack.unpackb(v) for k, v in (ops or {}).items()}
+        return (
+            [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
+            [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
+            int(v or 0),
+            int(fv or 0),
+        )
+
+    async def filing_changes(self, since: int, upto: int) -> list[str] | None:
+        """The numbers filings writes ``since`` < version <= ``upto`` changed; None: read them all again.
+
+        None when one of those versions rewrote the kind, or is no longer in
+        the log (a worker more than ``FILINGS_LOG_KEEP`` versions behind).
+        """
+        if upto <= since:
+            return []
+        if since < 0 or upto - since > FILINGS_LOG_KEEP:
+            return None
+        try:
+            entries = await self.client.hmget(FILINGS_LOG, [str(v) for v in range(since + 1, upto + 1)])
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        numbers: list[str] = []
+        for raw in entries:
+            if raw is None or raw == FILINGS_FULL:
+                return None
+            numbers.extend(_s(n) for n in msgpack.unpackb(raw))
+        return numbers
+
+    async def filing_records(self, numbers: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored filings of these numbers (None: not filed), read in bounded HMGETs."""
+        out: dict[str, dict[str, Any] | None] = {}
+        uniq = list(dict.fromkeys(numbers))
+        key = ref_key("filings")
+        try:
+            for i in range(0, len(uniq), BATCH_ROWS):
+                chunk = uniq[i : i + BATCH_ROWS]
+                for n, raw in zip(chunk, await self.client.hmget(key, chunk), strict=True):
+                    out[n] = msgpack.unpackb(raw) if raw is not None else None
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        return out
+
+    async def scan_filing_records(self, count: int = BATCH_ROWS) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every stored filing as its msgpack map, in batches of bounded HSCAN steps.
+
+        A filing may come twice (HSCAN's guarantee is "at least once" for
+        what stays in the hash); the table builder keeps one.
+        """
+        cursor = 0
+        key = ref_key("filings")
+        while True:
+            try:
+                cursor, items = await self.client.hscan(key, cursor, count=count)
+            except (RedisError, OSError) as e:
+                raise StoreError(f"redis: {e}") from e
+            if items:
+                yield [msgpack.unpackb(v) for v in _pairs(items).values()]
+            if not cursor:
+                return
+
+    async def filings_with_prefix(self, prefix: str, count: int = 20000) -> list[str]:
+        """The filed numbers that start with ``prefix`` and are longer (HSCAN MATCH, server-side).
+
+        For ``cag explain``'s R4 test (a filed number the caller is with
+        digits removed) without reading every filing into the process.
+        """
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "?*"
+        found: list[str] = []
+        cursor = 0
+        try:
+            while True:
+                cursor, items = await self.client.hscan(ref_key("filings"), cursor, match=pattern, count=count)
+                found.extend(_pairs(items))
+                if not cursor:
+                    return found
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
 
     async def get_ref(self, kind: str, ident: str) -> Record | None:
         """One reference record (operator status applied), without reading the whole kind."""
@@ -222,13 +340,21 @@ class RefWriter:
         self.staged = False
         self.staging = f"{ref_key(kind)}:staging"
         self.rows = 0
+        # Filings: the numbers this load changes, logged so workers apply them as a
+        # delta; None once it is a rewrite (--replace, or over FILINGS_DELTA_MAX rows).
+        self.changed: dict[str, None] | None = {} if kind == "filings" and not replace else None
 
     async def begin(self) -> None:
         await self.store._call("UNLINK", self.staging)
 
     async def add(self, records: Sequence[Record]) -> None:
         for r in records:
-            self.pending[getattr(r, self.field)] = msgpack.packb(r.model_dump(mode="json"))
+            key = getattr(r, self.field)
+            self.pending[key] = msgpack.packb(r.model_dump(mode="json"))
+            if self.changed is not None:
+                self.changed[key] = None
+        if self.changed is not None and len(self.changed) > FILINGS_DELTA_MAX:
+            self.changed = None
         self.rows += len(records)
         if len(self.pending) > REF_MULTI_MAX or (self.staged and len(self.pending) >= BATCH_ROWS):
             await self._stage()
@@ -245,15 +371,14 @@ class RefWriter:
         store, live = self.store, ref_key(self.kind)
         try:
             if not self.staged:
-                pipe = store.client.pipeline(transaction=True)
+                commands: list[tuple[Any, ...]] = []
                 if self.replace:
-                    pipe.execute_command("UNLINK", live)  # freed in the background, however big
+                    commands.append(("UNLINK", live))  # freed in the background, however big
                 if self.pending:
-                    pipe.execute_command("HSET", live, *[x for kv in self.pending.items() for x in kv])
-                pipe.execute_command("INCR", REF_VERSION)
-                res = await pipe.execute()
-                await store._publish(int(res[-1]))
-                return int(res[-1])
+                    commands.append(("HSET", live, *[x for kv in self.pending.items() for x in kv]))
+                version = await self._transact(commands)
+                await store._publish(version)
+                return version
             await self._stage()
             if not self.replace:
                 cursor = 0
@@ -271,16 +396,46 @@ class RefWriter:
     async def _swap(self, live: str, old: str) -> int:
         store = self.store
         try:
-            exists = int(await store.client.exists(live))
-            pipe = store.client.pipeline(transaction=True)
-            if exists:
-                pipe.execute_command("RENAME", live, old)
+            commands: list[tuple[Any, ...]] = []
+            if int(await store.client.exists(live)):
+                commands.append(("RENAME", live, old))
             if int(await store.client.exists(self.staging)):
-                pipe.execute_command("RENAME", self.staging, live)
-            pipe.execute_command("INCR", REF_VERSION)
-            res = await pipe.execute()
+                commands.append(("RENAME", self.staging, live))
+            version = await self._transact(commands)
             await store.client.execute_command("UNLINK", old)  # freed in the background
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
-        await store._publish(int(res[-1]))
-        return int(res[-1])
+        await store._publish(version)
+        return version
+
+    async def _transact(self, commands: list[tuple[Any, ...]]) -> int:
+        """``commands`` and the version bump in one MULTI/EXEC; returns the new reference version.
+
+        Filings also bump ``FILINGS_VERSION`` and log what changed under it
+        (the numbers, or ``FILINGS_FULL``); the next version number is read
+        under WATCH, so two writers never log under the same one.
+        """
+        client = self.store.client
+        if self.kind != "filings":
+            pipe = client.pipeline(transaction=True)
+            for c in commands:
+                pipe.execute_command(*c)
+            pipe.execute_command("INCR", REF_VERSION)
+            return int((await pipe.execute())[-1])
+        entry = FILINGS_FULL if self.changed is None else msgpack.packb(list(self.changed))
+        for _ in range(50):
+            async with client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(FILINGS_VERSION)
+                    fv = int(await pipe.get(FILINGS_VERSION) or 0) + 1
+                    pipe.multi()
+                    for c in commands:
+                        pipe.execute_command(*c)
+                    pipe.execute_command("SET", FILINGS_VERSION, fv)
+                    pipe.execute_command("HSET", FILINGS_LOG, fv, entry)
+                    pipe.execute_command("HDEL", FILINGS_LOG, fv - FILINGS_LOG_KEEP)
+                    pipe.execute_command("INCR", REF_VERSION)
+                    return int((await pipe.execute())[-1])
+                except WatchError:
+                    continue
+        raise StoreError("redis: filings version kept moving (50 concurrent writers?)")
