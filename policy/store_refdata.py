@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, WatchError
 from policy.bulk import BATCH_ROWS
 from policy.layout import GEN_POINTER, OPS, parse_layers
 from policy.model import KIND_KEYS, KIND_MODELS, Enterprise, NumberFiling, Record, Trunk
+from policy.rules.filing_table import filing_key
 from policy.store_keys import (
     CHANNEL,
     FILINGS_DELTA_MAX,
@@ -350,6 +351,8 @@ class RefWriter:
     async def add(self, records: Sequence[Record]) -> None:
         for r in records:
             key = getattr(r, self.field)
+            if self.kind == "filings":  # the field is what workers and `policy show` look up
+                key = filing_key(key)
             self.pending[key] = msgpack.packb(r.model_dump(mode="json"))
             if self.changed is not None:
                 self.changed[key] = None

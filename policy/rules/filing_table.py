@@ -286,15 +286,16 @@ class FilingTable:
 
     # ---------------------------------------------------------------- changes
     def with_changes(self, changes: Mapping[str, Mapping[str, Any] | None]) -> FilingTable:
-        """A new table: ``changes`` maps a number to its stored record, or None (removed).
+        """A new table: ``changes`` maps a stored number to its record, or None (removed).
 
         The arrays are shared; the overlay is copied (it is small: the cache
         folds it past ``FOLD_AT``).
         """
         overlay = dict(self._overlay)
         length = self._len
-        for raw_number, rec in changes.items():
-            number = filing_key(raw_number)
+        for field, rec in changes.items():
+            # The hash field is the normalised number (RefWriter); a record says its own.
+            number = filing_key(str(rec["number"])) if rec is not None else field
             had = self.profile(number) is not None
             if rec is None:
                 overlay[number] = _GONE
