@@ -197,7 +197,7 @@ class RefCache:
         Trunks and enterprises in full (small), and of the filings only
         those R3-R5 can touch for this caller: the caller itself, every
         number its national key's prefixes can be, and the filed numbers it
-        is a strict prefix of (an HSCAN MATCH on the server).
+        is a strict prefix of (``filings_extending``: by the filed key lengths).
         """
         async with self._lock:
             await self._load_small()
@@ -209,9 +209,7 @@ class RefCache:
             for end in range(len(key) - 1, 0, -1):
                 p = key[:end]
                 numbers.extend([p] if p.startswith("+") else ["+86" + p, p])
-            longer = await self.source.filings_with_prefix(key)
-            if not key.startswith("+"):
-                longer += await self.source.filings_with_prefix("+86" + key)
+            longer = await self.source.filings_extending(key)
         records = await self.source.filing_records([*numbers, *longer])
         table = FilingTable.empty().with_changes(records)
         self.ref = self.ref.with_filings(table, self.ref.version)

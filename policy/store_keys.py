@@ -26,6 +26,9 @@ REF_KINDS = ("trunks", "enterprises", "filings")
 # when trunks, enterprises or operator statuses change: what a worker reloads then.
 FILINGS_VERSION = "{cag:ref}:filings:version"
 FILINGS_LOG = "{cag:ref}:filings:log"
+# Filed national-key lengths -> count (a superset after upserts; exact after --replace):
+# what lets `cag explain` look up the longer forms of a caller (R4) by HMGET.
+FILINGS_LENS = "{cag:ref}:filings:lens"
 FILINGS_FULL = b"*"
 FILINGS_LOG_KEEP = 1024
 FILINGS_DELTA_MAX = 50_000

@@ -22,11 +22,13 @@ from redis.exceptions import RedisError, WatchError
 from policy.bulk import BATCH_ROWS
 from policy.layout import GEN_POINTER, OPS, parse_layers
 from policy.model import KIND_KEYS, KIND_MODELS, Enterprise, NumberFiling, Record, Trunk
+from policy.numbers import national_key
 from policy.rules.filing_table import filing_key
 from policy.store_keys import (
     CHANNEL,
     FILINGS_DELTA_MAX,
     FILINGS_FULL,
+    FILINGS_LENS,
     FILINGS_LOG,
     FILINGS_LOG_KEEP,
     FILINGS_VERSION,
@@ -204,12 +206,35 @@ class RefDataMixin:
             if not cursor:
                 return
 
-    async def filings_with_prefix(self, prefix: str, count: int = 20000) -> list[str]:
-        """The filed numbers that start with ``prefix`` and are longer (HSCAN MATCH, server-side).
+    async def filings_extending(self, key: str, max_candidates: int = 4000) -> list[str]:
+        """The filed numbers whose national key is ``key`` with digits appended (R4 for ``cag explain``).
 
-        For ``cag explain``'s R4 test (a filed number the caller is with
-        digits removed) without reading every filing into the process.
+        The loader keeps the lengths of the filed national keys
+        (``FILINGS_LENS``), so the numbers that can extend ``key`` are
+        enumerated and looked up in bounded HMGETs: a caller one or two
+        digits short of filed numbers costs one round trip. When that would
+        be more than ``max_candidates`` numbers (a caller many digits short),
+        or the lengths were never written (filings loaded before them), the
+        hash is scanned on the server (HSCAN MATCH), which reads the whole
+        kind there (about a second per million filings).
         """
+        try:
+            lens = await self.client.hgetall(FILINGS_LENS)
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        forms = [""] if key.startswith("+") else ["+86", ""]
+        longer = sorted(n for n in (int(_s(k)) for k in (lens or {})) if n > len(key))
+        if lens and sum(10 ** (n - len(key)) for n in longer) * len(forms) <= max_candidates:
+            cands = [
+                f + key + str(s).zfill(n - len(key)) for n in longer for s in range(10 ** (n - len(key))) for f in forms
+            ]
+            return [k for k, v in (await self.filing_records(cands)).items() if v is not None]
+        found: list[str] = []
+        for f in forms:
+            found += await self._scan_prefix(f + key)
+        return found
+
+    async def _scan_prefix(self, prefix: str, count: int = 20000) -> list[str]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "?*"
         found: list[str] = []
         cursor = 0
@@ -344,6 +369,7 @@ class RefWriter:
         # Filings: the numbers this load changes, logged so workers apply them as a
         # delta; None once it is a rewrite (--replace, or over FILINGS_DELTA_MAX rows).
         self.changed: dict[str, None] | None = {} if kind == "filings" and not replace else None
+        self.lens: dict[int, int] = {}  # filings: national-key length -> rows (FILINGS_LENS)
 
     async def begin(self) -> None:
         await self.store._call("UNLINK", self.staging)
@@ -353,6 +379,8 @@ class RefWriter:
             key = getattr(r, self.field)
             if self.kind == "filings":  # the field is what workers and `policy show` look up
                 key = filing_key(key)
+                n = len(national_key(key))
+                self.lens[n] = self.lens.get(n, 0) + 1
             self.pending[key] = msgpack.packb(r.model_dump(mode="json"))
             if self.changed is not None:
                 self.changed[key] = None
@@ -437,6 +465,10 @@ class RefWriter:
                     pipe.execute_command("SET", FILINGS_VERSION, fv)
                     pipe.execute_command("HSET", FILINGS_LOG, fv, entry)
                     pipe.execute_command("HDEL", FILINGS_LOG, fv - FILINGS_LOG_KEEP)
+                    if self.replace:
+                        pipe.execute_command("DEL", FILINGS_LENS)
+                    for n, rows in self.lens.items():
+                        pipe.execute_command("HINCRBY", FILINGS_LENS, n, rows)
                     pipe.execute_command("INCR", REF_VERSION)
                     return int((await pipe.execute())[-1])
                 except WatchError:

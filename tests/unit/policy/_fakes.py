@@ -242,8 +242,9 @@ class FakeStore:
         for i in range(0, len(items), count):
             yield items[i : i + count]
 
-    async def filings_with_prefix(self, prefix: str, count: int = 0) -> list[str]:
-        return [n for n in self.filings if n.startswith(prefix) and len(n) > len(prefix)]
+    async def filings_extending(self, key: str, max_candidates: int = 0) -> list[str]:
+        forms = [key] if key.startswith("+") else [key, "+86" + key]
+        return [n for n in self.filings for p in forms if n.startswith(p) and len(n) > len(p)]
 
     async def subscribe_changes(
         self, on_change: Callable[[int], None], stop: asyncio.Event
