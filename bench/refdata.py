@@ -65,10 +65,15 @@ async def _load(store: Any, rows: int) -> float:
     from policy.model import Enterprise, Trunk
     from policy.store import RefWriter
 
-    await store.put_records("enterprises", [Enterprise(enterprise_id=f"ent-{i}") for i in range(20)], replace=True)
+    await store.put_records(
+        "enterprises", [Enterprise(enterprise_id=f"ent-{i}") for i in range(20)], replace=True
+    )
     await store.put_records(
         "trunks",
-        [Trunk(trunk_id=f"t-{i}", enterprise_id=f"ent-{i}", sources=(f"10.0.{i}.0/24",)) for i in range(20)],
+        [
+            Trunk(trunk_id=f"t-{i}", enterprise_id=f"ent-{i}", sources=(f"10.0.{i}.0/24",))
+            for i in range(20)
+        ],
         replace=True,
     )
     t0 = time.perf_counter()
@@ -180,7 +185,9 @@ async def _bench(url: str, rows: int, old_sample: int) -> dict[str, Any]:
         "longest_loop_stall_cpu_ms": round(ticker.max_stall_ms, 1),
     }
     t0 = time.perf_counter()
-    await store.put_records("filings", [NumberFiling(number="+8613700000001", enterprise_id="ent-1", outbound=True)])
+    await store.put_records(
+        "filings", [NumberFiling(number="+8613700000001", enterprise_id="ent-1", outbound=True)]
+    )
     await _until(lambda: "+8613700000001" in cache.ref.filings)
     out["filing_upsert"] = {
         "effective_ms": _ms(time.perf_counter() - t0),
@@ -196,11 +203,24 @@ async def _bench(url: str, rows: int, old_sample: int) -> dict[str, Any]:
     # --- explain and show: one caller's reads
     at = datetime(2026, 12, 7, 3, tzinfo=UTC)
     filed = "+86139" + f"{7 * 1234:08d}"[:8]
-    callers = {"filed": filed, "appended": filed + "5", "removed": filed[:-1], "unfiled": "+8613600000000"}
+    callers = {
+        "filed": filed,
+        "appended": filed + "5",
+        "removed": filed[:-1],
+        "unfiled": "+8613600000000",
+    }
     explain: dict[str, Any] = {}
     for name, caller in callers.items():
-        call = CallAttempt(call_id="x", branch="z9hG4bK-x", source_ip="10.0.3.7", source_port=5060,
-                           callee="13800138000", from_user=caller, pai_user=None, received_at=at.timestamp())
+        call = CallAttempt(
+            call_id="x",
+            branch="z9hG4bK-x",
+            source_ip="10.0.3.7",
+            source_port=5060,
+            callee="13800138000",
+            from_user=caller,
+            pai_user=None,
+            received_at=at.timestamp(),
+        )
         best = 1e9
         for _ in range(5):
             t0 = time.perf_counter()
@@ -209,8 +229,11 @@ async def _bench(url: str, rows: int, old_sample: int) -> dict[str, Any]:
             local = evaluate_local(call, one.ref, at, RuleConfig(), all_checks=True)
             best = min(best, time.perf_counter() - t0)
         full = evaluate_local(call, cache.ref, at, RuleConfig(), all_checks=True)
-        explain[name] = {"ms": _ms(best), "same_as_worker": local.checks == full.checks,
-                         "filing": next(c.reason or "pass" for c in local.checks if c.name == "filing")}
+        explain[name] = {
+            "ms": _ms(best),
+            "same_as_worker": local.checks == full.checks,
+            "filing": next(c.reason or "pass" for c in local.checks if c.name == "filing"),
+        }
     out["explain_reads"] = explain
     best = 1e9
     for _ in range(5):
@@ -254,8 +277,18 @@ def _cli_times(url: str) -> dict[str, float]:
     """Both commands end to end as child processes (interpreter start-up and imports included)."""
     filed = "+86139" + f"{7 * 1234:08d}"[:8]
     cmds = {
-        "cag_explain_s": [CAG, "explain", "--redis-url", url, "--source", "10.0.3.7",
-                          "--caller", filed[:-1], "--callee", "13800138000"],
+        "cag_explain_s": [
+            CAG,
+            "explain",
+            "--redis-url",
+            url,
+            "--source",
+            "10.0.3.7",
+            "--caller",
+            filed[:-1],
+            "--callee",
+            "13800138000",
+        ],
         "cag_policy_show_s": [CAG, "policy", "show", "filings", filed, "--redis-url", url],
         "python_startup_s": [sys.executable, "-c", "import gateway.cli"],
     }
@@ -271,10 +304,16 @@ def _cli_times(url: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.refdata", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.refdata", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--rows", type=int, default=1_000_000, help="filings (default 1,000,000)")
-    p.add_argument("--old-sample", type=int, default=50_000, help="filings of the earlier form to measure")
-    p.add_argument("--redis-url", default=None, help="an empty Redis to use (default: a fresh redis-server)")
+    p.add_argument(
+        "--old-sample", type=int, default=50_000, help="filings of the earlier form to measure"
+    )
+    p.add_argument(
+        "--redis-url", default=None, help="an empty Redis to use (default: a fresh redis-server)"
+    )
     args = p.parse_args(argv)
     from gateway.embedded_redis import EmbeddedRedis
 

@@ -105,7 +105,9 @@ class RefCache:
             if not self.loaded:
                 # The first table: a background build (the running one, if any), waited for a while.
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._start_build(None)), RELOAD_TIMEOUT_S)
+                    await asyncio.wait_for(
+                        asyncio.shield(self._start_build(None)), RELOAD_TIMEOUT_S
+                    )
                 except TimeoutError:
                     log.info("filings table still building (%s)", self.ref)
             elif fver != self._fver and self._build is None:
@@ -131,13 +133,15 @@ class RefCache:
             self._start_build(None)
             return
         records = await self.source.filing_records(changes)
-        if self._build is not None or self._fver != since:  # a build or another delta got there first
-            return
+        if self._build is not None or self._fver != since:
+            return  # a build or another delta got there first
         table = self.ref.filings.with_changes(records)
         self.ref = self.ref.with_filings(table, self.ref.version)
         self._fver = fver
         self.deltas += 1
-        log.info("filings version %d: %d numbers changed (%d filings)", fver, len(records), len(table))
+        log.info(
+            "filings version %d: %d numbers changed (%d filings)", fver, len(records), len(table)
+        )
         if table.overlay_size > FOLD_AT:
             self._start_build(table)
 
@@ -176,7 +180,8 @@ class RefCache:
                 await asyncio.sleep(0)
             table = builder.table()
             _, fv1 = await self.source.ref_versions()
-            if fv1 != fv0:  # writes landed during the build: apply them (their records are read now)
+            if fv1 != fv0:
+                # Writes landed during the build: apply them (their records are read now).
                 changes = await self.source.filing_changes(fv0, fv1)
                 if changes is None:
                     fold = None
@@ -187,7 +192,12 @@ class RefCache:
             self.builds += 1
             if self._small_loaded:
                 self.loaded = True
-            log.info("filings version %d: table of %d filings built (%.1f MiB)", fv1, len(table), table.nbytes() / 2**20)
+            log.info(
+                "filings version %d: table of %d filings built (%.1f MiB)",
+                fv1,
+                len(table),
+                table.nbytes() / 2**20,
+            )
             return
         raise StoreError(f"filings rewritten {BUILD_ATTEMPTS} times during a build")
 

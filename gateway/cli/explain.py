@@ -92,7 +92,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     async def body(store: PolicyStore) -> int:
         from policy.engine import AdmissionEngine
-
         from policy.rules.caller_id import caller_of
 
         engine = AdmissionEngine(store, config)

@@ -35,7 +35,15 @@ from typing import Any
 from policy.model import NumberFiling
 from policy.numbers import national_key, normalize_number
 
-__all__ = ["FOLD_AT", "FilingBuilder", "FilingProfile", "FilingTable", "decode", "encode", "filing_key"]
+__all__ = [
+    "FOLD_AT",
+    "FilingBuilder",
+    "FilingProfile",
+    "FilingTable",
+    "decode",
+    "encode",
+    "filing_key",
+]
 
 MAX_DIGITS = 17  # "11" + 17 digits < 2**63
 FOLD_AT = 20000  # overlay entries before the cache folds them into the arrays
@@ -81,7 +89,13 @@ class FilingProfile:
     __slots__ = ("carrier", "enterprise_id", "inbound", "outbound", "status", "usage")
 
     def __init__(
-        self, enterprise_id: str, carrier: str, usage: str, inbound: bool, outbound: bool, status: str
+        self,
+        enterprise_id: str,
+        carrier: str,
+        usage: str,
+        inbound: bool,
+        outbound: bool,
+        status: str,
     ) -> None:
         self.enterprise_id = enterprise_id
         self.carrier = carrier

@@ -26,7 +26,9 @@ MANY = 30_000  # over REF_MULTI_MAX: the staged load path
 
 
 def _many(n: int = MANY, ent: str = "ent-a") -> list[NumberFiling]:
-    return [NumberFiling(number=f"+86139{i:08d}", enterprise_id=ent, outbound=True) for i in range(n)]
+    return [
+        NumberFiling(number=f"+86139{i:08d}", enterprise_id=ent, outbound=True) for i in range(n)
+    ]
 
 
 async def _loaded(store: PolicyStore) -> RefCache:
@@ -88,7 +90,9 @@ async def test_a_running_engine_sees_a_filing_added_within_a_second(
     e = await make_engine()
     assert len(e.ref.filings) == MANY + 2
     t0 = time.monotonic()
-    await store.put_records("filings", [NumberFiling(number="+8613600000001", enterprise_id="ent-a", outbound=True)])
+    await store.put_records(
+        "filings", [NumberFiling(number="+8613600000001", enterprise_id="ent-a", outbound=True)]
+    )
     while "+8613600000001" not in e.ref.filings:
         assert time.monotonic() - t0 < 1.0
         await asyncio.sleep(0.01)

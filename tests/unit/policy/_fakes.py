@@ -125,7 +125,9 @@ class FakeStore:
         self.ref_error: Exception | None = None
         self.trunks: list[Trunk] = fx.trunks()
         # Filings as the store keeps them: number -> stored map, a version, a change log.
-        self.filings: dict[str, dict[str, Any]] = {f.number: f.model_dump(mode="json") for f in fx.filings()}
+        self.filings: dict[str, dict[str, Any]] = {
+            f.number: f.model_dump(mode="json") for f in fx.filings()
+        }
         self.filings_version = 0
         self.filings_log: dict[int, list[str] | None] = {}  # None: a rewrite
         self.scans = 0  # whole-kind filings reads

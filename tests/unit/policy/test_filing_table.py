@@ -57,7 +57,8 @@ def _numbers(rng: random.Random, n: int) -> list[str]:
         elif kind < 0.95:
             out.add("+1212" + str(rng.randrange(10**7)).zfill(7))
         else:
-            out.add("+0" + str(rng.randrange(10**3)))  # leading zero after '+': kept apart from '+'-less
+            # A leading zero after '+': kept apart from the '+'-less form.
+            out.add("+0" + str(rng.randrange(10**3)))
     return sorted(out)
 
 
@@ -93,14 +94,23 @@ def test_answers_as_the_dict_of_records_did_through_deltas_and_a_fold(seed: int)
     rng = random.Random(seed)
     numbers = _numbers(rng, 3000)
     recs = {
-        n: _rec(n, rng.choice(("e1", "e2", "e3")), outbound=rng.random() < 0.8,
-                status=rng.choice(("active", "active", "suspended")), carrier=rng.choice(("", "cm")))
+        n: _rec(
+            n,
+            rng.choice(("e1", "e2", "e3")),
+            outbound=rng.random() < 0.8,
+            status=rng.choice(("active", "active", "suspended")),
+            carrier=rng.choice(("", "cm")),
+        )
         for n in numbers
     }
     # Callers: filed numbers, with a digit appended or removed, and strangers.
-    callers = [*rng.sample(numbers, 300), *(n + "7" for n in rng.sample(numbers, 200)),
-               *(n[:-1] for n in rng.sample(numbers, 200)), *(n[:-3] for n in rng.sample(numbers, 50)),
-               *_numbers(random.Random(seed + 100), 200)]
+    callers = [
+        *rng.sample(numbers, 300),
+        *(n + "7" for n in rng.sample(numbers, 200)),
+        *(n[:-1] for n in rng.sample(numbers, 200)),
+        *(n[:-3] for n in rng.sample(numbers, 50)),
+        *_numbers(random.Random(seed + 100), 200),
+    ]
     table = _table(recs)
     _check(table, Oracle(recs), callers)
 
@@ -161,13 +171,24 @@ def test_a_build_yields_between_bounded_pieces_of_work() -> None:
     yields = sum(1 for _ in b.steps())
     assert yields >= 2 * n // STEP  # sorting and indexing each in STEP-sized pieces
     t = b.table()
-    assert len(t) == n and "+8613800000042" in t and t.length_altered("+86138000000421", "e0") == "13800000042"
+    assert (
+        len(t) == n
+        and "+8613800000042" in t
+        and t.length_altered("+86138000000421", "e0") == "13800000042"
+    )
 
 
 def test_a_delta_shares_the_arrays() -> None:
-    t = FilingTable.of([NumberFiling(number=f"+86138{i:08d}", enterprise_id="e") for i in range(1000)])
+    t = FilingTable.of(
+        [NumberFiling(number=f"+86138{i:08d}", enterprise_id="e") for i in range(1000)]
+    )
     t2 = t.with_changes({"+8613800000001": None, "+8613900000000": _rec("+8613900000000", "e")})
-    assert t2._keys is t._keys and len(t2) == 1000 and "+8613800000001" not in t2 and "+8613800000001" in t
+    assert (
+        t2._keys is t._keys
+        and len(t2) == 1000
+        and "+8613800000001" not in t2
+        and "+8613800000001" in t
+    )
     t3 = t2.with_changes({"+8619999999999": None})  # removing what is not there: no tombstone
     assert t3.overlay_size == t2.overlay_size
 
@@ -178,8 +199,14 @@ def test_bytes_per_filing() -> None:
     tracemalloc.start()
     b = FilingBuilder()
     for i in range(n):
-        b.add({"number": f"+86138{i * 37 % 10**8:08d}", "enterprise_id": f"e{i % 10}",
-               "status": ("active", "suspended", "active")[i % 3], "outbound": True})
+        b.add(
+            {
+                "number": f"+86138{i * 37 % 10**8:08d}",
+                "enterprise_id": f"e{i % 10}",
+                "status": ("active", "suspended", "active")[i % 3],
+                "outbound": True,
+            }
+        )
     for _ in b.steps():
         pass
     t = b.table()
