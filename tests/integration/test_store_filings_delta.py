@@ -31,6 +31,11 @@ def _many(n: int = MANY, ent: str = "ent-a") -> list[NumberFiling]:
     ]
 
 
+async def _scans(store: PolicyStore) -> int:
+    stats = await store.client.info("commandstats")
+    return int(stats.get("cmdstat_hscan", {}).get("calls", 0))
+
+
 async def _loaded(store: PolicyStore) -> RefCache:
     cache = RefCache(store)
     await cache.reload()
@@ -145,7 +150,9 @@ async def test_explain_reads_one_callers_filings_and_answers_as_the_full_table(
     from policy.rules.caller_id import caller_of
 
     c = call(from_user=caller)
+    before = await _scans(store)
     await one.load_for_call(caller_of(c))
+    assert await _scans(store) == before  # no HSCAN: the kind is not read
     assert len(one.ref.filings) <= 12  # not the kind
     at = datetime(2026, 6, 1, 12, tzinfo=UTC)
     cfg = RuleConfig()
