@@ -33,7 +33,6 @@ from policy.store_keys import (
     FILINGS_LOG_KEEP,
     FILINGS_VERSION,
     LAYERS_CHANGED,
-    REF_KINDS,
     REF_MULTI_MAX,
     REF_VERSION,
     StoreError,
@@ -90,25 +89,15 @@ class RefDataMixin:
 
         Operator statuses (``OPS``: suspend/resume by hand or by the engine)
         are applied over the loaded records here, which is why reloading a
-        trunks or enterprises file does not lift a suspension.
+        trunks or enterprises file does not lift a suspension. Reads every
+        filing: workers use ``load_ref_small`` and the filings deltas instead.
         """
-        try:
-            pipe = self.client.pipeline(transaction=True)
-            for kind in REF_KINDS:
-                pipe.hgetall(ref_key(kind))
-            pipe.get(REF_VERSION)
-            pipe.hgetall(OPS)
-            pipe.hgetall(GEN_POINTER)
-            trunks, ents, filings, version, ops, gens = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreError(f"redis: {e}") from e
-        self._set_layers(gens)
-        opmap = {_s(k): msgpack.unpackb(v) for k, v in (ops or {}).items()}
+        trunks, ents, (version, _), filings = await self._read_ref(with_filings=True)
         return (
-            [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
-            [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
+            trunks,
+            ents,
             [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
-            int(version or 0),
+            version,
         )
 
     async def ref_versions(self) -> tuple[int, int]:
@@ -134,6 +123,13 @@ class RefDataMixin:
         filings version does not (a suspension, a trunks file): small kinds,
         never the filings.
         """
+        trunks, ents, (version, fver), _ = await self._read_ref(with_filings=False)
+        return trunks, ents, version, fver
+
+    async def _read_ref(
+        self, *, with_filings: bool
+    ) -> tuple[list[Trunk], list[Enterprise], tuple[int, int], dict[Any, bytes]]:
+        """One MULTI/EXEC: trunks, enterprises (operator status applied), both versions, [filings]."""
         try:
             pipe = self.client.pipeline(transaction=True)
             pipe.hgetall(ref_key("trunks"))
@@ -141,7 +137,9 @@ class RefDataMixin:
             pipe.mget(REF_VERSION, FILINGS_VERSION)
             pipe.hgetall(OPS)
             pipe.hgetall(GEN_POINTER)
-            trunks, ents, (v, fv), ops, gens = await pipe.execute()
+            if with_filings:
+                pipe.hgetall(ref_key("filings"))
+            trunks, ents, (v, fv), ops, gens, *filings = await pipe.execute()
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
         self._set_layers(gens)
@@ -149,8 +147,8 @@ class RefDataMixin:
         return (
             [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
             [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
-            int(v or 0),
-            int(fv or 0),
+            (int(v or 0), int(fv or 0)),
+            filings[0] if filings else {},
         )
 
     async def filing_changes(self, since: int, upto: int) -> list[str] | None:
