@@ -164,6 +164,17 @@ async def _bench(url: str, rows: int, old_sample: int) -> dict[str, Any]:
         "max_wall_gap_ms": round(ticker.max_wall_ms, 1),
     }
 
+    # --- the hot path's question (R3/R5): one look-up of a filed and of an unfiled number
+    probes = [f"+86139{i * 7:08d}"[:14] for i in range(0, min(rows, 100_000))]
+    misses = [f"+86136{i:08d}" for i in range(len(probes))]
+    for name, numbers in (("filed", probes), ("unfiled", misses)):
+        c0 = time.process_time()
+        for n in numbers:
+            table.profile(n)
+        out["table"][f"lookup_us_{name}"] = round(
+            (time.process_time() - c0) / len(numbers) * 1e6, 2
+        )
+
     # --- a suspension and a filing upsert, with the refresh loop and pub/sub running
     stop = asyncio.Event()
     tasks = [

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from random import Random
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -401,8 +402,8 @@ class FilingBuilder:
         ents: dict[str, int] = {}
         ent_of = [ents.setdefault(p.enterprise_id, len(ents)) for p in self._profiles.items]
         nat: list[int] = []
-        for start in range(0, len(keys), STEP):
-            for i in range(start, min(start + STEP, len(keys))):
+        for start in range(0, len(keys), STEP // 4):  # ~1.4 µs an element here: smaller pieces
+            for i in range(start, min(start + STEP // 4, len(keys))):
                 nat.append(ent_of[profs[i]] << 64 | encode(national_key(decode(keys[i]))))
             yield
         names = list(ents)
@@ -454,7 +455,9 @@ def _bucket_sort(items: list[int], out: list[list[int]]) -> Iterator[None]:
         items.clear()
         yield
         return
-    sample = sorted(items[:: max(1, n // _BUCKET)])
+    # A random sample: a strided one can miss whole key ranges (keys of 20 enterprises
+    # interleaved, stride a multiple of 4) and leave one bucket with 150k elements.
+    sample = sorted(Random(n).sample(items, _BUCKET))
     nb = max(2, n // _BUCKET)
     splitters = [sample[(i * len(sample)) // nb] for i in range(1, nb)]
     buckets: list[list[int]] = [[] for _ in range(nb)]
