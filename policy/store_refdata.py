@@ -107,10 +107,13 @@ class RefDataMixin:
         or operator statuses change (policy/store_keys.py).
         """
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.mget(REF_VERSION, FILINGS_VERSION)
+            # MULTI: the two counters from one moment (redis-py refuses MGET in a cluster
+            # pipeline; all three keys are in the {cag:ref} slot).
+            pipe = self.client.pipeline(transaction=True)
+            pipe.get(REF_VERSION)
+            pipe.get(FILINGS_VERSION)
             pipe.hgetall(GEN_POINTER)
-            (v, fv), gens = await pipe.execute()
+            v, fv, gens = await pipe.execute()
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
         self._set_layers(gens)
@@ -134,12 +137,13 @@ class RefDataMixin:
             pipe = self.client.pipeline(transaction=True)
             pipe.hgetall(ref_key("trunks"))
             pipe.hgetall(ref_key("enterprises"))
-            pipe.mget(REF_VERSION, FILINGS_VERSION)
+            pipe.get(REF_VERSION)
+            pipe.get(FILINGS_VERSION)
             pipe.hgetall(OPS)
             pipe.hgetall(GEN_POINTER)
             if with_filings:
                 pipe.hgetall(ref_key("filings"))
-            trunks, ents, (v, fv), ops, gens, *filings = await pipe.execute()
+            trunks, ents, v, fv, ops, gens, *filings = await pipe.execute()
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
         self._set_layers(gens)

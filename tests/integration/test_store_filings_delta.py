@@ -16,9 +16,10 @@ import pytest
 from policy.model import NumberFiling
 from policy.refcache import RefCache
 from policy.rules import RuleConfig, evaluate_local
+from policy.rules.caller_id import caller_of
 from policy.store import PolicyStore
 from policy.store_keys import FILINGS_LOG_KEEP
-from tests.integration.conftest import EngineFactory, call
+from tests.integration.conftest import EngineFactory, call, cluster_flush, load_world
 
 pytestmark = pytest.mark.integration
 
@@ -147,8 +148,6 @@ async def test_explain_reads_one_callers_filings_and_answers_as_the_full_table(
     await store.put_records("filings", _many())
     full = await _loaded(store)
     one = RefCache(store)
-    from policy.rules.caller_id import caller_of
-
     c = call(from_user=caller)
     before = await _scans(store)
     await one.load_for_call(caller_of(c))
@@ -159,3 +158,27 @@ async def test_explain_reads_one_callers_filings_and_answers_as_the_full_table(
     a = evaluate_local(c, full.ref, at, cfg, all_checks=True)
     b = evaluate_local(c, one.ref, at, cfg, all_checks=True)
     assert a.checks == b.checks
+
+
+async def test_deltas_on_the_cluster(redis_cluster: str) -> None:
+    """The filings version is read under WATCH in a cluster pipeline: the same slot, the same deltas."""
+    cluster_flush(redis_cluster)
+    s = await PolicyStore.connect(redis_cluster)
+    try:
+        await load_world(s)
+        await s.put_records("filings", _many(6000))  # staged: the rename under MULTI
+        cache = await _loaded(s)
+        assert len(cache.ref.filings) == 6002
+        await s.put_records(
+            "filings", [NumberFiling(number="+8613700000001", enterprise_id="ent-b")]
+        )
+        await s.set_status("trunk", "t-a", "suspended")
+        await cache.refresh()
+        assert cache.deltas == 1 and cache.builds == 1 and "+8613700000001" in cache.ref.filings
+        assert cache.ref.trunks["t-a"].status == "suspended"
+        c = call(from_user="+861390000004")
+        one = RefCache(s)
+        await one.load_for_call(caller_of(c))
+        assert one.ref.length_altered("+861390000004", "ent-a") == "1390000004" + "0"
+    finally:
+        await s.close()
