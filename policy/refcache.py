@@ -35,6 +35,7 @@ from policy.rules.filing_table import FOLD_AT, FilingBuilder, FilingTable
 log = logging.getLogger(__name__)
 
 RELOAD_TIMEOUT_S = 5.0
+SCAN_COUNT = 1000  # filings read and indexed between two turns of the loop (~3 ms)
 BUILD_ATTEMPTS = 3  # a filings rewrite landing during a build makes it start over
 
 
@@ -172,10 +173,12 @@ class RefCache:
             else:
                 _, fv0 = await self.source.ref_versions()
                 builder = FilingBuilder()
-                async for batch in self.source.scan_filing_records():
-                    for rec in batch:
-                        builder.add(rec)
-                    await asyncio.sleep(0)  # calls go through between batches
+                async for batch in self.source.scan_filing_records(SCAN_COUNT):
+                    # HSCAN's COUNT is a hint (a rehashing hash returns more): bounded pieces.
+                    for i in range(0, len(batch), SCAN_COUNT):
+                        for rec in batch[i : i + SCAN_COUNT]:
+                            builder.add(rec)
+                        await asyncio.sleep(0)  # calls go through between pieces
             for _ in builder.steps():
                 await asyncio.sleep(0)
             table = builder.table()

@@ -203,8 +203,9 @@ class RefDataMixin:
                 cursor, items = await self.client.hscan(key, cursor, count=count)
             except (RedisError, OSError) as e:
                 raise StoreError(f"redis: {e}") from e
-            if items:
-                yield [msgpack.unpackb(v) for v in _pairs(items).values()]
+            pairs = _pairs(items)
+            for i in range(0, len(pairs), count):  # decoded in pieces: COUNT is only a hint
+                yield [msgpack.unpackb(v) for v in list(pairs.values())[i : i + count]]
             if not cursor:
                 return
 
