@@ -258,7 +258,7 @@ async def _bench(url: str, rows: int, old_sample: int) -> dict[str, Any]:
         call = CallAttempt(
             call_id="x",
             branch="z9hG4bK-x",
-            source_ip="10.0.3.7",
+            source_ip="10.0.14.7",
             source_port=5060,
             callee="13800138000",
             from_user=caller,
@@ -336,7 +336,7 @@ def _cli_times(url: str) -> dict[str, dict[str, float]]:
             "--redis-url",
             url,
             "--source",
-            "10.0.3.7",
+            "10.0.14.7",
             "--caller",
             filed[:-1],
             "--callee",
