@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from random import Random
 from collections.abc import Iterable, Iterator, Mapping
+from random import Random
 from typing import Any
 
 from policy.model import NumberFiling
