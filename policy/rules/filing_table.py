@@ -23,6 +23,10 @@ numbers share a handful of them.
   object sharing the arrays: old snapshots stay valid, nothing is copied.
   Past ``FOLD_AT`` entries the cache folds the overlay into new arrays
   (``rebuild``), in steps again.
+
+One module on purpose (over ~400 lines): the table and its builder share
+the integer encoding and the layout of the arrays (the builder fills them,
+a fold reads them back), which are checked best side by side.
 """
 
 from __future__ import annotations
