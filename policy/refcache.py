@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from policy.numbers import national_key
 from policy.ports import RefSource, StoreError
@@ -136,6 +137,10 @@ class RefCache:
         records = await self.source.filing_records(changes)
         if self._build is not None or self._fver != since:
             return  # a build or another delta got there first
+        if len(records) + self.ref.filings.overlay_size > FOLD_AT:
+            # A large delta: into new arrays, in steps (the overlay is re-indexed per delta).
+            self._start_build(self.ref.filings, records, fver)
+            return
         table = self.ref.filings.with_changes(records)
         self.ref = self.ref.with_filings(table, self.ref.version)
         self._fver = fver
@@ -143,17 +148,21 @@ class RefCache:
         log.info(
             "filings version %d: %d numbers changed (%d filings)", fver, len(records), len(table)
         )
-        if table.overlay_size > FOLD_AT:
-            self._start_build(table)
 
-    def _start_build(self, fold: FilingTable | None) -> asyncio.Task[None]:
-        """Build a new filings table in the background: from Redis, or by folding ``fold``'s overlay.
+    def _start_build(
+        self,
+        fold: FilingTable | None,
+        changes: dict[str, dict[str, Any] | None] | None = None,
+        at: int = -1,
+    ) -> asyncio.Task[None]:
+        """Build a new filings table in the background: from Redis, or ``fold``'s arrays with its
+        overlay and ``changes`` (those bring it to filings version ``at``) folded in.
 
         Returns the build task (the one already running, if any).
         """
         if self._build is not None:
             return self._build
-        task = asyncio.get_running_loop().create_task(self._build_table(fold))
+        task = asyncio.get_running_loop().create_task(self._build_table(fold, changes, at))
         self._build = task
 
         def done(t: asyncio.Task[None]) -> None:
@@ -165,11 +174,13 @@ class RefCache:
         task.add_done_callback(done)
         return task
 
-    async def _build_table(self, fold: FilingTable | None) -> None:
+    async def _build_table(
+        self, fold: FilingTable | None, changes: dict[str, dict[str, Any] | None] | None, at: int
+    ) -> None:
         for _ in range(BUILD_ATTEMPTS):
             if fold is not None:
-                fv0 = self._fver
-                builder = fold.rebuild()
+                fv0 = at
+                builder = fold.rebuild(changes)
             else:
                 _, fv0 = await self.source.ref_versions()
                 builder = FilingBuilder()
@@ -185,11 +196,11 @@ class RefCache:
             _, fv1 = await self.source.ref_versions()
             if fv1 != fv0:
                 # Writes landed during the build: apply them (their records are read now).
-                changes = await self.source.filing_changes(fv0, fv1)
-                if changes is None:
+                moved = await self.source.filing_changes(fv0, fv1)
+                if moved is None:
                     fold = None
                     continue
-                table = table.with_changes(await self.source.filing_records(changes))
+                table = table.with_changes(await self.source.filing_records(moved))
             self.ref = self.ref.with_filings(table, self.ref.version)
             self._fver = fv1
             self.builds += 1

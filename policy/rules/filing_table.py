@@ -329,10 +329,16 @@ class FilingTable:
             del overlay[number]
         return FilingTable(self._keys, self._profs, self._profiles, self._ent_nat, overlay, length)
 
-    def rebuild(self) -> FilingBuilder:
-        """A builder holding this table's filings (overlay folded in); run its ``steps``."""
+    def rebuild(
+        self, changes: Mapping[str, Mapping[str, Any] | None] | None = None
+    ) -> FilingBuilder:
+        """A builder of this table's filings, overlay and ``changes`` folded in; run its ``steps``.
+
+        ``changes`` as for ``with_changes``: a large delta goes this way, in
+        steps, rather than into the overlay at once.
+        """
         b = FilingBuilder()
-        b.add_table(self)
+        b.add_table(self, changes)
         return b
 
 
@@ -344,6 +350,7 @@ class FilingBuilder:
         self._packed: list[int] = []
         self._odd: dict[str, int] = {}
         self._source: FilingTable | None = None
+        self._changes: dict[str, Mapping[str, Any] | None] = {}
         self._table: FilingTable | None = None
 
     def add(self, rec: Mapping[str, Any]) -> None:
@@ -356,8 +363,11 @@ class FilingBuilder:
         else:
             self._packed.append(code << _SHIFT | prof)
 
-    def add_table(self, table: FilingTable) -> None:
+    def add_table(
+        self, table: FilingTable, changes: Mapping[str, Mapping[str, Any] | None] | None = None
+    ) -> None:
         self._source = table
+        self._changes = dict(changes or {})
 
     def __len__(self) -> int:
         return len(self._packed) + len(self._odd)
@@ -366,14 +376,16 @@ class FilingBuilder:
         """Do the work, yielding after each bounded piece (~``STEP`` elements)."""
         src = self._source
         if src is not None:  # fold a table: re-intern its profiles, skip what the overlay changed
-            items, overlay = src._profiles.items, src._overlay
+            items, overlay, changes = src._profiles.items, src._overlay, self._changes
             remap: dict[int, int] = {}
             keys, profs = src._keys, src._profs
             for start in range(0, len(keys), STEP):
                 for i in range(start, min(start + STEP, len(keys))):
                     code = keys[i]
-                    if overlay and decode(code) in overlay:
-                        continue
+                    if overlay or changes:
+                        number = decode(code)
+                        if number in overlay or number in changes:
+                            continue
                     p = profs[i]
                     q = remap.get(p)
                     if q is None:
@@ -381,13 +393,17 @@ class FilingBuilder:
                     self._packed.append(code << _SHIFT | q)
                 yield
             for number, idx in overlay.items():
-                if idx >= 0:
+                if idx >= 0 and number not in changes:
                     q = self._reintern(items[idx])
                     code = encode(number)
                     if code < 0:
                         self._odd[number] = q
                     else:
                         self._packed.append(code << _SHIFT | q)
+            yield
+            for rec in changes.values():
+                if rec is not None:
+                    self.add(rec)
             yield
         keys = array("q")
         profs = array("I")
