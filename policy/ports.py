@@ -13,7 +13,7 @@ module's layout); they are plain frozen dataclasses and move here unchanged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -50,13 +50,30 @@ class Timers(Protocol):
 
 
 class RefSource(Protocol):
-    """Where the reference data (trunks, enterprises, filings) and its version come from."""
+    """Where the reference data (trunks, enterprises, filings) and its versions come from.
+
+    Filings are read apart (policy.refcache): a delta by the numbers a
+    version changed, or every record in bounded batches; trunks and
+    enterprises are read whole with both versions.
+    """
 
     async def ref_version(self) -> int: ...
+
+    async def ref_versions(self) -> tuple[int, int]: ...
 
     async def load_refdata(
         self,
     ) -> tuple[list[Trunk], list[Enterprise], list[NumberFiling], int]: ...
+
+    async def load_ref_small(self) -> tuple[list[Trunk], list[Enterprise], int, int]: ...
+
+    async def filing_changes(self, since: int, upto: int) -> list[str] | None: ...
+
+    async def filing_records(self, numbers: Sequence[str]) -> dict[str, dict[str, Any] | None]: ...
+
+    def scan_filing_records(self, count: int = ...) -> AsyncIterator[list[dict[str, Any]]]: ...
+
+    async def filings_extending(self, key: str, max_candidates: int = ...) -> list[str]: ...
 
     async def subscribe_changes(
         self, on_change: Callable[[int], None], stop: asyncio.Event

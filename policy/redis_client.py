@@ -107,20 +107,26 @@ def _sentinel_opts(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: opts[k] for k in ("socket_timeout", "socket_connect_timeout") if k in opts}
 
 
+def _primary(url: str, opts: dict[str, Any], sentinel_class: Any, redis_class: Any) -> Any:
+    """The client of a sentinel URL's primary, for either flavour of redis-py (the twins share this)."""
+    s = parse_sentinel_url(url)
+    sentinel = sentinel_class(
+        list(s.sentinels), sentinel_kwargs={**_sentinel_opts(opts), **s.sentinel_kwargs}, **_sentinel_opts(opts)
+    )
+    data_opts = {**opts, "db": s.db, "username": s.username, "password": s.password}
+    if s.ssl:
+        data_opts["ssl"] = True
+    return sentinel.master_for(s.master, redis_class=redis_class, **data_opts)
+
+
 def async_client(url: str, **opts: Any) -> aioredis.Redis:
     """An asyncio client for ``url``; with a sentinel URL, one that follows the primary."""
     if not is_sentinel(url):
         return aioredis.Redis.from_url(url, **opts)
     from redis.asyncio.sentinel import Sentinel
 
-    s = parse_sentinel_url(url)
-    sentinel = Sentinel(
-        list(s.sentinels), sentinel_kwargs={**_sentinel_opts(opts), **s.sentinel_kwargs}, **_sentinel_opts(opts)
-    )
-    data_opts = {**opts, "db": s.db, "username": s.username, "password": s.password}
-    if s.ssl:
-        data_opts["ssl"] = True
-    return sentinel.master_for(s.master, redis_class=aioredis.Redis, **data_opts)
+    client: aioredis.Redis = _primary(url, opts, Sentinel, aioredis.Redis)
+    return client
 
 
 def sync_client(url: str, **opts: Any) -> redis.Redis:
@@ -129,11 +135,5 @@ def sync_client(url: str, **opts: Any) -> redis.Redis:
         return redis.Redis.from_url(url, **opts)
     from redis.sentinel import Sentinel
 
-    s = parse_sentinel_url(url)
-    sentinel = Sentinel(
-        list(s.sentinels), sentinel_kwargs={**_sentinel_opts(opts), **s.sentinel_kwargs}, **_sentinel_opts(opts)
-    )
-    data_opts = {**opts, "db": s.db, "username": s.username, "password": s.password}
-    if s.ssl:
-        data_opts["ssl"] = True
-    return sentinel.master_for(s.master, redis_class=redis.Redis, **data_opts)
+    client: redis.Redis = _primary(url, opts, Sentinel, redis.Redis)
+    return client

@@ -10,6 +10,11 @@ server and on Redis Cluster; every counter has a TTL):
 ``{cag:ref}:version``
     counter bumped by every reference write; ``cag:ref:changed`` is PUBLISHed
     with the new value so workers reload at once (polling is the back-stop).
+``{cag:ref}:filings:version`` / ``{cag:ref}:filings:log``
+    filings writes counted apart, and per version the numbers changed (or
+    ``*``: rewritten), so a worker applies a filings change as a delta and a
+    trunk or operator change reloads only trunks and enterprises
+    (policy/store_keys.py, policy/refcache.py).
 Consents and DNC (policy/layout.py has the whole story and the encodings):
 ``{c:<bucket>}:dnc:<gen>`` / ``{c:<bucket>}:cs:<gen>``
     hashes of the numbers of one 1,000-number block (bucket = the number

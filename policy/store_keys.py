@@ -18,6 +18,20 @@ CHANNEL = "cag:ref:changed"
 LAYERS_CHANGED = "layers"  # message on CHANNEL: the consent/DNC layer pointer moved
 REF_VERSION = "{cag:ref}:version"
 REF_KINDS = ("trunks", "enterprises", "filings")
+# Filings change by deltas (policy.refcache): every filings write bumps FILINGS_VERSION
+# with REF_VERSION in one MULTI and records, in FILINGS_LOG, version -> the numbers it
+# changed (msgpack list), or FILINGS_FULL for a rewrite (--replace, or more than
+# FILINGS_DELTA_MAX rows). The log keeps the last FILINGS_LOG_KEEP versions; a worker
+# further behind reads the whole kind again. REF_VERSION - FILINGS_VERSION moves only
+# when trunks, enterprises or operator statuses change: what a worker reloads then.
+FILINGS_VERSION = "{cag:ref}:filings:version"
+FILINGS_LOG = "{cag:ref}:filings:log"
+# Filed national-key lengths -> count (a superset after upserts; exact after --replace):
+# what lets `cag explain` look up the longer forms of a caller (R4) by HMGET.
+FILINGS_LENS = "{cag:ref}:filings:lens"
+FILINGS_FULL = b"*"
+FILINGS_LOG_KEEP = 1024
+FILINGS_DELTA_MAX = 50_000
 REF_MULTI_MAX = 5000  # reference records written in one MULTI; more are staged (RefWriter)
 TXN_TTL = 64  # s; SPEC section 4 asks for >= 32 s
 DAY_TTL_SLACK = 3600  # s kept after callee-local midnight (clock skew, late refunds)

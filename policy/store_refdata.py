@@ -17,15 +17,22 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from policy.bulk import BATCH_ROWS
 from policy.layout import GEN_POINTER, OPS, parse_layers
 from policy.model import KIND_KEYS, KIND_MODELS, Enterprise, NumberFiling, Record, Trunk
+from policy.numbers import national_key
+from policy.rules.filing_table import filing_key
 from policy.store_keys import (
     CHANNEL,
+    FILINGS_DELTA_MAX,
+    FILINGS_FULL,
+    FILINGS_LENS,
+    FILINGS_LOG,
+    FILINGS_LOG_KEEP,
+    FILINGS_VERSION,
     LAYERS_CHANGED,
-    REF_KINDS,
     REF_MULTI_MAX,
     REF_VERSION,
     StoreError,
@@ -82,16 +89,61 @@ class RefDataMixin:
 
         Operator statuses (``OPS``: suspend/resume by hand or by the engine)
         are applied over the loaded records here, which is why reloading a
-        trunks or enterprises file does not lift a suspension.
+        trunks or enterprises file does not lift a suspension. Reads every
+        filing: workers use ``load_ref_small`` and the filings deltas instead.
+        """
+        trunks, ents, (version, _), filings = await self._read_ref(with_filings=True)
+        return (
+            trunks,
+            ents,
+            [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
+            version,
+        )
+
+    async def ref_versions(self) -> tuple[int, int]:
+        """(reference version, filings version) in one command; refreshes the layer pointers too.
+
+        ``REF_VERSION - FILINGS_VERSION`` moves only when trunks, enterprises
+        or operator statuses change (policy/store_keys.py).
         """
         try:
+            # MULTI: the two counters from one moment (redis-py refuses MGET in a cluster
+            # pipeline; all three keys are in the {cag:ref} slot).
             pipe = self.client.pipeline(transaction=True)
-            for kind in REF_KINDS:
-                pipe.hgetall(ref_key(kind))
             pipe.get(REF_VERSION)
+            pipe.get(FILINGS_VERSION)
+            pipe.hgetall(GEN_POINTER)
+            v, fv, gens = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        self._set_layers(gens)
+        return int(v or 0), int(fv or 0)
+
+    async def load_ref_small(self) -> tuple[list[Trunk], list[Enterprise], int, int]:
+        """Trunks and enterprises (operator status applied) with both versions: one MULTI/EXEC.
+
+        What a worker reloads when the reference version moves but the
+        filings version does not (a suspension, a trunks file): small kinds,
+        never the filings.
+        """
+        trunks, ents, (version, fver), _ = await self._read_ref(with_filings=False)
+        return trunks, ents, version, fver
+
+    async def _read_ref(
+        self, *, with_filings: bool
+    ) -> tuple[list[Trunk], list[Enterprise], tuple[int, int], dict[Any, bytes]]:
+        """One MULTI/EXEC: trunks, enterprises (operator status applied), both versions, [filings]."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hgetall(ref_key("trunks"))
+            pipe.hgetall(ref_key("enterprises"))
+            pipe.get(REF_VERSION)
+            pipe.get(FILINGS_VERSION)
             pipe.hgetall(OPS)
             pipe.hgetall(GEN_POINTER)
-            trunks, ents, filings, version, ops, gens = await pipe.execute()
+            if with_filings:
+                pipe.hgetall(ref_key("filings"))
+            trunks, ents, v, fv, ops, gens, *filings = await pipe.execute()
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
         self._set_layers(gens)
@@ -99,9 +151,104 @@ class RefDataMixin:
         return (
             [_with_op(Trunk, "trunk", k, v, opmap) for k, v in trunks.items()],  # type: ignore[misc]
             [_with_op(Enterprise, "enterprise", k, v, opmap) for k, v in ents.items()],  # type: ignore[misc]
-            [NumberFiling.model_validate(msgpack.unpackb(v)) for v in filings.values()],
-            int(version or 0),
+            (int(v or 0), int(fv or 0)),
+            filings[0] if filings else {},
         )
+
+    async def filing_changes(self, since: int, upto: int) -> list[str] | None:
+        """The numbers filings writes ``since`` < version <= ``upto`` changed; None: read them all again.
+
+        None when one of those versions rewrote the kind, or is no longer in
+        the log (a worker more than ``FILINGS_LOG_KEEP`` versions behind).
+        """
+        if upto <= since:
+            return []
+        if since < 0 or upto - since > FILINGS_LOG_KEEP:
+            return None
+        try:
+            entries = await self.client.hmget(FILINGS_LOG, [str(v) for v in range(since + 1, upto + 1)])
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        numbers: list[str] = []
+        for raw in entries:
+            if raw is None or raw == FILINGS_FULL:
+                return None
+            numbers.extend(_s(n) for n in msgpack.unpackb(raw))
+        return numbers
+
+    async def filing_records(self, numbers: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored filings of these numbers (None: not filed), read in bounded HMGETs."""
+        out: dict[str, dict[str, Any] | None] = {}
+        uniq = list(dict.fromkeys(numbers))
+        key = ref_key("filings")
+        try:
+            for i in range(0, len(uniq), BATCH_ROWS):
+                chunk = uniq[i : i + BATCH_ROWS]
+                for n, raw in zip(chunk, await self.client.hmget(key, chunk), strict=True):
+                    out[n] = msgpack.unpackb(raw) if raw is not None else None
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        return out
+
+    async def scan_filing_records(self, count: int = BATCH_ROWS) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every stored filing as its msgpack map, in batches of bounded HSCAN steps.
+
+        A filing may come twice (HSCAN's guarantee is "at least once" for
+        what stays in the hash); the table builder keeps one.
+        """
+        cursor = 0
+        key = ref_key("filings")
+        while True:
+            try:
+                cursor, items = await self.client.hscan(key, cursor, count=count)
+            except (RedisError, OSError) as e:
+                raise StoreError(f"redis: {e}") from e
+            pairs = _pairs(items)
+            for i in range(0, len(pairs), count):  # decoded in pieces: COUNT is only a hint
+                yield [msgpack.unpackb(v) for v in list(pairs.values())[i : i + count]]
+            if not cursor:
+                return
+
+    async def filings_extending(self, key: str, max_candidates: int = 4000) -> list[str]:
+        """The filed numbers whose national key is ``key`` with digits appended (R4 for ``cag explain``).
+
+        The loader keeps the lengths of the filed national keys
+        (``FILINGS_LENS``), so the numbers that can extend ``key`` are
+        enumerated and looked up in bounded HMGETs: a caller one or two
+        digits short of filed numbers costs one round trip. When that would
+        be more than ``max_candidates`` numbers (a caller many digits short),
+        or the lengths were never written (filings loaded before them), the
+        hash is scanned on the server (HSCAN MATCH), which reads the whole
+        kind there (about a second per million filings).
+        """
+        try:
+            lens = await self.client.hgetall(FILINGS_LENS)
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
+        forms = [""] if key.startswith("+") else ["+86", ""]
+        longer = sorted(n for n in (int(_s(k)) for k in (lens or {})) if n > len(key))
+        if lens and sum(10 ** (n - len(key)) for n in longer) * len(forms) <= max_candidates:
+            cands = [
+                f + key + str(s).zfill(n - len(key)) for n in longer for s in range(10 ** (n - len(key))) for f in forms
+            ]
+            return [k for k, v in (await self.filing_records(cands)).items() if v is not None]
+        found: list[str] = []
+        for f in forms:
+            found += await self._scan_prefix(f + key)
+        return found
+
+    async def _scan_prefix(self, prefix: str, count: int = 20000) -> list[str]:
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "?*"
+        found: list[str] = []
+        cursor = 0
+        try:
+            while True:
+                cursor, items = await self.client.hscan(ref_key("filings"), cursor, match=pattern, count=count)
+                found.extend(_pairs(items))
+                if not cursor:
+                    return found
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}") from e
 
     async def get_ref(self, kind: str, ident: str) -> Record | None:
         """One reference record (operator status applied), without reading the whole kind."""
@@ -222,13 +369,26 @@ class RefWriter:
         self.staged = False
         self.staging = f"{ref_key(kind)}:staging"
         self.rows = 0
+        # Filings: the numbers this load changes, logged so workers apply them as a
+        # delta; None once it is a rewrite (--replace, or over FILINGS_DELTA_MAX rows).
+        self.changed: dict[str, None] | None = {} if kind == "filings" and not replace else None
+        self.lens: dict[int, int] = {}  # filings: national-key length -> rows (FILINGS_LENS)
 
     async def begin(self) -> None:
         await self.store._call("UNLINK", self.staging)
 
     async def add(self, records: Sequence[Record]) -> None:
         for r in records:
-            self.pending[getattr(r, self.field)] = msgpack.packb(r.model_dump(mode="json"))
+            key = getattr(r, self.field)
+            if self.kind == "filings":  # the field is what workers and `policy show` look up
+                key = filing_key(key)
+                n = len(national_key(key))
+                self.lens[n] = self.lens.get(n, 0) + 1
+            self.pending[key] = msgpack.packb(r.model_dump(mode="json"))
+            if self.changed is not None:
+                self.changed[key] = None
+        if self.changed is not None and len(self.changed) > FILINGS_DELTA_MAX:
+            self.changed = None
         self.rows += len(records)
         if len(self.pending) > REF_MULTI_MAX or (self.staged and len(self.pending) >= BATCH_ROWS):
             await self._stage()
@@ -245,15 +405,14 @@ class RefWriter:
         store, live = self.store, ref_key(self.kind)
         try:
             if not self.staged:
-                pipe = store.client.pipeline(transaction=True)
+                commands: list[tuple[Any, ...]] = []
                 if self.replace:
-                    pipe.execute_command("UNLINK", live)  # freed in the background, however big
+                    commands.append(("UNLINK", live))  # freed in the background, however big
                 if self.pending:
-                    pipe.execute_command("HSET", live, *[x for kv in self.pending.items() for x in kv])
-                pipe.execute_command("INCR", REF_VERSION)
-                res = await pipe.execute()
-                await store._publish(int(res[-1]))
-                return int(res[-1])
+                    commands.append(("HSET", live, *[x for kv in self.pending.items() for x in kv]))
+                version = await self._transact(commands)
+                await store._publish(version)
+                return version
             await self._stage()
             if not self.replace:
                 cursor = 0
@@ -271,16 +430,50 @@ class RefWriter:
     async def _swap(self, live: str, old: str) -> int:
         store = self.store
         try:
-            exists = int(await store.client.exists(live))
-            pipe = store.client.pipeline(transaction=True)
-            if exists:
-                pipe.execute_command("RENAME", live, old)
+            commands: list[tuple[Any, ...]] = []
+            if int(await store.client.exists(live)):
+                commands.append(("RENAME", live, old))
             if int(await store.client.exists(self.staging)):
-                pipe.execute_command("RENAME", self.staging, live)
-            pipe.execute_command("INCR", REF_VERSION)
-            res = await pipe.execute()
+                commands.append(("RENAME", self.staging, live))
+            version = await self._transact(commands)
             await store.client.execute_command("UNLINK", old)  # freed in the background
         except (RedisError, OSError) as e:
             raise StoreError(f"redis: {e}") from e
-        await store._publish(int(res[-1]))
-        return int(res[-1])
+        await store._publish(version)
+        return version
+
+    async def _transact(self, commands: list[tuple[Any, ...]]) -> int:
+        """``commands`` and the version bump in one MULTI/EXEC; returns the new reference version.
+
+        Filings also bump ``FILINGS_VERSION`` and log what changed under it
+        (the numbers, or ``FILINGS_FULL``); the next version number is read
+        under WATCH, so two writers never log under the same one.
+        """
+        client = self.store.client
+        if self.kind != "filings":
+            pipe = client.pipeline(transaction=True)
+            for c in commands:
+                pipe.execute_command(*c)
+            pipe.execute_command("INCR", REF_VERSION)
+            return int((await pipe.execute())[-1])
+        entry = FILINGS_FULL if self.changed is None else msgpack.packb(list(self.changed))
+        for _ in range(50):
+            async with client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(FILINGS_VERSION)
+                    fv = int(await pipe.get(FILINGS_VERSION) or 0) + 1
+                    pipe.multi()
+                    for c in commands:
+                        pipe.execute_command(*c)
+                    pipe.execute_command("SET", FILINGS_VERSION, fv)
+                    pipe.execute_command("HSET", FILINGS_LOG, fv, entry)
+                    pipe.execute_command("HDEL", FILINGS_LOG, fv - FILINGS_LOG_KEEP)
+                    if self.replace:
+                        pipe.execute_command("DEL", FILINGS_LENS)
+                    for n, rows in self.lens.items():
+                        pipe.execute_command("HINCRBY", FILINGS_LENS, n, rows)
+                    pipe.execute_command("INCR", REF_VERSION)
+                    return int((await pipe.execute())[-1])
+                except WatchError:
+                    continue
+        raise StoreError("redis: filings version kept moving (50 concurrent writers?)")

@@ -92,9 +92,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     async def body(store: PolicyStore) -> int:
         from policy.engine import AdmissionEngine
+        from policy.rules.caller_id import caller_of
 
         engine = AdmissionEngine(store, config)
-        await engine.start()
+        # One call's question: trunks and enterprises, and only the filings this caller can
+        # touch (its own, R4's longer and shorter forms), not every filing (issue 14).
+        await engine.refcache.load_for_call(caller_of(call, config.rules.region))
         try:
             decision = await engine.explain(call, at)
         finally:

@@ -15,10 +15,10 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Container
 
 from policy.decision import Check
-from policy.model import CallAttempt, NumberFiling
+from policy.model import CallAttempt
 from policy.numbers import is_subscriber_number, normalize_number
 from policy.rules._util import failed, passed
 
@@ -86,7 +86,7 @@ def identity_shape_error(identity: str) -> str | None:
 
 def check_caller_id(
     call: CallAttempt,
-    filings: Mapping[str, NumberFiling],
+    filings: Container[str],
     *,
     region: str = "CN",
     stir_shaken: str = "off",

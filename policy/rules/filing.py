@@ -23,7 +23,7 @@ def check_filing(caller: str, enterprise_id: str | None, ref: RefData) -> Check:
     ``enterprise_id`` None (explain with an unknown source) skips the
     ownership and length tests, which need to know whose trunk this is.
     """
-    filing = ref.filings.get(caller)
+    filing = ref.filings.profile(caller)  # the shared profile: nothing built per call
     if filing is None:
         if enterprise_id is not None:
             near = ref.length_altered(caller, enterprise_id)

@@ -1,37 +1,27 @@
 """The in-memory snapshot of reference data (SPEC §4).
 
-Trunks, enterprises and filings are small and change rarely, so each worker
-holds an immutable snapshot and swaps in a new one when the store says the
-version changed. Everything the hot path asks of it — which trunk owns this
-source address (R9/R10), is this number filed (R3), is it a filed number
-with its length changed (R4) — is answered from indexes built once here.
+Trunks and enterprises are small and change rarely, so each worker holds an
+immutable snapshot and swaps in a new one when the store says the version
+changed. Filings can number millions: they are a compact ``FilingTable``
+(policy/rules/filing_table.py) that changes by deltas, shared by snapshots
+that differ only in trunks or enterprises. Everything the hot path asks —
+which trunk owns this source address (R9/R10), is this number filed (R3),
+is it a filed number with its length changed (R4) — is answered from
+indexes built once.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from bisect import bisect_left
 from collections.abc import Iterable
 
 from policy.model import Enterprise, NumberFiling, Trunk
-from policy.numbers import national_key, normalize_number
+from policy.rules.filing_table import FilingTable, filing_key
 
-__all__ = ["RefData", "filing_key"]
+__all__ = ["FilingTable", "RefData", "filing_key"]
 
 _IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE_MAX = 65536
-
-
-def filing_key(number: str, region: str = "CN") -> str:
-    """The key a filing is stored under: the normalised number.
-
-    The loader already stores normalised numbers; re-parsing every filing
-    would make a snapshot rebuild slow, so numbers that are already in E.164
-    form are taken as they are.
-    """
-    if number.startswith("+") and number[1:].isdigit():
-        return number
-    return normalize_number(number, region) or number
 
 
 class _NetIndex:
@@ -69,9 +59,7 @@ class RefData:
     """
 
     __slots__ = (
-        "_by_enterprise",
         "_cache",
-        "_enterprise_sets",
         "_exact",
         "_v4",
         "_v6",
@@ -83,14 +71,14 @@ class RefData:
 
     trunks: dict[str, Trunk]
     enterprises: dict[str, Enterprise]
-    filings: dict[str, NumberFiling]  # keyed by normalised number
+    filings: FilingTable  # keyed by normalised number
     version: int
 
     def __init__(
         self,
         trunks: dict[str, Trunk],
         enterprises: dict[str, Enterprise],
-        filings: dict[str, NumberFiling],
+        filings: FilingTable,
         version: int,
     ) -> None:
         self.trunks = trunks
@@ -103,42 +91,38 @@ class RefData:
         self._cache: dict[str, Trunk | None] = {}
         self._v4 = _NetIndex()
         self._v6 = _NetIndex()
-        # R4 length test: per enterprise, the national keys of its filed numbers,
-        # sorted (for "caller is a strict prefix of a filed number": one bisect)
-        # and as a set (for "a filed number is a strict prefix of the caller").
-        self._by_enterprise: dict[str, tuple[str, ...]] = {}
-        self._enterprise_sets: dict[str, frozenset[str]] = {}
 
     @classmethod
     def build(
         cls,
         trunks: Iterable[Trunk],
         enterprises: Iterable[Enterprise],
-        filings: Iterable[NumberFiling],
+        filings: Iterable[NumberFiling] | FilingTable,
         version: int = 0,
     ) -> RefData:
         """Index a consistent set of reference records.
 
+        ``filings`` as records builds the table at once (tests, small sets);
+        the cache passes a table it built in steps or changed by a delta.
         When two trunks list the same network, the first one given keeps it
         (the loader rejects such overlaps; this keeps the lookup deterministic).
         """
+        table = filings if isinstance(filings, FilingTable) else FilingTable.of(filings)
         trunk_map = {t.trunk_id: t for t in trunks}
         ent_map = {e.enterprise_id: e for e in enterprises}
-        filing_map: dict[str, NumberFiling] = {}
-        for f in filings:
-            filing_map[filing_key(f.number)] = f
-        ref = cls(trunk_map, ent_map, filing_map, version)
+        ref = cls(trunk_map, ent_map, table, version)
         for trunk in trunk_map.values():
             for source in trunk.sources:
                 net = ipaddress.ip_network(source, strict=False)
                 if net.prefixlen == net.max_prefixlen:
                     ref._exact.setdefault(str(net.network_address), trunk)
                 (ref._v4 if net.version == 4 else ref._v6).add(net, trunk)
-        per_ent: dict[str, set[str]] = {}
-        for number, f in filing_map.items():
-            per_ent.setdefault(f.enterprise_id, set()).add(national_key(number))
-        ref._by_enterprise = {e: tuple(sorted(keys)) for e, keys in per_ent.items()}
-        ref._enterprise_sets = {e: frozenset(keys) for e, keys in per_ent.items()}
+        return ref
+
+    def with_filings(self, filings: FilingTable, version: int) -> RefData:
+        """This snapshot's trunks and enterprises (indexes shared) with another filings table."""
+        ref = RefData(self.trunks, self.enterprises, filings, version)
+        ref._exact, ref._v4, ref._v6, ref._cache = self._exact, self._v4, self._v6, self._cache
         return ref
 
     def trunk_for(self, ip: str) -> Trunk | None:
@@ -177,22 +161,7 @@ class RefData:
 
         Returns the national key of that filed number, or None.
         """
-        keys = self._enterprise_sets.get(enterprise_id)
-        if not keys:
-            return None
-        key = national_key(caller)
-        # A filed number is a strict prefix of the caller: digits appended.
-        for end in range(len(key) - 1, 0, -1):
-            if key[:end] in keys:
-                return key[:end]
-        # The caller is a strict prefix of a filed number: digits removed.
-        ordered = self._by_enterprise[enterprise_id]
-        i = bisect_left(ordered, key)
-        while i < len(ordered) and ordered[i] == key:
-            i += 1
-        if i < len(ordered) and ordered[i].startswith(key):
-            return ordered[i]
-        return None
+        return self.filings.length_altered(caller, enterprise_id)
 
     def __repr__(self) -> str:
         return (

@@ -452,6 +452,9 @@ async def test_every_counter_has_a_ttl(store: PolicyStore, make_engine: EngineFa
         b"{cag:ref}:enterprises",
         b"{cag:ref}:filings",
         b"{cag:ref}:version",
+        b"{cag:ref}:filings:version",  # filings deltas (policy/store_keys.py): bounded by version count
+        b"{cag:ref}:filings:log",
+        b"{cag:ref}:filings:lens",
         b"{cag:ref}:gen",
         b"{cag:ref}:genseq",
         token_layer_key(token_shard(TOKEN), gen).encode(),

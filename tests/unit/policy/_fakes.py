@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -124,6 +124,30 @@ class FakeStore:
         self.loads = 0
         self.ref_error: Exception | None = None
         self.trunks: list[Trunk] = fx.trunks()
+        # Filings as the store keeps them: number -> stored map, a version, a change log.
+        self.filings: dict[str, dict[str, Any]] = {
+            f.number: f.model_dump(mode="json") for f in fx.filings()
+        }
+        self.filings_version = 0
+        self.filings_log: dict[int, list[str] | None] = {}  # None: a rewrite
+        self.scans = 0  # whole-kind filings reads
+
+    def write_filings(self, changed: dict[str, NumberFiling | None]) -> None:
+        """A filings write as RefWriter makes it: both versions bumped, the numbers logged."""
+        for number, f in changed.items():
+            if f is None:
+                self.filings.pop(number, None)
+            else:
+                self.filings[number] = f.model_dump(mode="json")
+        self.filings_version += 1
+        self.version += 1
+        self.filings_log[self.filings_version] = list(changed)
+
+    def replace_filings(self, filings: list[NumberFiling]) -> None:
+        self.filings = {f.number: f.model_dump(mode="json") for f in filings}
+        self.filings_version += 1
+        self.version += 1
+        self.filings_log[self.filings_version] = None
 
     def _future(self, kind: str, result: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -188,6 +212,41 @@ class FakeStore:
             raise self.ref_error
         self.loads += 1
         return list(self.trunks), fx.enterprises(), fx.filings(), self.version
+
+    async def ref_versions(self) -> tuple[int, int]:
+        if self.ref_error is not None:
+            raise self.ref_error
+        return self.version, self.filings_version
+
+    async def load_ref_small(self) -> tuple[list[Trunk], list[Enterprise], int, int]:
+        if self.ref_error is not None:
+            raise self.ref_error
+        self.loads += 1
+        return list(self.trunks), fx.enterprises(), self.version, self.filings_version
+
+    async def filing_changes(self, since: int, upto: int) -> list[str] | None:
+        if since < 0:
+            return None
+        out: list[str] = []
+        for v in range(since + 1, upto + 1):
+            numbers = self.filings_log.get(v)
+            if numbers is None:
+                return None
+            out += numbers
+        return out
+
+    async def filing_records(self, numbers: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        return {n: self.filings.get(n) for n in numbers}
+
+    async def scan_filing_records(self, count: int = 2) -> AsyncIterator[list[dict[str, Any]]]:
+        self.scans += 1
+        items = list(self.filings.values())
+        for i in range(0, len(items), count):
+            yield items[i : i + count]
+
+    async def filings_extending(self, key: str, max_candidates: int = 0) -> list[str]:
+        forms = [key] if key.startswith("+") else [key, "+86" + key]
+        return [n for n in self.filings for p in forms if n.startswith(p) and len(n) > len(p)]
 
     async def subscribe_changes(
         self, on_change: Callable[[int], None], stop: asyncio.Event
