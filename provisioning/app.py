@@ -54,7 +54,7 @@ from gateway.audit.record import Entry
 from gateway.config import Settings
 from policy.hotlink import HotLink, LinkTarget
 from policy.loader import RowError, validate_row
-from policy.model import CallAttempt, Consent, DncEntry
+from policy.model import CallAttempt, Consent, DncEntry, Enterprise
 from policy.numbers import normalize_number
 from policy.store import PolicyStore, StoreError
 from provisioning import metrics, problems
@@ -524,8 +524,8 @@ async def consent_create(st: ApiState, key: ApiKey, body: ConsentIn, idempotency
         ent_id = str(key.enterprise_id)
     ent = st.engine.ref.enterprises.get(ent_id) if st.engine is not None else None
     if ent is None:  # loaded in the last second? The engine's copy follows within 1 s; Redis now.
-        _, enterprises, _, _ = await policy.load_refdata()
-        ent = next((e for e in enterprises if e.enterprise_id == ent_id), None)
+        got = await policy.get_ref("enterprises", ent_id)
+        ent = got if isinstance(got, Enterprise) else None
     if ent is None:
         if not key.admin:
             raise Problem(403, f"enterprise {ent_id} is not provisioned")

@@ -134,8 +134,7 @@ def _cmd_key_create(args: argparse.Namespace) -> int:
         from provisioning.changes import ChangeLog
         from provisioning.store import ApiStore
 
-        _, enterprises, _, _ = await store.load_refdata()
-        if args.enterprise and args.enterprise not in {e.enterprise_id for e in enterprises}:
+        if args.enterprise and await store.get_ref("enterprises", args.enterprise) is None:
             print(f"cag api key create: warning: enterprise {args.enterprise!r} is not provisioned (yet)",
                   file=sys.stderr)
         key, text = await ApiStore(store.client).create_key(

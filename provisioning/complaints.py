@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.audit.record import Entry
-from policy.model import Enterprise
+from policy.model import Enterprise, NumberFiling
 from policy.numbers import normalize_number
 from policy.store import PolicyStore
 from provisioning.changes import ChangeLog
@@ -101,9 +101,11 @@ async def file_complaint(
     callee_n = normalize_number(callee, region) or callee
     caller_n = normalize_number(caller, region) or caller
     rows = await trace(spellings(caller, region), spellings(callee, region), reported_at)
-    _, enterprises, filings, _ = await policy.load_refdata()
+    # One filing and the small kinds: never the whole filings hash (a million of them at a carrier).
+    _, enterprises, _, _ = await policy.load_ref_small()
     ents: dict[str, Enterprise] = {e.enterprise_id: e for e in enterprises}
-    filing = next((f for f in filings if f.number == caller_n), None)
+    got = await policy.get_ref("filings", caller_n)
+    filing = got if isinstance(got, NumberFiling) else None
     ent_id, how = responsible(rows, filing.enterprise_id if filing else None)
 
     actions: list[str] = []  # SPEC §10 names: consent_withdrawn, enterprise_suspended
