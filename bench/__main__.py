@@ -5,6 +5,7 @@
     python -m bench gen-pcap OUT.pcap [--calls N] [--cps R]
     python -m bench admission | proxy-core | sip-parse | stages | api [ARGS...]   (micro-benchmarks)
     python -m bench audit-scale --records N   (the audit archive at carrier scale, bench/audit_scale.py)
+    python -m bench refdata --rows N   (filings in a worker: memory, deltas, explain/show; bench/refdata.py)
 
 Every run writes into ``bench/results/<timestamp>-<kind>/`` (git-ignored)
 and prints that path at the end.
@@ -56,7 +57,7 @@ def _proxy(text: str) -> tuple[str, str]:
 
 
 # Benchmarks with a command line of their own, run as they are (arguments passed on).
-OWN = {**MICRO, "audit-scale": "bench.audit_scale"}
+OWN = {**MICRO, "audit-scale": "bench.audit_scale", "refdata": "bench.refdata"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("load", help="a consent/DNC file through cag policy load: rows/s, RSS, bytes/row, stalls")
     sub.add_parser("audit-scale", help="audit archive at carrier scale: look-ups, export, archiver, bytes "
                                        "per record (--records N; bench/audit_scale.py)")
+    sub.add_parser("refdata", help="filings in a worker at scale: memory, suspend-to-effect, deltas, "
+                                   "explain/show reads (--rows N; bench/refdata.py)")
 
     args = ap.parse_args(argv)
     if args.cmd == "gen-pcap":
