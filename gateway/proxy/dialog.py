@@ -55,9 +55,10 @@ class RouteToken:
         self._secret = secret
         # The keyed state, computed once: copying it skips the key schedule of every MAC.
         self._hmac = hmac.new(secret, digestmod="sha256")
-        # token -> (call_id, tag it was bound to, record_id, hop, trunk_id); insertion order =
-        # age. Plain strings and ints only, so the garbage collector stops tracking the tuples.
-        self._minted: dict[str, tuple[str, str, str, int, str]] = {}
+        # token -> "record_id \x1f hop \x1f trunk_id \x1f call_id \x1f tag it was bound to": the
+        # MAC's fields and separator (the first three never hold one: ``mint`` checks);
+        # insertion order = age. One string: a tuple kept four more strings alive per token.
+        self._minted: dict[str, str] = {}
         self._minted_max = minted_max
 
     def _mac(self, call_id: str, tag: str, payload: bytes) -> bytes:
@@ -73,7 +74,7 @@ class RouteToken:
             minted = self._minted
             if len(minted) >= self._minted_max:
                 del minted[next(iter(minted))]
-            minted[token] = (call_id, from_tag, record_id, hop, trunk_id)
+            minted[token] = f"{record_id}\x1f{hop}\x1f{trunk_id}\x1f{call_id}\x1f{from_tag}"
         return token
 
     def verify(
@@ -81,12 +82,13 @@ class RouteToken:
     ) -> tuple[DialogInfo, int] | None:
         """``(info, index of the tag that verified)``, or None for a forged / foreign / broken token."""
         known = self._minted.get(token)
-        if known is not None and known[0] == call_id:
-            # Same answer the MAC would give: it verifies exactly for the tag it was minted with.
-            bound = known[1]
+        if known is not None:
+            # Same answer the MAC would give: it verifies exactly for the call and tag it was
+            # minted with, read with the MAC's own separator.
+            record_id, hop, trunk_id, bound = known.split("\x1f", 3)
             for i, tag in enumerate(tags):
-                if tag == bound:
-                    return DialogInfo(known[2], known[3], known[4]), i
+                if tag is not None and bound == f"{call_id}\x1f{tag}":
+                    return DialogInfo(record_id, int(hop), trunk_id), i
             return None
         body, dot, mac_text = token.partition(".")
         if not dot:
