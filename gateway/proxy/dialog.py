@@ -22,9 +22,10 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
-from typing import final
+from typing import Final, Protocol, final
 
 _SEP = b"\x1f"
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _MAC_BYTES = 12
 MINTED_MAX = 65536  # tokens remembered per worker (a few hundred bytes each)
 
@@ -37,8 +38,25 @@ class DialogInfo:
     trunk_id: str
 
 
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+    def update(self, msg: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def _keyed(secret: bytes) -> _Mac:
+    """The keyed HMAC-SHA256 state: the C object hmac.new wraps, so copy / update / digest skip
+    hmac.HMAC's Python layer (one MAC per INVITE); hmac.new itself without OpenSSL's hashlib."""
+    try:
+        from _hashlib import hmac_new
+    except ImportError:
+        return hmac.new(secret, digestmod="sha256")
+    return hmac_new(secret, digestmod="sha256")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    """``base64.urlsafe_b64encode`` without padding, minus its Python wrappers (once per INVITE)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -54,7 +72,7 @@ class RouteToken:
             raise ValueError("rr_secret must not be empty")
         self._secret = secret
         # The keyed state, computed once: copying it skips the key schedule of every MAC.
-        self._hmac = hmac.new(secret, digestmod="sha256")
+        self._hmac = _keyed(secret)
         # token -> "record_id \x1f hop \x1f trunk_id \x1f call_id \x1f tag it was bound to": the
         # MAC's fields and separator (the first three never hold one: ``mint`` checks);
         # insertion order = age. One string: a tuple kept four more strings alive per token.

@@ -333,12 +333,30 @@ def _quotes_closed(value: str) -> bool:
 
 def _unquoted(value: str, angles: bool) -> str:
     """``value`` without its quoted strings (and, when ``angles``, each URI in <...> as its ``<``)."""
-    return mask_quoted(value, angles)[0].replace(HIDDEN, "")
+    if '"' in value:
+        return mask_quoted(value, angles)[0].replace(HIDDEN, "")
+    if not angles or "<" not in value:
+        return value
+    # No quotes (every Contact SIPp sends): the same reading with str.find, not a loop per
+    # character; a '<' opens, the next '>' closes, an unclosed one hides the rest.
+    out: list[str] = []
+    i = 0
+    while True:
+        lt = value.find("<", i)
+        if lt < 0:
+            out.append(value[i:])
+            break
+        out.append(value[i : lt + 1])
+        gt = value.find(">", lt + 1)
+        if gt < 0:
+            break
+        i = gt + 1
+    return "".join(out)
 
 
 def _separators_ok(value: str, angles: bool) -> bool:
     """No empty list element or parameter: no ',,', ';;', ',;', ';,', nor one at either end."""
-    t = _unquoted(value, angles) if '"' in value or angles else value
+    t = _unquoted(value, angles)
     t = "".join(t.split())
     if not t:
         return False

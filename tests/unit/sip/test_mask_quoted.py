@@ -28,3 +28,21 @@ def test_an_open_quote_is_reported(value: str) -> None:
 def test_splits_read_the_mask() -> None:
     assert split_list('"A, B" <sip:a@h>, "C" <sip:c,d@h>') == ['"A, B" <sip:a@h>', '"C" <sip:c,d@h>']
     assert split_params(';a="x;y";b') == {"a": '"x;y"', "b": None}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sip:a@h",
+        "<sip:a@h>;expires=60, <sip:b@h>",
+        "<sip:a,,b@h>",
+        "<sip:a@h",
+        "x <sip:a@h> y <sip:b@h",
+        '"A" <sip:a@h>',
+        "",
+    ],
+)
+def test_the_quote_free_contact_reading_matches_the_scan(value: str) -> None:
+    from gateway.sip.parser import _unquoted
+
+    assert _unquoted(value, True) == mask_quoted(value, True)[0].replace(HIDDEN, "")
