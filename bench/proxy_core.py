@@ -18,8 +18,9 @@ Instruction counts, which do not depend on what else runs on the box:
     ... the same with --repeat 0; (difference) / --calls = instructions per call
 
 ``--memory`` also replays once under tracemalloc and prints what the core
-still holds per call once every call has ended (BYE answered): the lingering
-transactions (RFC 6026, 32 s) and the route-map entry of the BYE.
+still holds per call once every call has ended (BYE answered): the tomb each
+answered call lingers as (RFC 6026, 32 s; gateway/proxy/linger.py), its minted
+Record-Route token and the route-map entry of the BYE.
 
 Run: ``python -m bench.proxy_core [--calls 3000] [--repeat 5] [--by-kind] [--memory]``.
 """

@@ -38,13 +38,14 @@ from policy.decision import Decision
 from .actions import Action, Addr
 from .client import Clients
 from .hops import HopSet, NextHop
+from .linger import Tomb
 from .pike import Pike
 from .probing import Prober
 from .routing import AnyResponse, Dialogs
 from .screening import DROP, KNOWN, UNASKED, Screen, SourceKnown, Verdict
 from .server import ACKABLE, Servers, txn_key
 from .shared import ALLOW, MAGIC, PROBE_PREFIX, STATELESS_PREFIX, Arrival, CoreConfig, Shared
-from .transaction import ClientTxn, ServerTxn, SState
+from .transaction import ClientTxn, CState, ServerTxn, SState
 
 log = logging.getLogger("cag.proxy")
 
@@ -177,7 +178,12 @@ class ProxyCore:
 
     def next_deadline(self) -> float:
         """When ``tick`` next has work (``inf``: none): a transaction timer, a probe, a route to forget."""
-        return min(self.shared.timers.next_deadline(), self.prober.next_deadline(), self.dialogs.next_deadline())
+        return min(
+            self.shared.timers.next_deadline(),
+            self.servers.graves.next_deadline(),
+            self.prober.next_deadline(),
+            self.dialogs.next_deadline(),
+        )
 
     def tick(self, now: float) -> list[Action]:
         """Due transaction timers, OPTIONS probes and expiry of the in-dialog route map."""
@@ -189,6 +195,7 @@ class ProxyCore:
                     servers.fire(obj, now, out)
                 else:
                     clients.fire(obj, now, out)
+            self.servers.graves.expire(now)
             self.prober.tick(now, out)
             self.dialogs.expire(now)
         except Exception:
@@ -213,8 +220,8 @@ class ProxyCore:
         return sum(1 for t in self.shared.servers.values() if t.state in live)
 
     def in_flight(self) -> int:
-        """Server transactions alive (pending, forwarded or lingering for retransmissions)."""
-        return len(self.shared.servers)
+        """INVITE transactions held: alive (pending, forwarded, completed) or lingering as a tomb."""
+        return len(self.shared.servers) + len(self.servers.graves)
 
     # ------------------------------------------------------------- dispatch
 
@@ -255,9 +262,15 @@ class ProxyCore:
             if refused is not None:
                 return refused
         if method == "ACK":
-            txn = sh.servers.get(txn_key(msg.call_id, top))
+            key = txn_key(msg.call_id, top)
+            txn = sh.servers.get(key)
             if txn is not None and txn.state in ACKABLE:
                 return self.servers.ack(txn, now)
+            if txn is None:
+                tomb = self.servers.graves.by_key.get(key)
+                if tomb is not None and not tomb.branch:  # the ACK of an INVITE we dropped
+                    sh.stats["ack_absorbed"] += 1
+                    return []
             if msg.to_tag is None:
                 sh.stats["dropped_stray_ack"] += 1
                 return []
@@ -297,7 +310,15 @@ class ProxyCore:
             return []
         ct: ClientTxn | None = self.shared.clients.get(br)
         if ct is not None:
-            return self.clients.response(ct, resp, now)
+            out = self.clients.response(ct, resp, now)
+            if ct.state == CState.ACCEPTED and not ct.dead:
+                txn = ct.server
+                if txn.state == SState.ACCEPTED and txn.client is ct and not txn.dead:
+                    self.servers.bury(txn, ct)  # only 2xx retransmissions are left: see linger.py
+            return out
+        tomb = self.servers.graves.by_branch.get(br)
+        if tomb is not None:
+            return self._late_2xx(tomb, resp)
         if br.startswith(STATELESS_PREFIX):
             return self.dialogs.response(resp, br)
         if br.startswith(PROBE_PREFIX):
@@ -305,3 +326,22 @@ class ProxyCore:
             return []
         self.shared.stats["dropped_unmatched_response"] += 1
         return []
+
+    def _late_2xx(self, tomb: Tomb, resp: AnyResponse) -> list[Action]:
+        """A response on the branch of a buried call: a 2xx retransmission goes upstream (RFC 6026 §7.1).
+
+        What ``Clients._late`` does for an Accepted client transaction.
+        """
+        sh = self.shared
+        method = resp.cseq[1]
+        if method == "CANCEL":  # the answer to our CANCEL, after the 2xx: nothing to do
+            return []
+        if method != "INVITE":
+            sh.stats["dropped_unmatched_response"] += 1
+            return []
+        if not 200 <= resp.status < 300:
+            sh.stats["retransmission_absorbed"] += 1
+            return []
+        resp.drop_first_via()
+        sh.stats["forwarded_responses"] += 1
+        return [tomb.upstream(resp.to_bytes())]

@@ -24,9 +24,10 @@ import base64
 import binascii
 import hmac
 from dataclasses import dataclass
-from typing import final
+from typing import Final, Protocol, final
 
 _SEP = b"\x1f"
+_TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _MAC_BYTES = 12
 MINTED_MAX = 65536  # tokens remembered per worker (a few hundred bytes each)
 
@@ -39,8 +40,25 @@ class DialogInfo:
     trunk_id: str
 
 
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+    def update(self, msg: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def _keyed(secret: bytes) -> _Mac:
+    """The keyed HMAC-SHA256 state: the C object hmac.new wraps, so copy / update / digest skip
+    hmac.HMAC's Python layer (one MAC per INVITE); hmac.new itself without OpenSSL's hashlib."""
+    try:
+        from _hashlib import hmac_new
+    except ImportError:
+        return hmac.new(secret, digestmod="sha256")
+    return hmac_new(secret, digestmod="sha256")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    """``base64.urlsafe_b64encode`` without padding, minus its Python wrappers (once per INVITE)."""
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -56,10 +74,11 @@ class RouteToken:
             raise ValueError("rr_secret must not be empty")
         self._secret = secret
         # The keyed state, computed once: copying it skips the key schedule of every MAC.
-        self._hmac = hmac.new(secret, digestmod="sha256")
-        # token -> (call_id, tag it was bound to, record_id, hop, trunk_id); insertion order =
-        # age. Plain strings and ints only, so the garbage collector stops tracking the tuples.
-        self._minted: dict[str, tuple[str, str, str, int, str]] = {}
+        self._hmac = _keyed(secret)
+        # token -> "record_id \x1f hop \x1f trunk_id \x1f call_id \x1f tag it was bound to": the
+        # MAC's fields and separator (the first three never hold one: ``mint`` checks);
+        # insertion order = age. One string: a tuple kept four more strings alive per token.
+        self._minted: dict[str, str] = {}
         self._minted_max = minted_max
 
     def _mac(self, call_id: str, tag: str, payload: bytes) -> bytes:
@@ -75,7 +94,7 @@ class RouteToken:
             minted = self._minted
             if len(minted) >= self._minted_max:
                 del minted[next(iter(minted))]
-            minted[token] = (call_id, from_tag, record_id, hop, trunk_id)
+            minted[token] = f"{record_id}\x1f{hop}\x1f{trunk_id}\x1f{call_id}\x1f{from_tag}"
         return token
 
     def verify(
@@ -83,12 +102,13 @@ class RouteToken:
     ) -> tuple[DialogInfo, int] | None:
         """``(info, index of the tag that verified)``, or None for a forged / foreign / broken token."""
         known = self._minted.get(token)
-        if known is not None and known[0] == call_id:
-            # Same answer the MAC would give: it verifies exactly for the tag it was minted with.
-            bound = known[1]
+        if known is not None:
+            # Same answer the MAC would give: it verifies exactly for the call and tag it was
+            # minted with, read with the MAC's own separator.
+            record_id, hop, trunk_id, bound = known.split("\x1f", 3)
             for i, tag in enumerate(tags):
-                if tag == bound:
-                    return DialogInfo(known[2], known[3], known[4]), i
+                if tag is not None and bound == f"{call_id}\x1f{tag}":
+                    return DialogInfo(record_id, int(hop), trunk_id), i
             return None
         body, dot, mac_text = token.partition(".")
         if not dot:

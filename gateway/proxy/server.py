@@ -18,8 +18,9 @@ from policy.decision import Decision, reject
 
 from .actions import Action, Admit, Outcome, Refused, Release
 from .attempt import call_attempt
+from .linger import Graveyard, Tomb
 from .shared import MAGIC, Arrival, Shared, reason_header, refusal, reply_addr
-from .transaction import CState, ServerTxn, SState
+from .transaction import ClientTxn, CState, ServerTxn, SState
 
 if TYPE_CHECKING:
     from .client import Clients
@@ -35,13 +36,17 @@ def txn_key(call_id: str, top: Via) -> str:
 
 @final
 class Servers:
-    """See the module docstring. ``clients`` is set by the core (the two sides call each other)."""
+    """See the module docstring. ``clients`` is set by the core (the two sides call each other).
 
-    __slots__ = ("clients", "shared")
+    ``graves``: the tombs of answered and silently dropped calls (``linger.py``).
+    """
+
+    __slots__ = ("clients", "graves", "shared")
 
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.clients: Clients
+        self.graves = Graveyard()
 
     # ---- an initial INVITE
 
@@ -53,6 +58,9 @@ class Servers:
         txn = servers.get(key)
         if txn is not None:
             return self._retransmission(txn, now)
+        if key in self.graves.by_key:  # answered or dropped: never a second decision
+            sh.stats["retransmission_absorbed"] += 1
+            return []
         mf = req.get("Max-Forwards")
         mf_n = -1
         if mf is not None:
@@ -68,7 +76,7 @@ class Servers:
             b = v.branch
             if b is not None and b.startswith(MAGIC) and (v.host, v.port or 5060) in ours:
                 return self._refuse(req, arr, now, "loop_detected")
-        if len(servers) >= sh.cfg.max_transactions:
+        if len(servers) + len(self.graves) >= sh.cfg.max_transactions:
             sh.stats["overload"] += 1
             return self._refuse(req, arr, now, "overload", retry_after=1)
         from_tag = req.from_tag or ""  # read now: a broken From fails here, not after the decision
@@ -144,7 +152,7 @@ class Servers:
             if code == 0:
                 sh.stats["dropped_policy"] += 1
                 txn.drop(now)
-                sh.timers.arm(txn)
+                self.bury(txn, None)
                 return out
             data = refusal(txn.request(), decision, txn.to_tag)
             sh.stats[f"tx_{code}"] += 1
@@ -192,9 +200,11 @@ class Servers:
     def cancel(self, req: Request, arr: Arrival, now: float) -> list[Action]:
         sh = self.shared
         sh.stats["cancels"] += 1
-        txn = sh.servers.get(txn_key(req.call_id, arr.top))
+        key = txn_key(req.call_id, arr.top)
+        txn = sh.servers.get(key)
         if txn is None:
-            return [sh.reply(req, arr, 481)]
+            # A tomb's call was answered (or dropped): nothing left to cancel, as for ACCEPTED.
+            return [sh.reply(req, arr, 200 if key in self.graves.by_key else 481)]
         out: list[Action] = [sh.reply(req, arr, 200, to_tag=txn.to_tag)]
         if txn.state == SState.PENDING:
             txn.cancelled = True
@@ -226,6 +236,24 @@ class Servers:
             out.append(sh.upstream(txn, txn.last))
             txn.back_off(now)
         sh.timers.arm(txn)
+
+    def bury(self, txn: ServerTxn, ct: ClientTxn | None) -> None:
+        """A call with nothing more to send (2xx relayed by ``ct``, or dropped): a ``Tomb`` replaces both sides.
+
+        Called for a server transaction in ACCEPTED (with the client
+        transaction whose 2xx it relayed) or DROPPED; see ``linger.py``.
+        """
+        sh = self.shared
+        dest = txn.source if txn.transport == "tcp" else txn.reply_addr
+        end_at = txn.end_at if ct is None else ct.end_at
+        self.graves.bury(Tomb(txn.key, "" if ct is None else ct.branch, dest, txn.transport, txn.conn_id, end_at))
+        self.remove(txn)
+        if ct is not None:
+            ct.dead = True
+            clients = sh.clients
+            if clients.get(ct.branch) is ct:
+                del clients[ct.branch]
+        sh.timers.forget(2 if ct is not None else 1)
 
     def remove(self, txn: ServerTxn) -> None:
         txn.dead = True

@@ -7,6 +7,14 @@ entry it has, which is moved when it pops. So an answered call leaves no
 stale entry behind: re-arming on every change once left its Timer C entry
 (180 s out) and two more per call in the heap until their time came,
 ~500,000 tuples at 2,000 calls/s.
+
+Entries still go stale: a deadline moved earlier leaves the old entry
+(a call answered after ringing leaves its Timer C entry, 180 s out), and a
+transaction buried (``linger.py``) leaves its own. The heap counts them
+(``_stale``, an estimate) and, once they are the majority, rebuilds
+itself from the live entries: O(n) once per n stale entries, so the heap
+stays within twice the live transactions instead of holding up to 180 s
+of calls.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ Txn = ServerTxn | ClientTxn
 class TimerHeap:
     """Deadlines of the live transactions (``servers`` by key, ``clients`` by branch)."""
 
-    __slots__ = ("_heap", "_seq", "clients", "servers")
+    __slots__ = ("_heap", "_seq", "_stale", "clients", "servers")
 
     def __init__(self, servers: dict[str, ServerTxn], clients: dict[str, ClientTxn]) -> None:
         self.servers = servers
         self.clients = clients
         self._heap: list[tuple[float, int, bool, str]] = []
         self._seq = 0
+        self._stale = 0  # stale entries (an estimate); see the module docstring
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -48,10 +57,32 @@ class TimerHeap:
         if due < obj.heap_due:
             self._push(obj)
 
+    def forget(self, n: int = 1) -> None:
+        """``n`` transactions left their tables with a live entry each: those entries are stale now."""
+        self._stale += n
+        self._compact()
+
+    def _compact(self) -> None:
+        heap = self._heap
+        if self._stale <= 1024 or 2 * self._stale < len(heap):
+            return
+        servers, clients = self.servers, self.clients
+        live: list[tuple[float, int, bool, str]] = []
+        for e in heap:
+            obj: Txn | None = clients.get(e[3]) if e[2] else servers.get(e[3])
+            if obj is not None and obj.heap_due == e[0]:
+                live.append(e)
+        heap[:] = live  # in place: ``due`` may be iterating over it
+        heapq.heapify(heap)
+        self._stale = 0
+
     def _push(self, obj: Txn) -> None:
         due = obj.due
         if due == INF:
             return
+        if obj.heap_due != INF:  # the entry it had goes stale
+            self._stale += 1
+            self._compact()
         obj.heap_due = due
         self._seq += 1
         if isinstance(obj, ServerTxn):
@@ -70,6 +101,8 @@ class TimerHeap:
             due, _, is_client, key = heapq.heappop(heap)
             obj: Txn | None = clients.get(key) if is_client else servers.get(key)
             if obj is None or obj.heap_due != due:
+                if self._stale:
+                    self._stale -= 1
                 continue  # stale entry: finished, or superseded by an earlier one
             obj.heap_due = INF
             if obj.due > now:  # re-armed later since this entry was pushed: move it

@@ -227,37 +227,64 @@ def _split_at(value: str, cuts: Iterable[int]) -> list[str]:
     return out
 
 
-def _quoted_commas(value: str, *, first: bool) -> list[int]:
-    """Top-level comma positions of a value holding quotes: outside "..." (with \\ escapes) and <...>.
+HIDDEN: Final = "\x01"  # what ``mask_quoted`` puts in place of a hidden character
 
-    The one character scan behind ``split_list`` and ``first_element_end``
-    for values with quoted strings (the others use ``str`` methods); only
-    the first comma when ``first``.
+
+def mask_quoted(value: str, angles: bool = False) -> tuple[str, bool]:
+    """``value`` with every character of its quoted strings hidden, and whether one was left open.
+
+    The one character scan of the package for values that hold quotes
+    (``\\`` escapes honoured): each character of a quoted string, its
+    quotes included, becomes ``HIDDEN``; with ``angles``, so does each
+    character of a ``<...>`` URI but its ``<`` (a ``<`` opens, the next
+    ``>`` closes, as ``_next_top_comma`` reads it). The mask has the length
+    of ``value``, so a separator found in it with ``str`` methods is at the
+    same index in ``value``: the list split, the parameter split and the
+    parser's NUL, quote and empty-element checks all read it.
     """
-    out: list[int] = []
+    out: list[str] = []
     quoted = False
+    escaped = False
     angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
+    for c in value:
         if quoted:
-            if c == "\\":
-                i += 1
+            out.append(HIDDEN)
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
             elif c == '"':
                 quoted = False
         elif c == '"':
             quoted = True
-        elif c == "<":
+            out.append(HIDDEN)
+        elif angle:
+            out.append(HIDDEN)
+            if c == ">":
+                angle = False
+        elif angles and c == "<":
             angle = True
-        elif c == ">":
-            angle = False
-        elif c == "," and not angle:
-            out.append(i)
-            if first:
-                break
-        i += 1
+            out.append(c)
+        else:
+            out.append(c)
+    return "".join(out), quoted
+
+
+def _positions(mask: str, sep: str, first: bool = False) -> list[int]:
+    """Indices of ``sep`` in ``mask`` (only the first when ``first``)."""
+    out: list[int] = []
+    i = mask.find(sep)
+    while i >= 0:
+        out.append(i)
+        if first:
+            break
+        i = mask.find(sep, i + 1)
     return out
+
+
+def _quoted_commas(value: str, *, first: bool) -> list[int]:
+    """Top-level comma positions of a value holding quotes: outside "..." and <...>."""
+    return _positions(mask_quoted(value, True)[0], ",", first)
 
 
 def _next_top_comma(value: str, i: int) -> int:
@@ -318,23 +345,11 @@ def split_params(text: str) -> dict[str, str | None]:
 
 
 def _split_quoted(text: str, sep: str) -> list[str]:
+    """``text`` cut at each ``sep`` outside its quoted strings (pieces kept as they are)."""
     out: list[str] = []
     start = 0
-    quoted = False
-    i = 0
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == sep:
-            out.append(text[start:i])
-            start = i + 1
-        i += 1
+    for cut in _positions(mask_quoted(text)[0], sep):
+        out.append(text[start:cut])
+        start = cut + 1
     out.append(text[start:])
     return out

@@ -25,13 +25,11 @@ def _answered_calls(n: int) -> tuple[object, list[bytes]]:
     return core, invites
 
 
-def test_answered_transaction_drops_the_invite_but_still_absorbs_retransmissions() -> None:
+def test_answered_call_leaves_a_tomb_that_still_absorbs_retransmissions() -> None:
+    # Since the tombs (gateway/proxy/linger.py): an answered call keeps no transaction at all.
     core, invites = _answered_calls(3)
-    for txn in core.shared.servers.values():
-        assert txn.req is None and txn.call is None and txn.last is None
-        assert txn.call_id.startswith("m")
-    for ct in core.shared.clients.values():
-        assert ct.data == b""
+    assert not core.shared.servers and not core.shared.clients
+    assert len(core.servers.graves) == 3 and core.in_flight() == 3
     assert core.receive(invites[0], TRUNK, "udp", None, 1001.0) == []
     assert core.stats["retransmission_absorbed"] == 1
 
@@ -59,3 +57,27 @@ def test_answered_calls_leave_one_timer_entry_each_and_timers_still_fire() -> No
     core.tick(1000.0 + 32.1)
     assert core.in_flight() == 0 and not core.shared.clients
     assert not core.shared.timers.entries()
+
+
+def test_calls_answered_after_ringing_leave_no_timer_c_entries() -> None:
+    # Answered 2 s after the 180, with ticks in between (as in a worker): each call's
+    # Timer C entry (180 s out) goes stale at the 2xx; the heap compacts them away.
+    core = make_core()
+    now = 1000.0
+    fwds = []
+    for i in range(3000):
+        inv = invite(call_id=f"r{i}@x", branch=f"z9hG4bK-r{i}")
+        adm = next(a for a in core.receive(inv, TRUNK, "udp", None, now) if isinstance(a, Admit))
+        fwd = sends(core.decided(adm.key, admitted(trunk_id="t-a"), now))[1].data
+        core.receive(respond(fwd, 180, "Ringing"), HOP1, "udp", None, now, True)
+        fwds.append(fwd)
+        now += 0.001
+        core.tick(now)
+    now += 2.0
+    core.tick(now)
+    for fwd in fwds:
+        core.receive(respond(fwd, 200, "OK"), HOP1, "udp", None, now, True)
+    assert not core.shared.servers and not core.shared.clients
+    assert len(core.shared.timers.entries()) <= 1100  # was 3,000 (Timer C, 180 s out) before compaction
+    core.tick(now + 32.1)
+    assert core.in_flight() == 0
