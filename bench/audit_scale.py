@@ -205,10 +205,10 @@ def generate(root: Path, records: int, m: Model) -> dict[str, Any]:
         table = hour_table(m, hour, n, rng, counter)
         counter += n // (m.nodes * 8) + 1
         part = segments.partition_dir(root, hour)
-        name = segments.file_name("compact", "records")
+        name = segments.file_name(segments.PACKED, "records")
         index = table.select(list(columnar.INDEX_FIELDS)).sort_by(list(columnar.INDEX_SORT))
         columnar.write_file(part, segments.index_of(part / name).name, index, "index")
-        columnar.write_file(part, name, table, "records")
+        columnar.write_file(part, name, columnar.packed_table(table), "packed")
         if not sample or left - n <= 0:
             i = int(rng.integers(0, n))
             sample = {k: table.column(k)[i].as_py() for k in ("t", "rid", "call_id", "caller", "callee")}
