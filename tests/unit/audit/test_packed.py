@@ -169,3 +169,4 @@ def test_files_of_the_layout_before_are_read_beside_packed_ones(tmp_path: Path) 
     for root in (a, b):
         segments.compact(segments.partition_dir(root, T0), Errors(), min_segments=1)
     assert find([a, b, c], Query()) == ref
+
