@@ -225,7 +225,9 @@ def format_lines(table: pa.Table, fmt: str) -> pa.Array:
         arr = column(col)
         if col in _TIMES:
             if arr.null_count:
-                values = iso(arr.fill_null(0).to_numpy(zero_copy_only=False), json_)
+                # nulls as the earliest time there is (not 0: the table of days would span 1970 on)
+                some = pc.min(arr).as_py()
+                values = iso(arr.fill_null(0 if some is None else some).to_numpy(zero_copy_only=False), json_)
                 pieces.append(pc.if_else(pc.is_null(arr), _lit(null), values))
             else:  # the key before and any literal after go into the same fixed-width block
                 before = pieces.pop().encode() if pieces and isinstance(pieces[-1], str) else b""
