@@ -31,10 +31,12 @@ ODD_CALL_IDS = [
 ]
 ODD_RIDS = ["gw-node-01-3-1000000-deadbeef", "gw-1-12-ab-00000000", "weird", "n-a-1-0-12345678",
             "gw-node-01-3-01-deadbeef", "x-0-0-ffffffff", "gw-1-2-abc-DEADBEEF", "gw-1-2-1234567890abcdef0-00000001",
-            "gw-node-01-3-1000000-deadbeef\n"]
+            "gw-node-01-3-1000000-deadbeef\n", "gẘ-e\u0301-1-2-abc-deadbeef", "é-1-ab-0000000a",
+            "-1-00000001", "1-00000001", "gw--1-00000001"]
 ODD_HEX = ["0123456789abcdef", "ABCDEF0123456789", "0123456789abcde", "", "x0123456789abcdef0y",
            "s3://consent-evidence/ent-0007/0123456789abcdef0123456789abcdef.wav", "bench://1", "é" * 5,
-           "aa" * 8 + "\n", "0123456789abcdef0", None]
+           "aa" * 8 + "\n", "0123456789abcdef0", "é-ø/0123456789abcdef0123456789abcdef.wav",
+           "e\u0301\u0301/" + "ab" * 20 + "é", "0123456789abcdefg0123456789abcdef0123", None]
 
 
 def _entries() -> list[dict]:
