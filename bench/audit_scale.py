@@ -4,10 +4,11 @@
                                 [--archiver-records 200000] [--export-hours 1]
 
 1. **Generates** a synthetic archive of N records at ``--rate`` calls/s
-   (86.4M = one day at 1,000 calls/s): hourly partitions holding one records
-   file each, as the archiver's compaction leaves a closed hour — same
-   schema, sort, row groups, statistics and Bloom filters
-   (``gateway.audit.columnar``), written from numpy/Arrow columns, no
+   (86.4M = one day at 1,000 calls/s): hourly partitions holding one packed
+   records file and its index each, as the archiver's compaction leaves a
+   closed hour — same layout (``columnar.packed_table``: the compaction's
+   own ``engine.pack_sql``), sort, row groups, statistics and Bloom filters
+   (``gateway.audit.columnar``), built from numpy/Arrow columns, no
    per-record Python. Values: see ``Model``.
 2. **Look-ups** through ``gateway.audit.export.find`` (the complaint trace's
    path) and through ``cag audit export`` (a process, start-up included):
