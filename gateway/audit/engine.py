@@ -95,7 +95,7 @@ def pack_sql(src: str) -> str:
     """SELECT the columns of a packed records file (``PACKED_FIELDS``) from a relation of
     ``RECORD_FIELDS`` (``src``: a table or view name), in its order. Call-IDs come as 16-byte
     BLOBs (``columnar`` makes them Parquet UUIDs). Each value is matched once, by patterns that
-    need no backtracking (≈ 1.5 µs a record, one thread): the record id's tail
+    need no backtracking (≈ 1.3 µs a record, one thread): the record id's tail
     ``-{seq:x}-{rand:08x}`` (its ``{node}-{worker}`` is what is left before it), the Call-ID's
     leading UUID, the hex runs."""
     r_ok = "coalesce(rx.s <> '', false)"
