@@ -4,10 +4,11 @@
                                 [--archiver-records 200000] [--export-hours 1]
 
 1. **Generates** a synthetic archive of N records at ``--rate`` calls/s
-   (86.4M = one day at 1,000 calls/s): hourly partitions holding one records
-   file each, as the archiver's compaction leaves a closed hour — same
-   schema, sort, row groups, statistics and Bloom filters
-   (``gateway.audit.columnar``), written from numpy/Arrow columns, no
+   (86.4M = one day at 1,000 calls/s): hourly partitions holding one packed
+   records file and its index each, as the archiver's compaction leaves a
+   closed hour — same layout (``columnar.packed_table``: the compaction's
+   own ``engine.pack_sql``), sort, row groups, statistics and Bloom filters
+   (``gateway.audit.columnar``), built from numpy/Arrow columns, no
    per-record Python. Values: see ``Model``.
 2. **Look-ups** through ``gateway.audit.export.find`` (the complaint trace's
    path) and through ``cag audit export`` (a process, start-up included):
@@ -205,10 +206,10 @@ def generate(root: Path, records: int, m: Model) -> dict[str, Any]:
         table = hour_table(m, hour, n, rng, counter)
         counter += n // (m.nodes * 8) + 1
         part = segments.partition_dir(root, hour)
-        name = segments.file_name("compact", "records")
+        name = segments.file_name(segments.PACKED, "records")
         index = table.select(list(columnar.INDEX_FIELDS)).sort_by(list(columnar.INDEX_SORT))
         columnar.write_file(part, segments.index_of(part / name).name, index, "index")
-        columnar.write_file(part, name, table, "records")
+        columnar.write_file(part, name, columnar.packed_table(table), "packed")
         if not sample or left - n <= 0:
             i = int(rng.integers(0, n))
             sample = {k: table.column(k)[i].as_py() for k in ("t", "rid", "call_id", "caller", "callee")}

@@ -193,7 +193,7 @@ def _in_span(live: list[Entry] | None, lo: int, hi: int) -> list[Entry]:
 
 
 def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorReport,
-         fn: Callable[[Any], T], attempts: int = 5) -> T:
+         fn: Callable[[Any], T], attempts: int = 5, call_id: str | None = None) -> T:
     """``fn(engine)`` over the files and the live entries; a damaged file is reported and left
     out, a file removed by a compaction meanwhile makes the caller's listing stale
     (``FileNotFoundError``). Live entries and legacy segments reach DuckDB as JSON lines in a
@@ -206,11 +206,13 @@ def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorRepor
         for i, p in enumerate(files.legacy):
             if segments.write_ndjson(Path(tmp) / f"legacy-{i}.jsonl", segments.read_segment(p, on_error)):
                 ndjson.append(Path(tmp) / f"legacy-{i}.jsonl")
-        return _run_engine(files, ndjson, on_error, fn, attempts)
+        return _run_engine(files, ndjson, on_error, fn, attempts, call_id)
 
 
 def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.ErrorReport,
-                fn: Callable[[Any], T], attempts: int) -> T:
+                fn: Callable[[Any], T], attempts: int, call_id: str | None = None) -> T:
+    """``_run`` on DuckDB; ``call_id``: only that Call-ID is asked for (packed records files
+    are then scanned with the condition on their own columns, which their Bloom filters answer)."""
     import duckdb
 
     from gateway.audit.engine import Engine
@@ -219,7 +221,7 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
     for _ in range(attempts):
         eng = None
         try:
-            eng = Engine(records, entries, index=files.index, ndjson=ndjson)
+            eng = Engine(records, entries, index=files.index, ndjson=ndjson, call_id=call_id)
             return fn(eng)
         except duckdb.Error as exc:
             if getattr(eng, "wrote", False):
@@ -267,7 +269,8 @@ def _span_result(roots: Roots, q: Query, live: list[Entry] | None, on_error: seg
     """``fn(engine, where)`` over one span, re-listing its files if a compaction removed one meanwhile."""
     for attempt in range(5):
         try:
-            return _run(files, _in_span(live, lo, hi), on_error, functools.partial(_call, fn, _where(q, lo, hi)))
+            return _run(files, _in_span(live, lo, hi), on_error, functools.partial(_call, fn, _where(q, lo, hi)),
+                        call_id=q.call_id)
         except FileNotFoundError:
             if attempt == 4:
                 raise
@@ -378,7 +381,9 @@ def _in_order(files: segments.Files, live: list[Entry] | None) -> bool:
         md = pq.read_metadata(files.records[0])
     except Exception:
         return False
-    want = tuple(columnar.RECORD_FIELDS.index(c) for c, _ in columnar.RECORD_SORT)
+    # a packed file is in the same order, but only its time is a column to name (``columnar``)
+    want = ((0,) if segments.is_packed(files.records[0])
+            else tuple(columnar.RECORD_FIELDS.index(c) for c, _ in columnar.RECORD_SORT))
     return md.num_row_groups > 0 and all(
         tuple(c.column_index for c in (md.row_group(g).sorting_columns or ())) == want
         for g in range(md.num_row_groups))

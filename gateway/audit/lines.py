@@ -92,32 +92,43 @@ def _dates(days: np.ndarray) -> np.ndarray:
     return np.concatenate([_PAIRS[y // 100], _PAIRS[y % 100], dash, _PAIRS[m], dash, _PAIRS[d]], axis=1)
 
 
+# "HH:MM:SS" of every second of a day, "ddd" of 0-999: gathered as whole items (numpy void
+# dtypes), one copy per piece, into a block allocated once (twice as fast as digit pairs).
+_HMS = np.array([[*f"{h:02d}:{m:02d}:{s:02d}".encode()] for h in range(24) for m in range(60) for s in range(60)],
+                dtype=np.uint8).view("V8").reshape(-1)
+_DIG3 = np.array([[*f"{i:03d}".encode()] for i in range(1000)], dtype=np.uint8).view("V3").reshape(-1)
+
+
 def iso(us: np.ndarray, quote: bool, before: bytes = b"", after: bytes = b"") -> pa.Array:
     """µs since the epoch → ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00`` (``record.iso_us``), vectorised,
     between the bytes ``before`` and ``after``. The date is computed once per distinct day."""
     us = us.astype(np.int64, copy=False)
+    n = len(us)
     days = us // 86_400_000_000
     first, last = int(days.min(initial=0)), int(days.max(initial=0))
     if last - first < 100_000:  # a range of days: index a table of them (no sort)
-        date = _dates(np.arange(first, last + 1, dtype=np.int64))[days - first]
+        table = _dates(np.arange(first, last + 1, dtype=np.int64))
+        idx = days - first
     else:
         uniq, which = np.unique(days, return_inverse=True)
-        date = _dates(uniq)[which.reshape(-1)]
+        table, idx = _dates(uniq), which.reshape(-1)
     rem = us - days * 86_400_000_000
     secs = rem // 1_000_000
     f = rem - secs * 1_000_000
-    n = len(us)
-
-    def lit(s: bytes) -> np.ndarray:
-        return np.broadcast_to(np.frombuffer(s, dtype=np.uint8), (n, len(s)))
-
     q = b'"' if quote else b""
-    parts = [
-        lit(before + q), date, lit(b"T"), _PAIRS[secs // 3600], lit(b":"), _PAIRS[secs // 60 % 60],
-        lit(b":"), _PAIRS[secs % 60], lit(b"."), _PAIRS[f // 10_000], _PAIRS[f // 100 % 100], _PAIRS[f % 100],
-        lit(b"+00:00" + q + after),
-    ]
-    return _fixed(np.concatenate([p for p in parts if p.shape[1]], axis=1))
+    head, tail = before + q, b"+00:00" + q + after
+    a = len(head)
+    out = np.empty((n, a + 26 + len(tail)), dtype=np.uint8)
+    if a:
+        out[:, :a] = np.frombuffer(head, dtype=np.uint8)
+    out[:, a : a + 10] = np.ascontiguousarray(table).view("V10").reshape(-1)[idx].view(np.uint8).reshape(n, 10)
+    out[:, a + 10] = ord("T")
+    out[:, a + 11 : a + 19] = _HMS[secs].view(np.uint8).reshape(n, 8)
+    out[:, a + 19] = ord(".")
+    out[:, a + 20 : a + 23] = _DIG3[f // 1000].view(np.uint8).reshape(n, 3)
+    out[:, a + 23 : a + 26] = _DIG3[f % 1000].view(np.uint8).reshape(n, 3)
+    out[:, a + 26 :] = np.frombuffer(tail, dtype=np.uint8)
+    return _fixed(out)
 
 
 def _lit(s: str) -> pa.Scalar:
@@ -214,7 +225,9 @@ def format_lines(table: pa.Table, fmt: str) -> pa.Array:
         arr = column(col)
         if col in _TIMES:
             if arr.null_count:
-                values = iso(arr.fill_null(0).to_numpy(zero_copy_only=False), json_)
+                # nulls as the earliest time there is (not 0: the table of days would span 1970 on)
+                some = pc.min(arr).as_py()
+                values = iso(arr.fill_null(0 if some is None else some).to_numpy(zero_copy_only=False), json_)
                 pieces.append(pc.if_else(pc.is_null(arr), _lit(null), values))
             else:  # the key before and any literal after go into the same fixed-width block
                 before = pieces.pop().encode() if pieces and isinstance(pieces[-1], str) else b""

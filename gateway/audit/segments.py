@@ -3,7 +3,8 @@
 Layout under the archive directory::
 
     2026-03-10/14/<archiver>-<first stream id>-<rand>.entries.parquet   (archiver batches)
-    2026-03-10/14/compact-<rand>.records.parquet                        (the hour, compacted)
+    2026-03-10/14/packed-<rand>.records.parquet                         (the hour, compacted;
+                                                                        compact-*: before 2026-12-07)
     2026-03-10/14/<name>.jsonl.gz                                       (archives before Parquet)
 
 One directory per UTC hour of *decision* time (outcomes are filed with their
@@ -155,6 +156,14 @@ def make_dirs(target: Path) -> None:
         fsync_dir(d.parent)
 
 
+PACKED = "packed"  # records files named ``packed-*``: identifiers stored as bytes (``engine.pack_sql``)
+
+
+def is_packed(path: Path) -> bool:
+    """A records file in the packed layout (its name says so: readers need no footer to know)."""
+    return path.name.startswith(PACKED + "-") and path.name.endswith(RECORDS_SUFFIX)
+
+
 def kind_of(path: Path) -> str | None:
     """``entries``, ``records`` (Parquet), or None (a legacy segment)."""
     if path.name.endswith(ENTRIES_SUFFIX):
@@ -247,6 +256,8 @@ def read_segment(path: Path, on_error: ErrorReport, raw: BinaryIO | None = None)
 
         try:
             table = pq.read_table(raw if raw is not None else path)
+            if "cid_u" in table.column_names:  # a packed records file
+                table = columnar.unpacked_table(table)
             entries = columnar.entries_of(table)
         except FileNotFoundError:
             return
@@ -372,7 +383,7 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
     not in the output.
     """
     from gateway.audit import columnar
-    from gateway.audit.engine import Engine, arrow_reader, arrow_table
+    from gateway.audit.engine import Engine, arrow_reader, arrow_table, call_id_counts_sql, pack_sql
 
     with _locked(partition) as mine:
         if not mine:
@@ -395,7 +406,7 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
         for i, p in enumerate(files.legacy):
             if write_ndjson(Path(tmp.name) / f"legacy-{i}.jsonl", read_segment(p, report)):
                 ndjson.append(Path(tmp.name) / f"legacy-{i}.jsonl")
-        name = file_name("compact", "records")
+        name = file_name(PACKED, "records")
         try:
             with Engine(records, entries, ndjson=ndjson, threads=threads, memory_limit=memory_limit,
                         temp_directory=Path(tmp.name)) as eng:
@@ -405,8 +416,10 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
                                    columnar.ROW_GROUP)
                 columnar.write_batches(partition, name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX, idx,
                                        columnar.INDEX_SCHEMA, "index")
-                reader = arrow_reader(eng.con, "SELECT * FROM joined_hour ORDER BY t, rid", columnar.ROW_GROUP)
-                new = columnar.write_batches(partition, name, reader, columnar.RECORD_SCHEMA, "records")
+                uuids, others = eng.con.execute(call_id_counts_sql("joined_hour")).fetchall()[0]
+                reader = arrow_reader(eng.con, pack_sql("joined_hour") + " ORDER BY t, rid", columnar.ROW_GROUP)
+                new = columnar.write_batches(partition, name, reader, columnar.PACKED_SCHEMA, "packed",
+                                             columnar.packed_bloom(uuids, others))
                 orphans = arrow_table(eng.con, "SELECT * FROM orphans")
                 if orphans.num_rows:
                     columnar.write_file(partition, file_name(ORPHANS.rstrip("-"), "entries"),

@@ -220,7 +220,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     """Compact partitions that still hold gzip'd JSON-lines segments (``--all``: every partition
-    with more than one file) into Parquet records files."""
+    with more than one file, or a records file of the text layout) into packed records files."""
     from gateway.audit import segments
 
     since = parse_time(args.since, "--since") if args.since else None
@@ -235,7 +235,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for root in _archive_dirs(args):
         for _, part in segments.partitions(root, since, until):
             files = segments.Files().add(segments.segments(part))
-            if files.legacy or (args.all and len(files) > 1):
+            unpacked = any(not segments.is_packed(r) for r in files.records)  # written before 2026-12-07
+            if files.legacy or (args.all and (len(files) > 1 or unpacked)):
                 if segments.compact(part, report, min_segments=1) is not None:
                     done += 1
                 else:
@@ -344,7 +345,8 @@ def register(sub: Any) -> None:
     cv = asub.add_parser("convert", help="rewrite gzip JSON-lines partitions as Parquet records files")
     cv.add_argument("--since", help="only partitions from this time (ISO 8601)")
     cv.add_argument("--until", help="only partitions before this time (ISO 8601)")
-    cv.add_argument("--all", action="store_true", help="also compact Parquet partitions of several files")
+    cv.add_argument("--all", action="store_true",
+                    help="also compact Parquet partitions of several files or of unpacked records files")
     _common(cv)
     cv.set_defaults(func=_wrap(_cmd_convert))
 

@@ -101,6 +101,39 @@ def test_convert_turns_legacy_partitions_into_parquet(redis_url: str, tmp_path: 
     assert rc == 0 and after == before and len(after) == 500
 
 
+def test_convert_all_packs_records_files_of_the_text_layout(redis_url: str, tmp_path: Path) -> None:
+    """An hour compacted before packed files (``compact-*.records.parquet``, identifiers as text)
+    is exported as it was, and ``convert --all`` rewrites it packed: the same bytes out."""
+    import pyarrow as pa
+
+    from gateway.audit import columnar
+    from gateway.audit.engine import Engine, arrow_table
+
+    root = tmp_path / "audit"
+    t0 = segments.hour_of(int(time.time() * 1e6)) - 3 * segments.HOUR_US
+    es = [decision_entry(f"gw1-{i % 2}-{i + 4096:x}-{i * 2654435761 % 2**32:08x}", call(i), decision(i), 0.0003,
+                         "gw1", i % 2, t0 + i) for i in range(300)]
+    segments.write_segment(root, t0, es, "a")
+    part = segments.partition_dir(root, t0)
+    entries = segments.Files().add(segments.segments(part)).entries
+    with Engine([], entries) as eng:
+        table = arrow_table(eng.con, "SELECT * FROM audit_raw ORDER BY t, rid")
+    columnar.write_file(part, segments.file_name("compact", "records"),
+                        pa.Table.from_arrays([columnar.conform(table.column(f), columnar.RECORD_SCHEMA.field(f).type)
+                                              for f in columnar.RECORD_FIELDS], schema=columnar.RECORD_SCHEMA),
+                        "records")
+    for e in entries:
+        e.unlink()
+    rc, before, err = export(redis_url, root, "--archive-only")
+    assert rc == 0 and len(before) == 300, err
+    p = cag("convert", "--all", "--archive-dir", str(root))
+    assert p.returncode == 0, p.stderr
+    (new,) = segments.Files().add(segments.segments(part)).records
+    assert segments.is_packed(new)
+    rc, after, err = export(redis_url, root, "--archive-only")
+    assert rc == 0 and after == before, err
+
+
 def test_archiver_reads_single_entry_stream_entries_and_compacts_closed_hours(redis_url: str, tmp_path: Path) -> None:
     """A stream still holding entries from a gateway before chunks (field "e"), and the maintenance
     that turns a closed hour into one records file."""
