@@ -261,17 +261,7 @@ class WritesMixin(RefDataMixin):
         if raw is None:
             return None
         callee, d, _ = raw
-        return Consent(
-            token=token,
-            callee=callee,
-            enterprise_id=d.get("ent", ""),
-            purpose=d.get("pur") or "callback",
-            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
-            expires_at=from_ms(d.get("ex")),
-            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
-            evidence_ref=d.get("ev", ""),
-            revoked_at=from_ms(d.get("rv")),
-        )
+        return _consent_from(token, callee, d)
 
     async def consent_used(self, token: str) -> int:
         """How many admitted calls a consent has counted (for explain / tests)."""
@@ -354,17 +344,7 @@ class WritesMixin(RefDataMixin):
         r = rvo.get(field)
         if r is not None and (d.get("rv") in ("", None) or int(r) < int(d["rv"])):
             d["rv"] = int(r)
-        return Consent(
-            token=token,
-            callee=bucket + suffix,
-            enterprise_id=d.get("ent", ""),
-            purpose=d.get("pur") or "callback",
-            granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
-            expires_at=from_ms(d.get("ex")),
-            max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
-            evidence_ref=d.get("ev", ""),
-            revoked_at=from_ms(d.get("rv")),
-        )
+        return _consent_from(token, bucket + suffix, d)
 
     async def dnc_add(self, entry: DncEntry) -> None:
         """Register one number in the top DNC layer (effective on the next INVITE)."""
@@ -448,3 +428,18 @@ def row_of(r: Record) -> Any:
     if isinstance(r, Consent):
         return (r.token, _normalize(r.callee), _pack(r))
     raise TypeError(f"not a layered record: {type(r).__name__}")
+
+
+def _consent_from(token: str, callee: str, d: dict[str, Any]) -> Consent:
+    """A stored consent record (short field names, times in ms) as the model."""
+    return Consent(
+        token=token,
+        callee=callee,
+        enterprise_id=d.get("ent", ""),
+        purpose=d.get("pur") or "callback",
+        granted_at=from_ms(d.get("gr")) or datetime.fromtimestamp(0, UTC),
+        expires_at=from_ms(d.get("ex")),
+        max_calls=int(d["max"]) if d.get("max") not in ("", None) else None,
+        evidence_ref=d.get("ev", ""),
+        revoked_at=from_ms(d.get("rv")),
+    )

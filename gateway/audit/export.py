@@ -423,12 +423,8 @@ def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any,
                 if batch.num_rows:
                     k += batch.num_rows
                     pending.append(pool.submit(lines.batch_bytes, pa.Table.from_batches([batch]), fmt))
-                while len(pending) > 2:
-                    eng.wrote = True
-                    write(pending.pop(0).result())
-            for f in pending:
-                eng.wrote = True
-                write(f.result())
+                _drain(pending, write, eng, keep=2)
+            _drain(pending, write, eng, keep=0)
             return k
         table = arrow_table(eng.con, f"SELECT * FROM audit_raw WHERE {w}").combine_chunks()
         n = table.num_rows
@@ -442,12 +438,8 @@ def _span_writer(fmt: str, small: bool, write: Callable[[Any], Any], pool: Any,
         pending = []
         for i in range(0, n, BATCH):
             pending.append(pool.submit(part, i))
-            while len(pending) > 2:
-                eng.wrote = True
-                write(pending.pop(0).result())
-        for f in pending:
-            eng.wrote = True
-            write(f.result())
+            _drain(pending, write, eng, keep=2)
+        _drain(pending, write, eng, keep=0)
         return n
 
     return sql_lines if small else arrow_lines
@@ -533,3 +525,10 @@ def export(
 
 class _Cancelled(Exception):
     """The writing side gave up (a broken pipe, an error in another hour): stop producing."""
+
+
+def _drain(pending: list[Any], write: Any, eng: Any, *, keep: int) -> None:
+    """Write finished batches in order, leaving at most ``keep`` in flight (bounded memory)."""
+    while len(pending) > keep:
+        eng.wrote = True
+        write(pending.pop(0).result())
