@@ -128,11 +128,13 @@ UNPACK_SQL = ", ".join(f"{_UNPACK[f]} AS {f}" if f in _UNPACK else f for f in RE
 
 
 def call_id_counts_sql(src: str) -> str:
-    """(UUID-shaped Call-IDs, distinct other texts ≈) of ``src``: the sizes of a packed file's
-    Bloom filters (``columnar.packed_bloom``)."""
+    """(UUID-shaped Call-IDs, distinct other texts ≈, distinct record id tails ≈, rows) of
+    ``src``: the sizes of a packed file's Bloom filters (``columnar.packed_bloom``) and whether
+    it keeps the record ids' random parts by dictionary (``columnar.runs_by_dictionary``)."""
     ok = f"coalesce(regexp_matches(call_id, {lit(_UUID_RE)}), false)"
     return (f"SELECT count(*) FILTER (WHERE {ok}), "
-            f"approx_count_distinct(CASE WHEN {ok} THEN substr(call_id, 37) ELSE call_id END) FROM {src}")
+            f"approx_count_distinct(CASE WHEN {ok} THEN substr(call_id, 37) ELSE call_id END), "
+            f"approx_count_distinct(right(rid, 8)), count(*) FROM {src}")
 
 
 def call_id_filter(call_id: str) -> str:

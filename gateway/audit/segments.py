@@ -416,10 +416,11 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
                                    columnar.ROW_GROUP)
                 columnar.write_batches(partition, name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX, idx,
                                        columnar.INDEX_SCHEMA, "index")
-                uuids, others = eng.con.execute(call_id_counts_sql("joined_hour")).fetchall()[0]
+                uuids, others, runs, rows = eng.con.execute(call_id_counts_sql("joined_hour")).fetchall()[0]
                 reader = arrow_reader(eng.con, pack_sql("joined_hour") + " ORDER BY t, rid", columnar.ROW_GROUP)
                 new = columnar.write_batches(partition, name, reader, columnar.PACKED_SCHEMA, "packed",
-                                             columnar.packed_bloom(uuids, others))
+                                             columnar.packed_bloom(uuids, others),
+                                             columnar.runs_by_dictionary(runs, rows))
                 orphans = arrow_table(eng.con, "SELECT * FROM orphans")
                 if orphans.num_rows:
                     columnar.write_file(partition, file_name(ORPHANS.rstrip("-"), "entries"),
