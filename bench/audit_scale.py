@@ -208,7 +208,7 @@ def generate(root: Path, records: int, m: Model) -> dict[str, Any]:
         counter += n // (m.nodes * 8) + 1
         part = segments.partition_dir(root, hour)
         name = segments.file_name(segments.PACKED, "records")
-        index = table.select(list(columnar.INDEX_FIELDS)).sort_by(list(columnar.INDEX_SORT))
+        index = columnar.index_table(table)
         columnar.write_file(part, segments.index_of(part / name).name, index, "index")
         columnar.write_file(part, name, columnar.packed_table(table), "packed")
         if not sample or left - n <= 0:
