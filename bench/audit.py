@@ -38,6 +38,8 @@ from gateway.proxy.actions import Outcome
 from policy.decision import Decision, admitted, reject
 from policy.model import CallAttempt
 
+_RUNS = [0x9E3779B9 * (w + 1) % 2**32 for w in range(8)]  # each worker's (gateway/proxy/server.py _record_id)
+
 
 def sample(i: int) -> tuple[str, CallAttempt, Decision]:
     """A realistic record: UUID Call-ID, 11-digit callee, consent token, evidence URL; 1 in 5 rejected."""
@@ -46,7 +48,7 @@ def sample(i: int) -> tuple[str, CallAttempt, Decision]:
         call_id=f"{uuid.uuid4()}@10.1.2.3", branch="z9hG4bK", source_ip="10.0.0.1", source_port=5060,
         callee=callee[3:], from_user="01058001234", pai_user=None, consent_token=f"ctk-{uuid.uuid4().hex[:16]}",
     )
-    rid = f"gw-node-01-{i % 8}-{i:x}-{random.getrandbits(32):08x}"
+    rid = f"gw-node-01-{i % 8}-{i:x}-{_RUNS[i % 8]:08x}"  # one random part per worker life (proxy)
     ctx: dict[str, Any] = {"trunk_id": "trunk-0042", "enterprise_id": "ent-0007", "caller": "+861058001234",
                            "callee": callee}
     if i % 5 == 0:

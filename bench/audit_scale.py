@@ -64,8 +64,9 @@ class Model:
     """What the synthetic records look like (per call, at ``rate`` calls/s).
 
     - Call-ID: a random UUID4 ``@`` the trunk's SBC address (what dialers send);
-    - record id: ``NODE-WORKER-COUNTER-RAND32`` as ``gateway.proxy.core`` makes it,
-      ``nodes`` gateway nodes x 8 workers;
+    - record id: ``NODE-WORKER-COUNTER-RUN`` as ``gateway.proxy.server`` makes it,
+      ``nodes`` gateway nodes x 8 workers, each drawing its 32-bit ``RUN`` once (a
+      worker's life: the whole archive here; before 2026-12-07 a fresh one per record);
     - ``enterprises`` enterprises, 4 trunks and 200 filed access numbers each (callers);
     - consents: ``consents`` of them (default: two call attempts per callee a day), each
       a callee number, a token (16 random hex) and an evidence URL (32 random hex);
@@ -137,7 +138,7 @@ def hour_table(m: Model, hour_us: int, n: int, rng: np.random.Generator, counter
     node = rng.integers(0, m.nodes, n)
     worker = rng.integers(0, 8, n).astype(np.int32)
     counter = counter0 + np.arange(n, dtype=np.int64) // (m.nodes * 8)
-    rnd = rng.integers(0, 1 << 32, n, dtype=np.uint64)
+    rnd = _mix64(np.arange(m.nodes * 8, dtype=np.int64), 4)[node * 8 + worker] & np.uint64(0xFFFFFFFF)
     node_names = [f"gw-node-{i + 1:02d}" for i in range(m.nodes)]
     node_d = np.array([[*f"gw-node-{i + 1:02d}".encode()] for i in range(m.nodes)], dtype=np.uint8)[node]
     rid = _strings(node_d, b"-", _DIGITS[worker.astype(np.intp)][:, None], b"-",
@@ -207,7 +208,7 @@ def generate(root: Path, records: int, m: Model) -> dict[str, Any]:
         counter += n // (m.nodes * 8) + 1
         part = segments.partition_dir(root, hour)
         name = segments.file_name(segments.PACKED, "records")
-        index = table.select(list(columnar.INDEX_FIELDS)).sort_by(list(columnar.INDEX_SORT))
+        index = columnar.index_table(table)
         columnar.write_file(part, segments.index_of(part / name).name, index, "index")
         columnar.write_file(part, name, columnar.packed_table(table), "packed")
         if not sample or left - n <= 0:

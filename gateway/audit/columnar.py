@@ -12,7 +12,8 @@ Two kinds of file live in an hourly partition (``segments``):
   statistics are tight, and ``call_id`` and ``caller`` have Parquet Bloom
   filters in each row group. Time is integer µs since the epoch (UTC).
 - **index** (``*.index.parquet``, beside its records file): (callee, time)
-  of every record, sorted by callee, so a look-up by callee reads the one
+  of every record (since layout 2 the callee as ``ce_n`` / ``ce_x``, like the
+  packed records file), sorted by callee, so a look-up by callee reads the one
   row group of the index that can hold it and then, by time, the row groups
   of the records file that hold the calls.
 
@@ -68,9 +69,10 @@ OUTCOME_FIELDS = ("final_code", "answered_at", "ended_at")
 # its time statistics are tight, and export reads without sorting. The index of an hour (callee,
 # caller, time), sorted by callee, is what a look-up by number reads first: one row group.
 RECORD_SORT = (("t", "ascending"), ("rid", "ascending"))
-INDEX_FIELDS = ("callee", "t")
-INDEX_SORT = (("callee", "ascending"), ("t", "ascending"))
-INDEX_SCHEMA = pa.schema([pa.field(f, _TYPES[f]) for f in INDEX_FIELDS])
+# Since layout 2 (``segments.layout``): the callee as E.164 digits (``ce_n``) or, for any other
+# text, as it is (``ce_x``); ``engine.index_sql`` sorts (ce_n, ce_x, t).
+INDEX_FIELDS = ("ce_n", "ce_x", "t")
+INDEX_SCHEMA = pa.schema([pa.field("ce_n", pa.int64()), pa.field("ce_x", pa.string()), pa.field("t", pa.int64())])
 ROW_GROUP = 32_768
 _LOW_CARDINALITY = ["k", "trunk_id", "enterprise_id", "caller", "decision", "reason", "sip_code",
                     "node", "worker", "final_code"]
@@ -93,23 +95,33 @@ HAVE_BLOOM = "bloom_filter_options" in inspect.signature(pq.ParquetWriter.__init
 # is what a Call-ID look-up probes).
 _PACKED_TYPES: dict[str, pa.DataType] = {
     **_TYPES, "rid_p": pa.string(), "rid_s": pa.int64(), "rid_r": pa.uint32(), "rid_x": pa.string(),
-    "cid_u": pa.uuid(), "cid_x": pa.string(), "tok_p": pa.string(), "tok_b": pa.binary(), "tok_s": pa.string(),
+    "cid_u": pa.uuid(), "cid_x": pa.string(), "ce_n": pa.int64(), "ce_x": pa.string(), "tok_p": pa.string(), "tok_b": pa.binary(), "tok_s": pa.string(),
     "ev_p": pa.string(), "ev_b": pa.binary(), "ev_s": pa.string(),
 }
 PACKED_FIELDS = (
     "t", "rid_p", "rid_s", "rid_r", "rid_x", "cid_u", "cid_x", "trunk_id", "enterprise_id", "caller",
-    "callee", "decision", "reason", "sip_code", "tok_p", "tok_b", "tok_s", "ev_p", "ev_b", "ev_s",
+    "ce_n", "ce_x", "decision", "reason", "sip_code", "tok_p", "tok_b", "tok_s", "ev_p", "ev_b", "ev_s",
     "latency_us", "node", "worker", "final_code", "answered_at", "ended_at",
 )
 PACKED_SCHEMA = pa.schema([pa.field(f, _PACKED_TYPES[f]) for f in PACKED_FIELDS])
-_PACKED_DICT = [*_LOW_CARDINALITY, "rid_p", "cid_x", "tok_p", "tok_s", "ev_p", "ev_s"]
+_PACKED_DICT = [*_LOW_CARDINALITY, "rid_p", "cid_x", "ce_x", "tok_p", "tok_s", "ev_p", "ev_s"]
 # t is in order: its deltas (≈ 1 ms at 1,000 calls/s) pack to 1.8 B a record, 2.1 byte-split;
 # zstd 9 or 12 instead of 6 gains < 0.5 % (the bytes left are random) for 1.2-1.7x the CPU.
 _PACKED_ENCODING = {"t": "DELTA_BINARY_PACKED", "answered_at": "BYTE_STREAM_SPLIT", "ended_at": "BYTE_STREAM_SPLIT",
-                    "latency_us": "BYTE_STREAM_SPLIT", "rid_s": "DELTA_BINARY_PACKED",
+                    "latency_us": "BYTE_STREAM_SPLIT", "rid_s": "DELTA_BINARY_PACKED", "ce_n": "BYTE_STREAM_SPLIT",
                     "tok_b": "DELTA_LENGTH_BYTE_ARRAY", "ev_b": "DELTA_LENGTH_BYTE_ARRAY",
                     "rid_x": "DELTA_BYTE_ARRAY"}
 _PACKED_STATS = ["t", "trunk_id", "enterprise_id", "decision", "reason", "node"]
+
+
+def runs_by_dictionary(runs: int, rows: int) -> bool:
+    """Store a packed file's ``rid_r`` (the record id's random part) by dictionary? Yes when it
+    takes few values: since 2026-12-07 a worker draws it once a life (gateway/proxy/server.py
+    ``_record_id``), so an hour holds one per worker process and a record costs the few bits of
+    its index into them (≈ 0.5 B at 32 processes interleaved, 4 B plain). Ids of the shape
+    before (a random part per record, ``runs`` ≈ ``rows``) are stored plain: a dictionary of
+    them would cost its 4 B a value and the index on top."""
+    return runs * 64 <= rows
 
 
 def packed_bloom(uuids: int, others: int) -> dict[str, Any]:
@@ -153,17 +165,34 @@ def packed_table(records: pa.Table) -> pa.Table:
                                 schema=PACKED_SCHEMA)
 
 
+def index_table(records: pa.Table) -> pa.Table:
+    """The index of a records table (``RECORD_SCHEMA``) as compaction writes it (``INDEX_SCHEMA``)."""
+    import duckdb
+
+    from gateway.audit.engine import arrow_table, index_sql
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET preserve_insertion_order = true")
+        con.register("records_in", records.select(["callee", "t"]))
+        out = arrow_table(con, index_sql("records_in"))
+    finally:
+        con.close()
+    return pa.Table.from_arrays([conform(out.column(f), INDEX_SCHEMA.field(f).type) for f in INDEX_FIELDS],
+                                schema=INDEX_SCHEMA)
+
+
 def unpacked_table(stored: pa.Table) -> pa.Table:
     """A packed file's table → ``RECORD_SCHEMA`` (the text of every value as it was written)."""
     import duckdb
 
-    from gateway.audit.engine import UNPACK_SQL, arrow_table
+    from gateway.audit.engine import arrow_table, unpack_sql
 
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET preserve_insertion_order = true")
         con.register("packed_in", stored)
-        out = arrow_table(con, f"SELECT {UNPACK_SQL} FROM packed_in")
+        out = arrow_table(con, f"SELECT {unpack_sql(2 if 'ce_n' in stored.column_names else 1)} FROM packed_in")
     finally:
         con.close()
     return pa.Table.from_arrays([conform(out.column(f), RECORD_SCHEMA.field(f).type) for f in RECORD_FIELDS],
@@ -247,18 +276,21 @@ def entries_of(t: pa.Table) -> list[Entry]:
 
 
 # ---------------------------------------------------------------- files
-def _write_options(kind: str, rows: int, bloom: dict[str, Any] | None = None) -> dict[str, Any]:
+def _write_options(kind: str, rows: int, bloom: dict[str, Any] | None = None,
+                   run_dict: bool = False) -> dict[str, Any]:
     if kind == "entries":  # the archiver's batches: cheap to write, compacted later
         return {"compression": "zstd", "compression_level": 1, "use_dictionary": _LOW_CARDINALITY,
                 "write_statistics": ["t", "dt"], "row_group_size": 1 << 20}
-    if kind == "index":
+    if kind == "index":  # sorted: the numbers' deltas are small, the texts share prefixes
         return {"compression": "zstd", "compression_level": 6, "use_dictionary": False,
-                "write_statistics": ["callee", "t"], "row_group_size": ROW_GROUP,
-                "column_encoding": {"callee": "DELTA_BYTE_ARRAY", "t": "BYTE_STREAM_SPLIT"},
-                "sorting_columns": [pq.SortingColumn(INDEX_FIELDS.index(c)) for c, _ in INDEX_SORT]}
+                "write_statistics": list(INDEX_FIELDS), "row_group_size": ROW_GROUP,
+                "column_encoding": {"ce_n": "DELTA_BINARY_PACKED", "ce_x": "DELTA_BYTE_ARRAY",
+                                    "t": "BYTE_STREAM_SPLIT"},
+                "sorting_columns": [pq.SortingColumn(i, nulls_first=i == 1) for i in range(len(INDEX_FIELDS))]}
     if kind == "packed":
         popts: dict[str, Any] = {
-            "compression": "zstd", "compression_level": 6, "use_dictionary": _PACKED_DICT,
+            "compression": "zstd", "compression_level": 6,
+            "use_dictionary": [*_PACKED_DICT, "rid_r"] if run_dict else _PACKED_DICT,
             "write_statistics": _PACKED_STATS, "row_group_size": ROW_GROUP, "column_encoding": _PACKED_ENCODING,
             "sorting_columns": [pq.SortingColumn(0)],
         }
@@ -281,13 +313,15 @@ def write_file(directory: Path, name: str, table: pa.Table, kind: str) -> Path:
     final = directory / name
     tmp = directory / f".tmp-{name}"
     bloom = None
+    run_dict = False
     if kind == "packed":
         import pyarrow.compute as pc
 
         bloom = packed_bloom(len(table) - table.column("cid_u").null_count,
                              pc.count_distinct(table.column("cid_x")).as_py())
+        run_dict = runs_by_dictionary(pc.count_distinct(table.column("rid_r")).as_py(), table.num_rows)
     with open(tmp, "wb") as raw:
-        pq.write_table(table, raw, **_write_options(kind, table.num_rows, bloom))
+        pq.write_table(table, raw, **_write_options(kind, table.num_rows, bloom, run_dict))
         raw.flush()
         os.fsync(raw.fileno())
     os.rename(tmp, final)
@@ -296,16 +330,17 @@ def write_file(directory: Path, name: str, table: pa.Table, kind: str) -> Path:
 
 
 def write_batches(directory: Path, name: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema,
-                  kind: str, bloom: dict[str, Any] | None = None) -> Path:
+                  kind: str, bloom: dict[str, Any] | None = None, run_dict: bool = False) -> Path:
     """Like ``write_file``, from a stream of record batches (one row group per batch, at most
     ``ROW_GROUP`` rows): constant memory in the size of the file. ``bloom``: the Bloom filters
-    of a packed file (``packed_bloom``)."""
+    of a packed file (``packed_bloom``); ``run_dict``: its ``rid_r`` by dictionary
+    (``runs_by_dictionary``)."""
     make_dirs(directory)
     final = directory / name
     tmp = directory / f".tmp-{name}"
     try:
         with open(tmp, "wb") as raw:
-            opts = _write_options(kind, 0, bloom)
+            opts = _write_options(kind, 0, bloom, run_dict)
             rg = opts.pop("row_group_size")
             with pq.ParquetWriter(raw, schema, **opts) as w:
                 pending: list[pa.RecordBatch] = []

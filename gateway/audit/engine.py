@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 import duckdb
 
 from gateway.audit.record import COLUMNS, FIELDS, Entry, iso_us
-from gateway.audit.segments import is_packed
+from gateway.audit.segments import is_packed, layout
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -63,16 +63,58 @@ SQL_TYPES = {
 # token and evidence reference as the text around their longest lowercase hex run (even length,
 # ≥ 16 digits) and that run as bytes. Any value not of that shape is kept whole in the text
 # column (``*_x`` / ``*_p``): the text read back is the text written, always.
+# Layout 2 (``packed2-*``, since 2026-12-07 too; ``segments.layout``) also keeps a callee that
+# is E.164 digits (``+`` then 1-18 digits, no leading zero) as that integer (``ce_n``, else the
+# text in ``ce_x``), in the records file and in its index (sorted: consecutive numbers delta-pack).
 _UUID_RE = r"(?s)^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(.*)$"
 _RID_TAIL_RE = r"(?s)-(0|[1-9a-f][0-9a-f]{0,14})-([0-9a-f]{8})$"
 _HEX_RUN_RE = r"(?:[0-9a-f]{2}){8,}"
 _UUID_PY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_E164_RE = r"^\+[1-9][0-9]{0,17}$"
+_E164_PY = re.compile(r"\+[1-9][0-9]{0,17}")  # fullmatch; [0-9], not \d: ASCII digits only
 _NODE_WORKER = "(node || '-' || CAST(worker AS VARCHAR))"
 PACKED_FIELDS = (
     "t", "rid_p", "rid_s", "rid_r", "rid_x", "cid_u", "cid_x", "trunk_id", "enterprise_id", "caller",
-    "callee", "decision", "reason", "sip_code", "tok_p", "tok_b", "tok_s", "ev_p", "ev_b", "ev_s",
+    "ce_n", "ce_x", "decision", "reason", "sip_code", "tok_p", "tok_b", "tok_s", "ev_p", "ev_b", "ev_s",
     "latency_us", "node", "worker", "final_code", "answered_at", "ended_at",
 )
+INDEX_FIELDS = ("ce_n", "ce_x", "t")  # the index of a layout-2 file (before: callee, t)
+
+
+def _e164_parts(col: str) -> str:
+    """``{col}`` as E.164 digits (``ce_n``, BIGINT) when it is ``+`` and 1-18 digits without a
+    leading zero (the integer's text is then exactly the digits), else the text (``ce_x``)."""
+    ok = f"coalesce(regexp_matches({col}, {lit(_E164_RE)}), false)"
+    return (f"CASE WHEN {ok} THEN CAST(substr({col}, 2) AS BIGINT) END AS ce_n, "
+            f"CASE WHEN {ok} THEN NULL ELSE {col} END AS ce_x")
+
+
+_CALLEE_TEXT = "CASE WHEN ce_n IS NULL THEN ce_x ELSE '+' || CAST(ce_n AS VARCHAR) END"
+
+
+def index_sql(src: str) -> str:
+    """The index of a layout-2 records file (``INDEX_FIELDS``) from a relation of records, in
+    its order: by callee number, then the other callees' texts, then time."""
+    return (f"SELECT ce_n, ce_x, t FROM (SELECT {_e164_parts('callee')}, t FROM {src}) "
+            "ORDER BY ce_n NULLS LAST, ce_x NULLS FIRST, t")
+
+
+def callee_index_sql(files: list[Path], callee: frozenset[str] | None) -> str:
+    """(callee, t) of layout-2 index files; with ``callee``, only those rows, asked as the
+    columns hold them (``ce_n IN (…)`` / ``ce_x IN (…)``) so the scan skips row groups by their
+    statistics (a condition on the rebuilt text would read every row)."""
+    src = f"read_parquet({_file_list(files)})"
+    if callee is None:
+        return f"SELECT {_CALLEE_TEXT} AS callee, t FROM {src}"
+    nums = sorted(int(c[1:]) for c in callee if _E164_PY.fullmatch(c))
+    texts = sorted(c for c in callee if not _E164_PY.fullmatch(c))
+    parts = []
+    if nums:
+        parts.append(f"SELECT '+' || CAST(ce_n AS VARCHAR) AS callee, t FROM {src} "
+                     f"WHERE ce_n IN ({', '.join(str(n) for n in nums)})")
+    if texts:
+        parts.append(f"SELECT ce_x AS callee, t FROM {src} WHERE ce_x IN ({', '.join(lit(c) for c in texts)})")
+    return " UNION ALL ".join(parts) or _empty(("callee", "t"))
 
 
 def _hex_parts(col: str, pre: str) -> str:
@@ -108,7 +150,7 @@ def pack_sql(src: str) -> str:
     CASE WHEN {r_ok} THEN NULL ELSE rid END AS rid_x,
     CASE WHEN {c_ok} THEN unhex(replace(cx.u, '-', '')) END AS cid_u,
     CASE WHEN {c_ok} THEN cx.x ELSE call_id END AS cid_x,
-    trunk_id, enterprise_id, caller, callee, decision, reason, sip_code,
+    trunk_id, enterprise_id, caller, {_e164_parts("callee")}, decision, reason, sip_code,
     {_hex_parts("consent_token", "tok")}, {_hex_parts("evidence_ref", "ev")},
     latency_us, node, worker, final_code, answered_at, ended_at
 FROM (SELECT *, regexp_extract(rid, {lit(_RID_TAIL_RE)}, ['s', 'r']) AS rx,
@@ -124,15 +166,24 @@ _UNPACK = {
     "consent_token": _hex_text("tok"),
     "evidence_ref": _hex_text("ev"),
 }
+UNPACK_V1_SQL = ", ".join(f"{_UNPACK[f]} AS {f}" if f in _UNPACK else f for f in RECORD_FIELDS)
+_UNPACK["callee"] = _CALLEE_TEXT
 UNPACK_SQL = ", ".join(f"{_UNPACK[f]} AS {f}" if f in _UNPACK else f for f in RECORD_FIELDS)
 
 
+def unpack_sql(layout: int) -> str:
+    """The SELECT list turning a packed file of ``layout`` (1 or 2) back into ``RECORD_FIELDS``."""
+    return UNPACK_SQL if layout >= 2 else UNPACK_V1_SQL
+
+
 def call_id_counts_sql(src: str) -> str:
-    """(UUID-shaped Call-IDs, distinct other texts ≈) of ``src``: the sizes of a packed file's
-    Bloom filters (``columnar.packed_bloom``)."""
+    """(UUID-shaped Call-IDs, distinct other texts ≈, distinct record id tails ≈, rows) of
+    ``src``: the sizes of a packed file's Bloom filters (``columnar.packed_bloom``) and whether
+    it keeps the record ids' random parts by dictionary (``columnar.runs_by_dictionary``)."""
     ok = f"coalesce(regexp_matches(call_id, {lit(_UUID_RE)}), false)"
     return (f"SELECT count(*) FILTER (WHERE {ok}), "
-            f"approx_count_distinct(CASE WHEN {ok} THEN substr(call_id, 37) ELSE call_id END) FROM {src}")
+            f"approx_count_distinct(CASE WHEN {ok} THEN substr(call_id, 37) ELSE call_id END), "
+            f"approx_count_distinct(right(rid, 8)), count(*) FROM {src}")
 
 
 def call_id_filter(call_id: str) -> str:
@@ -274,6 +325,7 @@ class Engine:
         ndjson: list[Path] = (),  # type: ignore[assignment]
         times: list[int] | None = None,
         call_id: str | None = None,
+        callee: frozenset[str] | None = None,
         threads: int | None = None,
         memory_limit: str | None = None,
         temp_directory: Path | None = None,
@@ -293,12 +345,20 @@ class Engine:
         have = {p.name for p in index}
         indexed = [r for r in records if r.name.replace(".records.parquet", ".index.parquet") in have]
         missing = [r for r in records if r not in indexed]
-        idx = (f"SELECT callee, t FROM read_parquet({_file_list(list(index))})" if index
-               else _empty(("callee", "t")))
-        self.con.execute(f"CREATE VIEW idx_src AS {idx}")
-        rec = (f"SELECT callee, t FROM read_parquet({_file_list(missing)})" if missing
-               else _empty(("callee", "t")))
-        self.con.execute(f"CREATE VIEW rec_unindexed AS {rec}")
+        idx = []
+        old_idx = [p for p in index if layout(p) < 2]
+        if old_idx:
+            idx.append(f"SELECT callee, t FROM read_parquet({_file_list(old_idx)})")
+        if len(old_idx) < len(index):
+            idx.append(callee_index_sql([p for p in index if layout(p) >= 2], callee))
+        self.con.execute(f"CREATE VIEW idx_src AS {' UNION ALL '.join(idx) or _empty(('callee', 't'))}")
+        rec = []
+        for v in (0, 1, 2):
+            files = [r for r in missing if layout(r) == v]
+            if files:
+                col = _CALLEE_TEXT if v >= 2 else "callee"
+                rec.append(f"SELECT {col} AS callee, t FROM read_parquet({_file_list(files)})")
+        self.con.execute(f"CREATE VIEW rec_unindexed AS {' UNION ALL '.join(rec) or _empty(('callee', 't'))}")
         self._define(times)
 
     def restrict(self, times: list[int]) -> None:
@@ -323,12 +383,13 @@ class Engine:
             packed_only = f"{only} AND {cond}" if only else f" WHERE {cond}"
         for name, files in (("rec_one", one), ("rec_many", many)):
             plain = [f for f in files if not is_packed(f)]
-            packed = [f for f in files if is_packed(f)]
             parts = []
             if plain:
                 parts.append(f"SELECT {', '.join(RECORD_FIELDS)} FROM read_parquet({_file_list(plain)}){only}")
-            if packed:
-                parts.append(f"SELECT {UNPACK_SQL} FROM read_parquet({_file_list(packed)}){packed_only}")
+            for v in (1, 2):
+                packed = [f for f in files if is_packed(f) and layout(f) == v]
+                if packed:
+                    parts.append(f"SELECT {unpack_sql(v)} FROM read_parquet({_file_list(packed)}){packed_only}")
             src = " UNION ALL ".join(parts) or _empty(RECORD_FIELDS)
             self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {src}")
         near = [f for f in entries if _hour_key(f) in per_hour]

@@ -193,7 +193,8 @@ def _in_span(live: list[Entry] | None, lo: int, hi: int) -> list[Entry]:
 
 
 def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorReport,
-         fn: Callable[[Any], T], attempts: int = 5, call_id: str | None = None) -> T:
+         fn: Callable[[Any], T], attempts: int = 5, call_id: str | None = None,
+         callee: frozenset[str] | None = None) -> T:
     """``fn(engine)`` over the files and the live entries; a damaged file is reported and left
     out, a file removed by a compaction meanwhile makes the caller's listing stale
     (``FileNotFoundError``). Live entries and legacy segments reach DuckDB as JSON lines in a
@@ -206,13 +207,15 @@ def _run(files: segments.Files, live: list[Entry], on_error: segments.ErrorRepor
         for i, p in enumerate(files.legacy):
             if segments.write_ndjson(Path(tmp) / f"legacy-{i}.jsonl", segments.read_segment(p, on_error)):
                 ndjson.append(Path(tmp) / f"legacy-{i}.jsonl")
-        return _run_engine(files, ndjson, on_error, fn, attempts, call_id)
+        return _run_engine(files, ndjson, on_error, fn, attempts, call_id, callee)
 
 
 def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.ErrorReport,
-                fn: Callable[[Any], T], attempts: int, call_id: str | None = None) -> T:
+                fn: Callable[[Any], T], attempts: int, call_id: str | None = None,
+                callee: frozenset[str] | None = None) -> T:
     """``_run`` on DuckDB; ``call_id``: only that Call-ID is asked for (packed records files
-    are then scanned with the condition on their own columns, which their Bloom filters answer)."""
+    are then scanned with the condition on their own columns, which their Bloom filters answer);
+    ``callee``: only these callees are looked up in the indexes (layout 2 asks its columns)."""
     import duckdb
 
     from gateway.audit.engine import Engine
@@ -221,7 +224,7 @@ def _run_engine(files: segments.Files, ndjson: list[Path], on_error: segments.Er
     for _ in range(attempts):
         eng = None
         try:
-            eng = Engine(records, entries, index=files.index, ndjson=ndjson, call_id=call_id)
+            eng = Engine(records, entries, index=files.index, ndjson=ndjson, call_id=call_id, callee=callee)
             return fn(eng)
         except duckdb.Error as exc:
             if getattr(eng, "wrote", False):
@@ -270,7 +273,7 @@ def _span_result(roots: Roots, q: Query, live: list[Entry] | None, on_error: seg
     for attempt in range(5):
         try:
             return _run(files, _in_span(live, lo, hi), on_error, functools.partial(_call, fn, _where(q, lo, hi)),
-                        call_id=q.call_id)
+                        call_id=q.call_id, callee=q.callee or None)
         except FileNotFoundError:
             if attempt == 4:
                 raise

@@ -156,12 +156,26 @@ def make_dirs(target: Path) -> None:
         fsync_dir(d.parent)
 
 
-PACKED = "packed"  # records files named ``packed-*``: identifiers stored as bytes (``engine.pack_sql``)
+# Records files whose identifiers are stored as bytes (``engine.pack_sql``), by layout: 1
+# ``packed-*`` (callee as text), 2 ``packed2-*`` (an E.164 callee as an integer, here and in the
+# index). Compaction writes the newest; ``cag audit convert --all`` rewrites older ones.
+PACKED = "packed2"
+NEWEST_LAYOUT = 2
+_LAYOUTS = (("packed2-", 2), ("packed-", 1))
+
+
+def layout(path: Path) -> int:
+    """A records or index file's layout, by its name (readers need no footer to know): 0 text
+    columns (``compact-*``, before 2026-12-07), 1 or 2 packed."""
+    for prefix, v in _LAYOUTS:
+        if path.name.startswith(prefix):
+            return v
+    return 0
 
 
 def is_packed(path: Path) -> bool:
-    """A records file in the packed layout (its name says so: readers need no footer to know)."""
-    return path.name.startswith(PACKED + "-") and path.name.endswith(RECORDS_SUFFIX)
+    """A records file in a packed layout."""
+    return layout(path) > 0 and path.name.endswith(RECORDS_SUFFIX)
 
 
 def kind_of(path: Path) -> str | None:
@@ -383,7 +397,14 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
     not in the output.
     """
     from gateway.audit import columnar
-    from gateway.audit.engine import Engine, arrow_reader, arrow_table, call_id_counts_sql, pack_sql
+    from gateway.audit.engine import (
+        Engine,
+        arrow_reader,
+        arrow_table,
+        call_id_counts_sql,
+        index_sql,
+        pack_sql,
+    )
 
     with _locked(partition) as mine:
         if not mine:
@@ -412,14 +433,14 @@ def compact(partition: Path, on_error: ErrorReport, min_segments: int = 2, *, th
                         temp_directory=Path(tmp.name)) as eng:
                 eng.con.execute("CREATE TEMP TABLE joined_hour AS SELECT * FROM audit_raw")
                 # the index first: a records file is never without its index
-                idx = arrow_reader(eng.con, "SELECT callee, t FROM joined_hour ORDER BY callee NULLS FIRST, t",
-                                   columnar.ROW_GROUP)
+                idx = arrow_reader(eng.con, index_sql("joined_hour"), columnar.ROW_GROUP)
                 columnar.write_batches(partition, name[: -len(RECORDS_SUFFIX)] + INDEX_SUFFIX, idx,
                                        columnar.INDEX_SCHEMA, "index")
-                uuids, others = eng.con.execute(call_id_counts_sql("joined_hour")).fetchall()[0]
+                uuids, others, runs, rows = eng.con.execute(call_id_counts_sql("joined_hour")).fetchall()[0]
                 reader = arrow_reader(eng.con, pack_sql("joined_hour") + " ORDER BY t, rid", columnar.ROW_GROUP)
                 new = columnar.write_batches(partition, name, reader, columnar.PACKED_SCHEMA, "packed",
-                                             columnar.packed_bloom(uuids, others))
+                                             columnar.packed_bloom(uuids, others),
+                                             columnar.runs_by_dictionary(runs, rows))
                 orphans = arrow_table(eng.con, "SELECT * FROM orphans")
                 if orphans.num_rows:
                     columnar.write_file(partition, file_name(ORPHANS.rstrip("-"), "entries"),

@@ -235,7 +235,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     for root in _archive_dirs(args):
         for _, part in segments.partitions(root, since, until):
             files = segments.Files().add(segments.segments(part))
-            unpacked = any(not segments.is_packed(r) for r in files.records)  # written before 2026-12-07
+            # text columns (before 2026-12-07) or an older packed layout: repacked to the newest
+            unpacked = any(segments.layout(r) < segments.NEWEST_LAYOUT for r in files.records)
             if files.legacy or (args.all and (len(files) > 1 or unpacked)):
                 if segments.compact(part, report, min_segments=1) is not None:
                     done += 1

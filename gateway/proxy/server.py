@@ -93,8 +93,31 @@ class Servers:
         return [Admit(key, call, record_id)]
 
     def _record_id(self) -> str:
+        """``{node}-{worker}-{counter:x}-{run:08x}``: the audit record id (X-Admission-Id).
+
+        Unique without coordination: ``node-worker`` names the worker process
+        of a gateway node, the counter (``Shared.next_id``) only grows during
+        its life, and ``run`` — 32 random bits drawn once, from the core's
+        rng at its first record (in a worker, ``random.Random()`` seeded from
+        the OS after the fork) — tells its lives apart, whose counters all
+        start at 1. Two lives of one worker collide only if their runs are
+        equal: 2⁻³² per pair of lives. (A fresh random part per record, as
+        before 2026-12-07, made each record of a new life collide with the
+        earlier life's record of the same counter with that chance: ≈ N·2⁻³²
+        after N records, weaker.) Readers de-duplicate on (decision time, id),
+        so a collision would also need the same µs. The id names a record, it
+        is no secret. One value a process is what makes it cheap to keep: a
+        packed records file stores ``run`` by dictionary, a few bits a record
+        (gateway/audit/columnar.py) instead of 4 B. The shape is unchanged.
+        Kept on the rng object because ``Shared`` (``__slots__``) has no
+        field for it.
+        """
         sh = self.shared
-        return f"{sh.cfg.node}-{sh.cfg.worker}-{sh.next_id():x}-{sh.rng.getrandbits(32):08x}"
+        held = vars(sh.rng)
+        run = held.get("cag_record_run")
+        if run is None:
+            run = held["cag_record_run"] = f"{sh.rng.getrandbits(32):08x}"
+        return f"{sh.cfg.node}-{sh.cfg.worker}-{sh.next_id():x}-{run}"
 
     def _refuse(
         self,

@@ -129,9 +129,43 @@ def test_convert_all_packs_records_files_of_the_text_layout(redis_url: str, tmp_
     p = cag("convert", "--all", "--archive-dir", str(root))
     assert p.returncode == 0, p.stderr
     (new,) = segments.Files().add(segments.segments(part)).records
-    assert segments.is_packed(new)
+    assert segments.is_packed(new) and segments.layout(new) == segments.NEWEST_LAYOUT
     rc, after, err = export(redis_url, root, "--archive-only")
     assert rc == 0 and after == before, err
+
+
+def test_convert_all_rewrites_packed_layout_1_in_the_newest(redis_url: str, tmp_path: Path) -> None:
+    """An hour compacted in packed layout 1 (``packed-*``: callee as text, what compaction wrote
+    before layout 2) is exported as it is, and ``convert --all`` rewrites it in layout 2: the same
+    bytes out, and a look-up by callee through the new index finds the same records."""
+    from gateway.audit import columnar
+    from tests.unit.audit.test_packed import _write_layout_1
+
+    root = tmp_path / "audit"
+    t0 = segments.hour_of(int(time.time() * 1e6)) - 3 * segments.HOUR_US
+    es = [decision_entry(f"gw1-{i % 2}-{i + 4096:x}-0badc0de", call(i), decision(i), 0.0003, "gw1", i % 2, t0 + i)
+          for i in range(300)]
+    segments.write_segment(root, t0, es, "a")
+    part = segments.partition_dir(root, t0)
+    packed = segments.compact(part, lambda p, m: None, min_segments=1)
+    assert packed is not None
+    table = columnar.read_records(packed)
+    packed.unlink()
+    segments.index_of(packed).unlink()
+    old = _write_layout_1(part, table)
+    rc, before, err = export(redis_url, root, "--archive-only")
+    assert rc == 0 and len(before) == 300, err
+    callee = before[7]["callee"]
+    rc, one_before, err = export(redis_url, root, "--archive-only", "--callee", callee)
+    assert rc == 0 and one_before, err
+    p = cag("convert", "--all", "--archive-dir", str(root))
+    assert p.returncode == 0, p.stderr
+    (new,) = segments.Files().add(segments.segments(part)).records
+    assert segments.layout(new) == segments.NEWEST_LAYOUT and not old.exists()
+    rc, after, err = export(redis_url, root, "--archive-only")
+    assert rc == 0 and after == before, err
+    rc, one_after, err = export(redis_url, root, "--archive-only", "--callee", callee)
+    assert rc == 0 and one_after == one_before, err
 
 
 def test_archiver_reads_single_entry_stream_entries_and_compacts_closed_hours(redis_url: str, tmp_path: Path) -> None:

@@ -172,3 +172,118 @@ def test_files_of_the_layout_before_are_read_beside_packed_ones(tmp_path: Path) 
         segments.compact(segments.partition_dir(root, T0), Errors(), min_segments=1)
     assert find([a, b, c], Query()) == ref
 
+
+
+def _rid_r_encodings(path: Path) -> set[str]:
+    md = pq.read_metadata(path)
+    col = [md.schema.column(i).name for i in range(md.num_columns)].index("rid_r")
+    return {e for g in range(md.num_row_groups) for e in md.row_group(g).column(col).encodings}
+
+
+def test_record_ids_of_one_run_per_worker_and_of_one_per_record_both_come_back(tmp_path: Path) -> None:
+    """Record ids as the proxy makes them since 2026-12-07 (one random part per worker life) are
+    kept by dictionary; ids of the shape before (a random part per record: archives written
+    before, compacted again or converted) plain. Either way, alone or side by side in two
+    roots, the export is the Python join's, byte for byte, and a look-up finds each."""
+    rng = random.Random(5)
+    runs = {(n, w): rng.getrandbits(32) for n in range(2) for w in range(4)}
+    new, old = tmp_path / "new", tmp_path / "old"
+    es_new, es_old = [], []
+    for i in range(3000):
+        n, w = i % 2, (i // 2) % 4
+        t = T0 + i * 1000
+        es_new.append(dec(f"gw-{n}-{w}-{i // 8 + 1:x}-{runs[n, w]:08x}", t, node=f"gw-{n}", worker=w))
+        es_old.append(dec(f"gw-{n}-{w}-{i // 8 + 1:x}-{rng.getrandbits(32):08x}", t + 1, node=f"gw-{n}", worker=w))
+    es_new.append(out(es_new[5]["rid"], es_new[5]["t"], es_new[5]["t"] + 9, final_code=200, answered_at=es_new[5]["t"] + 9))
+    for root, es in ((new, es_new), (old, es_old)):
+        segments.write_segment(root, T0, es, "a")
+        path = segments.compact(segments.partition_dir(root, T0), Errors(), min_segments=1)
+        assert path is not None and segments.is_packed(path)
+        assert _export(root, "jsonl") == jsonl(reference(es))
+    enc_new = _rid_r_encodings(next(segments.partition_dir(new, T0).glob(segments.PACKED + "-*.records.parquet")))
+    enc_old = _rid_r_encodings(next(segments.partition_dir(old, T0).glob(segments.PACKED + "-*.records.parquet")))
+    assert "RLE_DICTIONARY" in enc_new or "PLAIN_DICTIONARY" in enc_new
+    assert "RLE_DICTIONARY" not in enc_old and "PLAIN_DICTIONARY" not in enc_old
+    both = es_new + es_old
+    assert find([new, old], Query()) == reference(both)
+    buf = io.StringIO()
+    export([old, new], Query(), buf, "csv", on_error=Errors())
+    assert buf.getvalue() == csv_text(reference(both))
+    for e in (es_new[5], es_old[2999]):
+        q = Query(call_id=e["call_id"], since_us=T0, until_us=T0 + H)
+        assert [r["record_id"] for r in find([new, old], q)] == [e["rid"]]
+    # the bench's generator writes what the compaction writes
+    table = pa.Table.from_pydict({f: [e.get(f) for e in es_new[:3000]] for f in columnar.RECORD_FIELDS},
+                                 schema=columnar.RECORD_SCHEMA)
+    gen = columnar.write_file(tmp_path, segments.file_name(segments.PACKED, "records"),
+                              columnar.packed_table(table), "packed")
+    assert _rid_r_encodings(gen) & {"RLE_DICTIONARY", "PLAIN_DICTIONARY"}
+    assert columnar.read_records(gen).equals(table)
+
+
+def _write_layout_1(part: Path, records: pa.Table) -> Path:
+    """A records file and its index as compaction wrote them in layout 1 (``packed-*``: the
+    callee as text, the index (callee, t) sorted by callee)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    con.register("r", columnar.packed_table(records))
+    v1 = con.sql(f"SELECT * EXCLUDE (ce_n, ce_x), {engine._CALLEE_TEXT} AS callee FROM r").to_arrow_table()
+    cols = [f if f not in ("ce_n", "ce_x") else "callee" for f in columnar.PACKED_FIELDS if f != "ce_x"]
+    name = segments.file_name("packed", "records")
+    path = part / name
+    part.mkdir(parents=True, exist_ok=True)
+    pq.write_table(v1.select(cols), path, row_group_size=1000)
+    index = records.select(["callee", "t"]).sort_by([("callee", "ascending"), ("t", "ascending")])
+    pq.write_table(index, segments.index_of(path), row_group_size=1000)
+    assert segments.layout(path) == 1 and segments.layout(segments.index_of(path)) == 1
+    return path
+
+
+CALLEES = ["+8613800000001", "+8613800000002", "8613800000002", "+08613800000003", "+1", "+123456789012345678",
+           "+1234567890123456789", "13800138000", "+86 138 0000 0004", "+\uff18\uff161380000005", "", None,
+           "+8613800000001\n", "tel:+8613800000006"]
+
+
+def test_callees_as_numbers_round_trip_and_layout_1_files_are_read_beside_and_converted(tmp_path: Path) -> None:
+    """Layout 2 keeps a callee of E.164 digits as its number: every callee text comes back exactly
+    (E.164 or not: a leading zero, 19 digits, spaces, full-width digits, empty, null). Files of
+    layout 1 (``packed-*``, what compaction wrote until this change) in one root and layout 2 in
+    another: one answer, each record once — export, find, look-ups by callee (both indexes) and
+    Call-ID; a compaction of the layout-1 hour (``cag audit convert --all``) makes it layout 2."""
+    es = []
+    for i in range(600):
+        t = T0 + i * 5000
+        es.append(dec(f"gw-1-{i % 4}-{i + 1:x}-0000beef", t, callee=CALLEES[i % len(CALLEES)], worker=i % 4))
+        if i % 3 == 0:
+            es.append(out(es[-1]["rid"], t, t + 70, final_code=486, ended_at=t + 70))
+    one, two = tmp_path / "one", tmp_path / "two"
+    segments.write_segment(two, T0, es, "a")
+    new = segments.compact(segments.partition_dir(two, T0), Errors(), min_segments=1)
+    assert new is not None and segments.layout(new) == 2
+    table = columnar.read_records(new)
+    assert columnar.packed_table(table).column("ce_n").null_count < len(table)
+    assert columnar.unpacked_table(columnar.packed_table(table)).equals(table)
+    old = _write_layout_1(segments.partition_dir(one, T0), table.slice(0, 400))
+    assert columnar.read_records(old).equals(table.slice(0, 400))
+    ref = reference(es)
+    assert find([one, two], Query()) == ref
+    assert _export(one, "jsonl") == jsonl(reference(es, Query(until_us=table.column("t")[400].as_py())))
+    buf = io.StringIO()
+    export([two, one], Query(), buf, "csv", on_error=Errors())
+    assert buf.getvalue() == csv_text(ref)
+    for callee in {c for c in CALLEES if c}:
+        for roots in ([one], [two], [one, two]):
+            q = Query(callee=frozenset({callee}), since_us=T0, until_us=T0 + H)
+            want = [r for r in reference(es, q) if r["callee"] == callee]
+            if roots == [one]:
+                want = [r for r in want if r["time"] < reference(es)[400]["time"]]
+            assert find(roots, q) == want, (callee, roots)
+    some = es[10]
+    q = Query(call_id=some["call_id"], since_us=T0, until_us=T0 + H)
+    assert find([one, two], q) == reference(es, q)
+    # convert --all: the layout-1 hour is rewritten in layout 2, the same records
+    again = segments.compact(segments.partition_dir(one, T0), Errors(), min_segments=1)
+    assert again is not None and segments.layout(again) == 2 and not old.exists()
+    assert columnar.read_records(again).equals(table.slice(0, 400))
+    assert find([one, two], Query()) == ref

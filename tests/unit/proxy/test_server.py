@@ -9,6 +9,7 @@ from tests.unit.proxy._support import (
     HOP1,
     T0,
     TRUNK,
+    TRUNK_IP,
     WALL,
     first_line,
     headers,
@@ -200,3 +201,37 @@ def test_refusals_and_policy_rejections_build_the_same_response() -> None:
     strip = {"Call-ID", "To", "Via"}
     assert first_line(shed.data) == first_line(own.data) == "SIP/2.0 503 Service Unavailable"
     assert [h for h in headers(shed.data) if h[0] not in strip] == [h for h in headers(own.data) if h[0] not in strip]
+
+
+def test_record_ids_share_one_random_part_per_core_life() -> None:
+    """``node-worker-counter-run``: the same shape as before (every reader parses it), the counter
+    tells a life's records apart, ``run`` (drawn once per core) its lives: a restarted worker,
+    whose counter starts again, gets other ids. One run a life is what the archive stores cheaply."""
+    import random
+    import re
+
+    from gateway.proxy import ProxyCore
+
+    def ids(core: ProxyCore, n: int) -> list[str]:
+        out = []
+        for i in range(n):
+            (adm,) = core.receive(invite(call_id=f"c{i}", branch=f"z9hG4bK-{i}"), TRUNK, "udp", None, T0 + i)
+            assert isinstance(adm, Admit)
+            out.append(adm.record_id)
+        return out
+
+    first = make_core()
+    life1 = ids(first, 5)
+    refused = [a for a in first.receive(invite(max_forwards="0"), TRUNK, "udp", None, T0) if isinstance(a, Refused)]
+    life1.append(refused[0].record_id)  # the core's own refusals take their ids from the same place
+    shape = re.compile(r"gw-0-([1-9a-f][0-9a-f]*)-([0-9a-f]{8})")
+    parts = [shape.fullmatch(r) for r in life1]
+    assert all(parts), life1
+    assert len({m.group(2) for m in parts if m}) == 1  # one run for the life
+    counters = [int(m.group(1), 16) for m in parts if m]
+    assert counters == sorted(counters) and len(set(counters)) == len(counters)
+    # the next life of the same worker: its counter starts again, its run tells it apart
+    again = ProxyCore(first.shared.cfg, lambda ip: ip == TRUNK_IP, rng=random.Random(8), wall_offset=WALL)
+    life2 = ids(again, 5)
+    assert [r.rsplit("-", 1)[0] for r in life2] == [r.rsplit("-", 1)[0] for r in life1[:5]]
+    assert not set(life1) & set(life2)
