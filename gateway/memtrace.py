@@ -16,8 +16,12 @@ line every ``CAG_MEMTRACE_S`` seconds (default 30) to
 - ``gc``: counts per generation, collections, uncollectable garbage;
 - ``sizes``: the length and the allocated size (``sys.getsizeof``: a
   dict keeps its table after deletes) of every container of 64 items or
-  more reachable in three attribute steps from the worker (core, engine,
+  more reachable in four attribute steps from the worker (core, engine,
   audit sink, readers...), by attribute path;
+- ``cycles``: with ``CAG_MEMTRACE_GC=1``, a full collection at each
+  sample: how many unreachable objects it found, what types they were,
+  and how long it took (cyclic garbage that reached the oldest
+  generation otherwise waits for a rare full collection);
 - ``top``: with ``CAG_MEMTRACE_TOP=N``, tracemalloc's N lines that grew
   most since the previous sample (tracemalloc roughly halves the
   worker's speed: for diagnosis only).
@@ -44,7 +48,7 @@ from typing import Any
 
 ENV = "CAG_MEMTRACE"
 MIN_LEN = 64  # containers shorter than this are not reported
-DEPTH = 3
+DEPTH = 4
 
 _STATUS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
 
@@ -142,9 +146,9 @@ def sizes(root: object, name: str = "worker", depth: int = DEPTH, min_len: int =
     """
     out: dict[str, list[int]] = {}
     seen: set[int] = set()
-    todo: list[tuple[str, object, int]] = [(name, root, 0)]
-    while todo:
-        path, obj, level = todo.pop()
+    todo: deque[tuple[str, object, int]] = deque([(name, root, 0)])
+    while todo:  # breadth first: an object is reported under its shortest path
+        path, obj, level = todo.popleft()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
@@ -165,7 +169,8 @@ def _attrs(obj: object) -> list[tuple[str, object]]:
     if isinstance(d, dict):
         found.extend(d.items())
     for cls in type(obj).__mro__:
-        for slot in getattr(cls, "__slots__", ()):
+        # ``__mypyc_attrs__``: a compiled class's attributes (it has neither __dict__ nor __slots__).
+        for slot in (*getattr(cls, "__slots__", ()), *cls.__dict__.get("__mypyc_attrs__", ())):
             if isinstance(slot, str) and slot not in ("__dict__", "__weakref__"):
                 try:
                     found.append((slot, getattr(obj, slot)))
@@ -177,8 +182,11 @@ def _attrs(obj: object) -> list[tuple[str, object]]:
 class MemTrace:
     """One worker's sampler: ``sample()`` every period, one JSON line each."""
 
-    def __init__(self, path: str, root: object, *, top: int = 0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: str, root: object, *, top: int = 0, collect: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
+        self.collect = collect
         self.root = root
         self.top = top
         self.clock = clock
@@ -206,6 +214,8 @@ class MemTrace:
             },
             "sizes": sizes(self.root),
         }
+        if self.collect:
+            rec["cycles"] = cycles()
         if self.top:
             rec["top"] = self._top()
         rec["cost_ms"] = round((time.process_time() - t) * 1000, 2)
@@ -227,6 +237,22 @@ class MemTrace:
         return [f"{d.size_diff // 1024:+} KiB {d.count_diff:+} blocks ({d.size // 1024} KiB) {d.traceback}" for d in diff]
 
 
+def cycles(top: int = 12) -> dict[str, Any]:
+    """A full collection now, keeping what it finds just long enough to count it by type."""
+    from collections import Counter
+
+    t = time.perf_counter()
+    old = gc.get_debug()
+    gc.set_debug(old | gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(old)
+    return {"found": found, "ms": round((time.perf_counter() - t) * 1000, 1), "types": kinds.most_common(top)}
+
+
 def from_env(index: int, root: object) -> tuple[MemTrace, float] | None:
     """The worker's sampler and its period when ``CAG_MEMTRACE`` is set, else None."""
     prefix = os.environ.get(ENV)
@@ -234,7 +260,8 @@ def from_env(index: int, root: object) -> tuple[MemTrace, float] | None:
         return None
     period = float(os.environ.get(ENV + "_S", "30"))
     top = int(os.environ.get(ENV + "_TOP", "0"))
-    return MemTrace(f"{prefix}.w{index}.jsonl", root, top=top), period
+    collect = os.environ.get(ENV + "_GC", "") not in ("", "0")
+    return MemTrace(f"{prefix}.w{index}.jsonl", root, top=top, collect=collect), period
 
 
 def _show(path: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections import deque
 from dataclasses import dataclass
 from typing import Final, Protocol, final
 
@@ -67,7 +68,7 @@ def _unb64(text: str) -> bytes:
 
 @final
 class RouteToken:
-    __slots__ = ("_hmac", "_minted", "_minted_max", "_secret")
+    __slots__ = ("_age", "_hmac", "_minted", "_minted_max", "_secret")
 
     def __init__(self, secret: bytes, minted_max: int = MINTED_MAX) -> None:
         if not secret:
@@ -79,6 +80,10 @@ class RouteToken:
         # MAC's fields and separator (the first three never hold one: ``mint`` checks);
         # insertion order = age. One string: a tuple kept four more strings alive per token.
         self._minted: dict[str, str] = {}
+        # The remembered tokens, oldest first. Not ``next(iter(_minted))``: a dict keeps the
+        # slots of deleted entries at its front until it resizes, and iterating skips them
+        # one by one, so evicting the oldest cost ~25 µs per INVITE once 65,536 were kept.
+        self._age: deque[str] = deque()
         self._minted_max = minted_max
 
     def _mac(self, call_id: str, tag: str, payload: bytes) -> bytes:
@@ -92,8 +97,11 @@ class RouteToken:
         token = f"{_b64(payload)}.{_b64(self._mac(call_id, from_tag, payload))}"
         if len(payload.split(_SEP)) == 3:  # else verify refuses it: never remember it as good
             minted = self._minted
-            if len(minted) >= self._minted_max:
-                del minted[next(iter(minted))]
+            if token not in minted:  # the same call minted twice gives the same token: kept once
+                age = self._age
+                while len(minted) >= self._minted_max and age:
+                    minted.pop(age.popleft(), None)
+                age.append(token)
             minted[token] = f"{record_id}\x1f{hop}\x1f{trunk_id}\x1f{call_id}\x1f{from_tag}"
         return token
 

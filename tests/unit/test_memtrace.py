@@ -27,7 +27,8 @@ class _Root:
         self.deep = type("D", (), {})()
         self.deep.x = type("E", (), {})()
         self.deep.x.y = type("F", (), {})()
-        self.deep.x.y.z = list(range(200))  # four steps away: beyond the walk
+        self.deep.x.y.w = type("G", (), {})()
+        self.deep.x.y.w.z = list(range(200))  # five steps away: beyond the walk
 
 
 def test_sizes_reports_large_containers_by_path_and_stops_at_the_depth() -> None:
