@@ -22,6 +22,9 @@ line every ``CAG_MEMTRACE_S`` seconds (default 30) to
   sample: how many unreachable objects it found, what types they were,
   and how long it took (cyclic garbage that reached the oldest
   generation otherwise waits for a rare full collection);
+- ``trim``: with ``CAG_MEMTRACE_TRIM=1``, glibc's ``malloc_trim(0)`` after
+  each sample and the RSS it gave back (KiB, ms) — only the C heap, so
+  it matters with ``PYTHONMALLOC=malloc``; pymalloc frees whole arenas;
 - ``top``: with ``CAG_MEMTRACE_TOP=N``, tracemalloc's N lines that grew
   most since the previous sample (tracemalloc roughly halves the
   worker's speed: for diagnosis only).
@@ -71,8 +74,16 @@ class _Mallinfo2(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_size_t)
         for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-            "fsmblks", "uordblks", "fordblks", "keepcost",
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
         )
     ]
 
@@ -138,7 +149,9 @@ def pymalloc_stats() -> dict[str, int]:
 _SIZED = (dict, list, set, frozenset, deque)
 
 
-def sizes(root: object, name: str = "worker", depth: int = DEPTH, min_len: int = MIN_LEN) -> dict[str, list[int]]:
+def sizes(
+    root: object, name: str = "worker", depth: int = DEPTH, min_len: int = MIN_LEN
+) -> dict[str, list[int]]:
     """``path -> [len, bytes]`` of the large containers reachable in ``depth`` attribute steps.
 
     Follows instance attributes (``__dict__`` and ``__slots__``), never the
@@ -183,9 +196,17 @@ class MemTrace:
     """One worker's sampler: ``sample()`` every period, one JSON line each."""
 
     def __init__(
-        self, path: str, root: object, *, top: int = 0, collect: bool = False, clock: Callable[[], float] = time.time
+        self,
+        path: str,
+        root: object,
+        *,
+        top: int = 0,
+        collect: bool = False,
+        trim: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self.trim = trim
         self.collect = collect
         self.root = root
         self.top = top
@@ -218,6 +239,8 @@ class MemTrace:
             rec["cycles"] = cycles()
         if self.top:
             rec["top"] = self._top()
+        if self.trim:
+            rec["trim"] = malloc_trim()
         rec["cost_ms"] = round((time.process_time() - t) * 1000, 2)
         with open(self.path, "a") as f:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -234,7 +257,22 @@ class MemTrace:
             stats = snap.statistics("lineno")[: self.top]
             return [f"{s.size // 1024} KiB {s.count} blocks {s.traceback}" for s in stats]
         diff = snap.compare_to(prev, "lineno")[: self.top]
-        return [f"{d.size_diff // 1024:+} KiB {d.count_diff:+} blocks ({d.size // 1024} KiB) {d.traceback}" for d in diff]
+        return [
+            f"{d.size_diff // 1024:+} KiB {d.count_diff:+} blocks ({d.size // 1024} KiB) {d.traceback}"
+            for d in diff
+        ]
+
+
+def malloc_trim() -> dict[str, float]:
+    """glibc's ``malloc_trim(0)``: free pages inside the heap go back to the kernel; what RSS dropped."""
+    fn = getattr(_LIBC, "malloc_trim", None)
+    if fn is None:
+        return {}
+    before = rss_status().get("VmRSS", 0)
+    t = time.perf_counter()
+    fn(0)
+    ms = (time.perf_counter() - t) * 1000
+    return {"freed_kib": before - rss_status().get("VmRSS", 0), "ms": round(ms, 1)}
 
 
 def cycles(top: int = 12) -> dict[str, Any]:
@@ -250,7 +288,12 @@ def cycles(top: int = 12) -> dict[str, Any]:
     finally:
         gc.garbage.clear()
         gc.set_debug(old)
-    return {"found": found, "ms": round((time.perf_counter() - t) * 1000, 1), "types": kinds.most_common(top)}
+    gc.collect()  # SAVEALL kept them alive: free them now, or every sample would find them again
+    return {
+        "found": found,
+        "ms": round((time.perf_counter() - t) * 1000, 1),
+        "types": kinds.most_common(top),
+    }
 
 
 def from_env(index: int, root: object) -> tuple[MemTrace, float] | None:
@@ -261,13 +304,16 @@ def from_env(index: int, root: object) -> tuple[MemTrace, float] | None:
     period = float(os.environ.get(ENV + "_S", "30"))
     top = int(os.environ.get(ENV + "_TOP", "0"))
     collect = os.environ.get(ENV + "_GC", "") not in ("", "0")
-    return MemTrace(f"{prefix}.w{index}.jsonl", root, top=top, collect=collect), period
+    trim = os.environ.get(ENV + "_TRIM", "") not in ("", "0")
+    return MemTrace(f"{prefix}.w{index}.jsonl", root, top=top, collect=collect, trim=trim), period
 
 
 def _show(path: str) -> None:
     """A table of a trace file: RSS, heap, arenas, and the containers that changed most."""
     rows = [json.loads(line) for line in open(path)]
-    print(f"{'t':>6} {'rss':>7} {'anon':>7} {'file':>6} {'inuse':>7} {'free':>7} {'arenas':>6} {'hwm':>5} {'blocks':>9}")
+    print(
+        f"{'t':>6} {'rss':>7} {'anon':>7} {'file':>6} {'inuse':>7} {'free':>7} {'arenas':>6} {'hwm':>5} {'blocks':>9}"
+    )
     for r in rows:
         rss, m, p = r["rss"], r.get("malloc", {}), r.get("pymalloc", {})
         print(
@@ -277,7 +323,10 @@ def _show(path: str) -> None:
         )
     if len(rows) >= 2:
         first, last = rows[0]["sizes"], rows[-1]["sizes"]
-        keys = sorted(set(first) | set(last), key=lambda k: -(last.get(k, [0, 0])[1] - first.get(k, [0, 0])[1]))
+        keys = sorted(
+            set(first) | set(last),
+            key=lambda k: -(last.get(k, [0, 0])[1] - first.get(k, [0, 0])[1]),
+        )
         print("containers (len, bytes) first -> last:")
         for k in keys[:25]:
             print(f"  {k}: {first.get(k)} -> {last.get(k)}")

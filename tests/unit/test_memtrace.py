@@ -61,3 +61,18 @@ def test_off_unless_the_variable_is_set(monkeypatch: pytest.MonkeyPatch, tmp_pat
     got = memtrace.from_env(1, object())
     assert got is not None
     assert got[0].path.endswith("t.w1.jsonl") and got[1] == 5.0
+
+
+class Node:
+    other: Node
+
+
+def test_cycles_are_counted_once_and_then_freed() -> None:
+    memtrace.cycles()
+    for _ in range(50):
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+    del a, b
+    first = memtrace.cycles()
+    assert dict(first["types"]).get("Node") == 100
+    assert dict(memtrace.cycles()["types"]).get("Node") is None  # freed, not found again

@@ -50,7 +50,9 @@ def _left_in_cycles() -> set[str]:
 async def _engine(mode: Any) -> tuple[FakeStore, ManualTimers, AdmissionEngine]:
     store, timers = FakeStore(), ManualTimers()
     store.mode = mode
-    e = AdmissionEngine(store, EngineConfig(budget_ms=BUDGET_S * 1000), clock=fx.NOON.timestamp, timers=timers)
+    e = AdmissionEngine(
+        store, EngineConfig(budget_ms=BUDGET_S * 1000), clock=fx.NOON.timestamp, timers=timers
+    )
     await e.refcache.reload()
     return store, timers, e
 
@@ -58,7 +60,13 @@ async def _engine(mode: Any) -> tuple[FakeStore, ManualTimers, AdmissionEngine]:
 def _answer(store: FakeStore) -> None:
     for kind, fut in store.calls:
         if not fut.done():
-            fut.set_result(callee_result() if kind == "callee" else rate_result() if kind == "rate" else fx.CALLEE)
+            fut.set_result(
+                callee_result()
+                if kind == "callee"
+                else rate_result()
+                if kind == "rate"
+                else fx.CALLEE
+            )
 
 
 async def test_a_batch_answered_in_time_leaves_no_cycle(no_gc: None) -> None:
