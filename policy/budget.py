@@ -136,10 +136,10 @@ class BatchBudget:
     Once spent (the last decision settled, or ``on_expire`` called) the
     budget lets go of ``on_expire``: the caller's closure holds the batch's
     decisions, which hold this budget, and a cycle left for the garbage
-    collector per batch reached its oldest generation on a saturated worker
-    (decisions pending longer than a young collection) and stayed there,
-    about a third of a worker's RSS growth in a 5-minute run at 2,000
-    calls/s (docs/performance.md, session 6).
+    collector per batch can reach its oldest generation on a saturated
+    worker (decisions pending across young collections), which the worker's
+    thresholds collect only a few times in 5 minutes (docs/performance.md,
+    session 6).
     """
 
     __slots__ = ("_grace", "_handle", "_late_s", "_left", "_on_expire", "_timers")
