@@ -698,27 +698,6 @@ async def _main(spec: WorkerSpec) -> None:
     await worker.drain()
 
 
-PIN_ENV = "CAG_PIN_WORKERS"  # a trial knob (issue 13), not a setting: see docs/performance.md, session 6
-
-
-def pin_to_core(index: int) -> int | None:
-    """With ``CAG_PIN_WORKERS=1``: run worker ``index`` on core ``index % cores`` only.
-
-    A trial for issue 13 (two workers cost ≈ 120 µs per call more than
-    one; migrations and cache misses on a 2-core box were a suspect). Off
-    by default; the core chosen, or None.
-    """
-    if os.environ.get(PIN_ENV, "") in ("", "0"):
-        return None
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        core = cores[index % len(cores)]
-        os.sched_setaffinity(0, {core})
-    except (AttributeError, OSError, IndexError):
-        return None
-    return core
-
-
 def run_worker(spec: WorkerSpec) -> int:
     """Entry point in the forked child."""
     import uvloop
@@ -730,7 +709,6 @@ def run_worker(spec: WorkerSpec) -> int:
     from gateway import logs
 
     logs.setup(spec.settings.log_level, threaded=True)  # the parent's listener thread did not fork with us
-    pin_to_core(spec.index)
     try:
         uvloop.run(_main(spec))
     except Exception:

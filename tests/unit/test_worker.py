@@ -8,7 +8,6 @@ answered once, counted and audited (SPEC §7).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from typing import Any
 
@@ -170,17 +169,3 @@ async def test_invites_of_one_loop_turn_are_decided_as_one_batch(fake_metrics: _
     assert w.engine.batches == [3]
     assert [status_of(s.data) for s in sent] == [608, 608, 608]
     assert len(audit.decisions) == 3 and fake_metrics.DECISIONS.counts == {("reject", "consent_unknown"): 3}
-
-
-def test_workers_are_pinned_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.worker import PIN_ENV, pin_to_core
-
-    allowed = os.sched_getaffinity(0)
-    monkeypatch.delenv(PIN_ENV, raising=False)
-    assert pin_to_core(1) is None and os.sched_getaffinity(0) == allowed
-    monkeypatch.setenv(PIN_ENV, "1")
-    try:
-        core = pin_to_core(1)
-        assert core == sorted(allowed)[1 % len(allowed)] and os.sched_getaffinity(0) == {core}
-    finally:
-        os.sched_setaffinity(0, allowed)
