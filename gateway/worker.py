@@ -304,6 +304,25 @@ class Worker:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        self._start_memtrace()
+
+    def _start_memtrace(self) -> None:
+        """``CAG_MEMTRACE=PREFIX``: a JSON line of this worker's memory every 30 s (gateway/memtrace.py)."""
+        from gateway import memtrace
+
+        got = memtrace.from_env(self.spec.index, self)
+        if got is None:
+            return
+        tracer, period = got
+
+        def sample() -> None:
+            try:
+                tracer.sample()
+            except Exception:  # a diagnostic must never stop the worker
+                log.exception("memtrace sample failed")
+            self.loop.call_later(period, sample)
+
+        sample()
 
     def _trunk_fingerprints(self, ip: str) -> tuple[str, ...]:
         """The certificates the trunk owning ``ip`` may show over TLS, from the current

@@ -114,6 +114,10 @@ async def wait_all(
     return {p.kind: p.fut.result() for p in pending}
 
 
+def _spent(stalled: bool) -> None:
+    """``on_expire`` once a batch's timer is spent: nothing is held any more."""
+
+
 class BatchBudget:
     """ONE budget timer for every decision submitted in one event-loop turn (issue 13).
 
@@ -128,6 +132,14 @@ class BatchBudget:
 
     ``settled()`` is called once per decision that finished before the
     deadline; the last one cancels the timer.
+
+    Once spent (the last decision settled, or ``on_expire`` called) the
+    budget lets go of ``on_expire``: the caller's closure holds the batch's
+    decisions, which hold this budget, and a cycle left for the garbage
+    collector per batch can reach its oldest generation on a saturated
+    worker (decisions pending across young collections), which the worker's
+    thresholds collect only a few times in 5 minutes (docs/performance.md,
+    session 6).
     """
 
     __slots__ = ("_grace", "_handle", "_late_s", "_left", "_on_expire", "_timers")
@@ -155,6 +167,7 @@ class BatchBudget:
         if self._left <= 0 and self._handle is not None:
             self._handle.cancel()
             self._handle = None
+            self._on_expire = _spent
 
     def _fire(self, deadline: float, stalled: bool, graces: int) -> None:
         if self._handle is None:
@@ -166,4 +179,5 @@ class BatchBudget:
             )
             return
         self._handle = None
-        self._on_expire(stalled)
+        on_expire, self._on_expire = self._on_expire, _spent
+        on_expire(stalled)

@@ -193,6 +193,7 @@ class _Waiting(Generic[T]):
         self.decided = True
         if self.batch is not None:
             self.batch.settled()
+            self.batch = None  # no cycle through the batch's budget (see BatchBudget)
         if e.latency_observer is not None:
             e.latency_observer("redis", time.perf_counter() - self.t_store)
         try:
@@ -209,6 +210,7 @@ class _Waiting(Generic[T]):
         self.decided = True
         if on_time and self.batch is not None:
             self.batch.settled()
+        self.batch = None  # no cycle through the batch's budget (see BatchBudget)
         try:
             d = e._store_failed(self.call, self.local, self.pending, exc, self.cfg)
         except Exception:

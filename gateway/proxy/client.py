@@ -53,7 +53,7 @@ class Clients:
         req = txn.request()
         branch = f"{CLIENT_PREFIX}{sh.cfg.worker:x}x{sh.next_id():x}{sh.rng.getrandbits(32):08x}"
         via = sh.via[hop.transport] + branch + (";rport" if hop.transport == "udp" else "")
-        token = sh.tokens.mint(txn.call_id, txn.from_tag, txn.record_id, idx, txn.trunk_id)
+        token = sh.tokens.mint(txn.call_id, txn.from_tag, txn.record_id, idx, txn.trunk_id, now)
         rr = sh.record_route(token, txn.transport, hop.transport)
         fields = txn.hop_fields
         if fields is None:  # the first attempt: the header edits, once

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections import deque
 from dataclasses import dataclass
 from typing import Final, Protocol, final
 
@@ -30,6 +31,12 @@ _SEP = b"\x1f"
 _TO_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _MAC_BYTES = 12
 MINTED_MAX = 65536  # tokens remembered per worker (a few hundred bytes each)
+# ... and for at most this long (s). Bounded by count alone, the cache filled at the rate of
+# admitted calls: ~3.5 minutes at 300 admitted calls/s per worker (a saturated box sheds the
+# rest), so a worker's RSS still grew for minutes after the sweep's 2-minute warm-up. By
+# age, it is full after MINTED_TTL at any rate. The same 64·T1 as the in-dialog route map;
+# a token forgotten is still verified, by its MAC (a few µs more).
+MINTED_TTL = 64.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +74,11 @@ def _unb64(text: str) -> bytes:
 
 @final
 class RouteToken:
-    __slots__ = ("_hmac", "_minted", "_minted_max", "_secret")
+    __slots__ = ("_age", "_hmac", "_minted", "_minted_max", "_minted_ttl", "_secret")
 
-    def __init__(self, secret: bytes, minted_max: int = MINTED_MAX) -> None:
+    def __init__(
+        self, secret: bytes, minted_max: int = MINTED_MAX, minted_ttl: float = MINTED_TTL
+    ) -> None:
         if not secret:
             raise ValueError("rr_secret must not be empty")
         self._secret = secret
@@ -79,21 +88,38 @@ class RouteToken:
         # MAC's fields and separator (the first three never hold one: ``mint`` checks);
         # insertion order = age. One string: a tuple kept four more strings alive per token.
         self._minted: dict[str, str] = {}
+        # The remembered tokens, oldest first. Not ``next(iter(_minted))``: a dict keeps the
+        # slots of deleted entries at its front until it resizes, and iterating skips them
+        # one by one, so evicting the oldest cost ~25 µs per INVITE once 65,536 were kept.
+        self._age: deque[tuple[str, float]] = deque()  # (token, minted at)
         self._minted_max = minted_max
+        self._minted_ttl = minted_ttl
 
     def _mac(self, call_id: str, tag: str, payload: bytes) -> bytes:
         h = self._hmac.copy()
         h.update(b"".join((call_id.encode(), _SEP, tag.encode(), _SEP, payload)))
         return h.digest()[:_MAC_BYTES]
 
-    def mint(self, call_id: str, from_tag: str, record_id: str, hop: int, trunk_id: str) -> str:
-        """A token-safe string (base64url and '.'), usable unquoted as a URI parameter value."""
+    def mint(
+        self, call_id: str, from_tag: str, record_id: str, hop: int, trunk_id: str, now: float = 0.0
+    ) -> str:
+        """A token-safe string (base64url and '.'), usable unquoted as a URI parameter value.
+
+        Remembered (``now``: the core's time) until ``minted_ttl`` later or until
+        ``minted_max`` newer ones push it out, whichever comes first.
+        """
         payload = _SEP.join((record_id.encode(), str(hop).encode(), trunk_id.encode()))
         token = f"{_b64(payload)}.{_b64(self._mac(call_id, from_tag, payload))}"
         if len(payload.split(_SEP)) == 3:  # else verify refuses it: never remember it as good
             minted = self._minted
-            if len(minted) >= self._minted_max:
-                del minted[next(iter(minted))]
+            age = self._age
+            old = now - self._minted_ttl
+            while age and age[0][1] <= old:
+                minted.pop(age.popleft()[0], None)
+            if token not in minted:  # the same call minted twice gives the same token: kept once
+                while len(minted) >= self._minted_max and age:
+                    minted.pop(age.popleft()[0], None)
+                age.append((token, now))
             minted[token] = f"{record_id}\x1f{hop}\x1f{trunk_id}\x1f{call_id}\x1f{from_tag}"
         return token
 
