@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections import Counter
@@ -254,8 +255,12 @@ class AuditSink:
 
     def _remember(self, rid: str, t_us: int) -> None:
         self._open[rid] = t_us
-        if len(self._open) > self.open_max:  # the oldest are also in Redis
-            del self._open[next(iter(self._open))]
+        opened = self._open
+        if len(opened) > self.open_max:  # the oldest are also in Redis
+            # A sixteenth at once: ``next(iter(dict))`` per insert would rescan the slots
+            # of the entries ended since (out of order) at the dict's front each time.
+            for old in list(itertools.islice(opened, len(opened) - self.open_max + self.open_max // 16)):
+                del opened[old]
 
     async def _resolve(self, entries: list[Entry]) -> list[Entry]:
         """Fill ``dt`` of outcomes from Redis; those still unknown wait (bounded) in ``_pending``."""

@@ -109,14 +109,11 @@ class Servers:
         is no secret. One value a process is what makes it cheap to keep: a
         packed records file stores ``run`` by dictionary, a few bits a record
         (gateway/audit/columnar.py) instead of 4 B. The shape is unchanged.
-        Kept on the rng object because ``Shared`` (``__slots__``) has no
-        field for it.
         """
         sh = self.shared
-        held = vars(sh.rng)
-        run = held.get("cag_record_run")
-        if run is None:
-            run = held["cag_record_run"] = f"{sh.rng.getrandbits(32):08x}"
+        run = sh.record_run
+        if not run:
+            run = sh.record_run = f"{sh.rng.getrandbits(32):08x}"
         return f"{sh.cfg.node}-{sh.cfg.worker}-{sh.next_id():x}-{run}"
 
     def _refuse(

@@ -158,6 +158,7 @@ class Shared:
         "hops",
         "listen_keys",
         "ours",
+        "record_run",
         "rng",
         "rr",
         "servers",
@@ -180,6 +181,7 @@ class Shared:
         self.clients: dict[str, ClientTxn] = {}
         self.timers = TimerHeap(self.servers, self.clients)
         self._counter = 0
+        self.record_run = ""  # the record ids' random part, drawn at the first (Servers._record_id)
         lh, lp = cfg.listen
         ph, pp = cfg.private
         lhost, phost = uri_host(lh), uri_host(ph)

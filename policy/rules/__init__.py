@@ -139,6 +139,66 @@ def _reject(
     )
 
 
+def _verdict(
+    checks: list[Check],
+    call: CallAttempt,
+    trunk: Trunk | None,
+    enterprise: Enterprise | None,
+    caller: str | None,
+    callee: str | None,
+    callee_tz: str,
+    now: datetime,
+    cfg: RuleConfig,
+    all_checks: bool,
+) -> LocalVerdict:
+    """``evaluate_local``'s verdict on the checks run so far.
+
+    A module function, not a closure inside ``evaluate_local``: in the
+    compiled build a nested function shares an environment object with its
+    siblings, a reference cycle per decision left to the cyclic GC.
+    """
+    enterprise_id = trunk.enterprise_id if trunk is not None else None
+    evaluated = tuple(checks)
+    failing = _first_failure(evaluated)
+    run_quiet = failing is None or all_checks
+    if run_quiet and callee is not None:
+        windows = cfg.default_quiet_hours
+        if enterprise is not None and enterprise.quiet_hours is not None:
+            windows = enterprise.quiet_hours
+        quiet = check_quiet_hours(callee, windows, now, callee_tz)
+    else:
+        quiet = skipped("quiet_hours", "not evaluated")
+    day, ttl = callee_day(callee_tz, now)
+    failed_decision = None
+    if failing is not None:
+        failed_decision = _reject(
+            failing,
+            evaluated,
+            cfg,
+            {
+                "trunk_id": trunk.trunk_id if trunk is not None else None,
+                "enterprise_id": enterprise_id,
+                "caller": caller,
+                "callee": callee,
+                "consent_token": call.consent_token,
+                "evidence_ref": None,
+            },
+        )
+    return LocalVerdict(
+        checks=evaluated,
+        failed=failed_decision,
+        trunk=trunk,
+        enterprise=enterprise,
+        caller=caller,
+        callee=callee,
+        quiet=quiet,
+        day=day,
+        day_ttl=ttl,
+        limits=CapLimits.for_call(enterprise, trunk, cfg.caps),
+        callee_tz=callee_tz,
+    )
+
+
 def evaluate_local(
     call: CallAttempt, ref: RefData, now: datetime, cfg: RuleConfig, *, all_checks: bool = False
 ) -> LocalVerdict:
@@ -159,78 +219,35 @@ def evaluate_local(
     enterprise_id = trunk.enterprise_id if trunk is not None else None
 
     checks: list[Check] = []
-
-    def stop() -> bool:
-        return not all_checks and checks[-1].outcome == "fail"
-
-    def verdict() -> LocalVerdict:
-        evaluated = tuple(checks)
-        failing = _first_failure(evaluated)
-        run_quiet = failing is None or all_checks
-        if run_quiet and callee is not None:
-            windows = cfg.default_quiet_hours
-            if enterprise is not None and enterprise.quiet_hours is not None:
-                windows = enterprise.quiet_hours
-            quiet = check_quiet_hours(callee, windows, now, callee_tz)
-        else:
-            quiet = skipped("quiet_hours", "not evaluated")
-        day, ttl = callee_day(callee_tz, now)
-        failed_decision = None
-        if failing is not None:
-            failed_decision = _reject(
-                failing,
-                evaluated,
-                cfg,
-                {
-                    "trunk_id": trunk.trunk_id if trunk is not None else None,
-                    "enterprise_id": enterprise_id,
-                    "caller": caller,
-                    "callee": callee,
-                    "consent_token": call.consent_token,
-                    "evidence_ref": None,
-                },
-            )
-        return LocalVerdict(
-            checks=evaluated,
-            failed=failed_decision,
-            trunk=trunk,
-            enterprise=enterprise,
-            caller=caller,
-            callee=callee,
-            quiet=quiet,
-            day=day,
-            day_ttl=ttl,
-            limits=CapLimits.for_call(enterprise, trunk, cfg.caps),
-            callee_tz=callee_tz,
-        )
+    go_on = not all_checks  # stop at the first failure unless all_checks
 
     checks.append(check_trunk(trunk, enterprise, now, cfg.default_tz))
-    if stop():
-        return verdict()
+    if go_on and checks[-1].outcome == "fail":
+        return _verdict(checks, call, trunk, enterprise, caller, callee, callee_tz, now, cfg, all_checks)
     if callee is None:
         checks.append(
             failed("callee", "callee_invalid", f"Request-URI user {call.callee!r} is not a number")
         )
     else:
         checks.append(Check("callee", "pass", None, f"callee {callee} ({callee_tz})"))
-    if stop():
-        return verdict()
+    if go_on and checks[-1].outcome == "fail":
+        return _verdict(checks, call, trunk, enterprise, caller, callee, callee_tz, now, cfg, all_checks)
     checks.append(
         check_caller_id(call, ref.filings, region=cfg.region, stir_shaken=cfg.stir_shaken)
     )
-    if stop():
-        return verdict()
+    if go_on and checks[-1].outcome == "fail":
+        return _verdict(checks, call, trunk, enterprise, caller, callee, callee_tz, now, cfg, all_checks)
     if caller is None:
         checks.append(skipped("filing", "no caller number"))
     else:
         checks.append(check_filing(caller, enterprise_id, ref))
-    if stop():
-        return verdict()
+    if go_on and checks[-1].outcome == "fail":
+        return _verdict(checks, call, trunk, enterprise, caller, callee, callee_tz, now, cfg, all_checks)
     if enterprise is None:
         checks.append(skipped("purpose", "no enterprise"))
     else:
         checks.append(check_purpose(call.purpose, enterprise))
-    return verdict()
+    return _verdict(checks, call, trunk, enterprise, caller, callee, callee_tz, now, cfg, all_checks)
 
 
 _FAIL_OPEN_SKIPS: tuple[Check, ...] = tuple(
