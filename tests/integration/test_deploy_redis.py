@@ -9,8 +9,8 @@ relies on for loads that do not stall calls.
 from __future__ import annotations
 
 import re
-import socket
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
