@@ -54,6 +54,7 @@ def test_shipped_redis_config_starts_with_the_load_settings(name: str, tmp_path:
                 time.sleep(0.05)
         assert c.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(1 << 30)}
         assert c.config_get("latency-monitor-threshold") == {"latency-monitor-threshold": "5"}
+        assert c.config_get("hz") == {"hz": "100"}
         assert c.config_get("appendonly") == {"appendonly": "yes"}
         assert c.config_get("appendfsync") == {"appendfsync": "everysec"}
         c.close()

@@ -48,6 +48,7 @@ def test_embedded_redis_defers_aof_rewrites_and_extra_args_still_win(tmp_path: P
         c = redis.Redis(unix_socket_path=str(server.sock), decode_responses=True)
         assert AOF_REWRITE_MIN_SIZE == "1gb"
         assert c.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(1 << 30)}
+        assert c.config_get("hz") == {"hz": "100"}
         assert c.config_get("appendfsync") == {"appendfsync": "everysec"}  # durability unchanged
         c.close()
     with EmbeddedRedis(tmp_path / "b", extra_args=("--auto-aof-rewrite-min-size", "64mb")) as server:
@@ -142,7 +143,7 @@ def test_load_bench_honours_its_knobs_and_reports_the_stall_figures(tmp_path: Pa
     rep = json.loads(r.stdout)
     assert rep["exit"] == 0 and rep["rows"] == 150_000
     knobs = rep["knobs"]
-    assert knobs["redis"]["hz"] == "20"
+    assert knobs["redis"]["hz"] == "20"  # --redis-config over the embedded default's 100
     assert knobs["redis"]["auto-aof-rewrite-percentage"] == "0"
     assert knobs["redis"]["latency-monitor-threshold"] == "1"
     assert knobs["redis"]["auto-aof-rewrite-min-size"] == str(1 << 30)  # the embedded default
