@@ -448,6 +448,14 @@ def summary(r: dict[str, Any]) -> str:
     if "answered_503_during_load" in r:
         lines.append(f"  gateway at {r['gateway_rate']} calls/s: {r['answered_503_during_load']} answered 503 during "
                      f"the load, /readyz failures {r['readyz_failures']}")
+    if r.get("longest_ping_ms") is not None:
+        verdict = (
+            f"  issue 14 target 2: longest PING {r['longest_ping_ms']} ms "
+            f"({'within' if r['longest_ping_ms'] <= 5 else 'over'} ~5 ms)"
+        )
+        if "answered_503_during_load" in r:
+            verdict += f", {r['answered_503_during_load']} answered 503, /readyz failures {r['readyz_failures']}"
+        lines.append(verdict)
     k = r["knobs"]
     red = k["redis"]
     lines.append(

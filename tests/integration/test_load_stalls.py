@@ -155,3 +155,21 @@ def test_load_bench_honours_its_knobs_and_reports_the_stall_figures(tmp_path: Pa
     assert {"aof_rewrites", "forks", "latest_fork_ms", "aof_delayed_fsync"} <= set(rep["redis_persistence"])
     assert rep["redis_main_thread_cpu_s"] > 0
     assert "longest PING" in r.stderr and "Redis latency monitor" in r.stderr and "knobs:" in r.stderr
+
+
+def test_max_rate_paces_the_loader(redis_url: str, tmp_path: Path) -> None:
+    """--max-rate N: the load takes at least rows / N seconds (the pacing a shared box needs)."""
+    data = tmp_path / "dnc.csv"
+    with open(data, "w") as f:
+        f.write("number,scope,registered_at\n")
+        for i in range(30_000):
+            f.write(f"+86{13_000_000_000 + i * 16},all,2025-03-15T10:00:00+08:00\n")
+    cag = str(Path(sys.executable).with_name("cag"))
+    t0 = time.monotonic()
+    r = subprocess.run([cag, "policy", "load", "dnc", str(data), "--replace", "--gc-grace", "-1",
+                        "--max-rate", "15000", "--redis-url", redis_url], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert "loaded 30000 dnc" in r.stdout
+    # 30,000 rows at 15,000 rows/s: the last batch is sent at ~1.9 s at the earliest.
+    assert took >= 1.8, took
