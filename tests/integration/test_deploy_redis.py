@@ -33,13 +33,15 @@ def test_shipped_redis_config_starts_with_the_load_settings(name: str, tmp_path:
     text = (REDIS_DIR / name).read_text()
     port = free_port(socket.SOCK_STREAM)
     # Only where it runs changes: a directory and a port of the test's own, loopback only.
-    text = re.sub(r"(?m)^dir .*$", f"dir {tmp_path}", text)
+    text = re.sub(r"(?m)^dir .*$", "", text) + f"\ndir {tmp_path}\n"  # primary.conf has none
     text = re.sub(r"(?m)^port .*$", f"port {port}", text)
     text = re.sub(r"(?m)^bind .*$", "bind 127.0.0.1", text)
     text = re.sub(r"(?m)^cluster-config-file .*$", f"cluster-config-file {tmp_path / 'nodes.conf'}", text)
     conf = tmp_path / name
     conf.write_text(text)
-    proc = subprocess.Popen([exe, str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [exe, str(conf)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         c = redis.Redis(port=port, password="change-me", decode_responses=True)
         deadline = time.monotonic() + 10
