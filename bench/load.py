@@ -16,6 +16,7 @@ in ascending order as list exports come.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -59,7 +60,7 @@ def write_file(path: Path, kind: str, rows: int, stride: int) -> None:
 
 
 class Pinger(threading.Thread):
-    """PING every millisecond; the longest round trip is the longest stall a call would have seen."""
+    """PING every millisecond from a thread of this process (the earlier measurement; ``--thread-pinger``)."""
 
     def __init__(self, sock: str | None, url: str) -> None:
         super().__init__(daemon=True)
@@ -81,6 +82,142 @@ class Pinger(threading.Thread):
             if ms > 5:
                 self.over_5ms += 1
             time.sleep(0.001)
+
+
+class PingProc:
+    """bench/ping.py in a child process: the PING loop that measures, with each slow PING taken apart."""
+
+    def __init__(self, sock: str, redis_pid: int, sched: str = "normal") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.ping", sock, str(redis_pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        set_sched(self.proc.pid, sched)
+
+    def stop(self) -> dict[str, Any]:
+        out, _ = self.proc.communicate(input="", timeout=30)
+        try:
+            return dict(json.loads(out.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            return {"error": f"bench.ping exited {self.proc.returncode}"}
+
+
+# Redis settings that decide whether a load stalls other clients; printed with every run.
+REDIS_KNOBS = (
+    "appendonly", "appendfsync", "no-appendfsync-on-rewrite", "auto-aof-rewrite-percentage",
+    "auto-aof-rewrite-min-size", "aof-use-rdb-preamble", "save", "hz", "dynamic-hz", "activedefrag",
+    "lazyfree-lazy-user-del", "lazyfree-lazy-server-del", "hash-max-listpack-entries",
+    "latency-monitor-threshold",
+)
+
+
+def redis_knobs(sock: str) -> dict[str, str]:
+    import redis
+
+    c = redis.Redis(unix_socket_path=sock, decode_responses=True)
+    try:
+        out: dict[str, str] = {}
+        for name in REDIS_KNOBS:
+            out.update({str(k): str(v) for k, v in c.config_get(name).items()})
+        return out
+    finally:
+        c.close()
+
+
+def latency_events(sock: str) -> dict[str, Any]:
+    """Redis's own LATENCY monitor since the last reset: per event, the longest (ms) and how many seconds had one."""
+    import redis
+
+    c = redis.Redis(unix_socket_path=sock)
+    try:
+        out: dict[str, Any] = {}
+        for row in c.execute_command("LATENCY", "LATEST") or ():
+            name = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
+            hist = c.execute_command("LATENCY", "HISTORY", name) or ()
+            out[name] = {
+                "max_ms": int(row[3]),
+                "seconds_with_event": len(hist),
+                "over_5ms": sum(1 for _, ms in hist if int(ms) > 5),
+            }
+        return out
+    finally:
+        c.close()
+
+
+def persistence_stats(sock: str) -> dict[str, int]:
+    import redis
+
+    c = redis.Redis(unix_socket_path=sock)
+    try:
+        info = {**c.info("persistence"), **c.info("stats")}
+        keys = ("aof_rewrites", "total_forks", "latest_fork_usec", "aof_delayed_fsync", "total_commands_processed")
+        return {k: int(info.get(k, 0)) for k in keys}
+    finally:
+        c.close()
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """(s on a CPU, s runnable waiting for one) of a process's main thread (``schedstat``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            a, b, _ = f.read().split()
+        return int(a) / 1e9, int(b) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a live process (all threads), s."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+_POLICIES = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle"}
+
+
+def _sched_of(pid: int) -> dict[str, Any]:
+    """The loader's scheduling as the kernel has it (nice, policy, CPUs), whatever its flags said."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return {"nice": int(fields[16]), "policy": _POLICIES.get(int(fields[38]), fields[38]),
+                "cpus": sorted(os.sched_getaffinity(pid))}
+    except (OSError, ValueError, IndexError):
+        return {}
+
+
+def set_sched(tid: int, spec: str) -> None:
+    """``nice:N``, ``rr:PRIO`` or ``fifo:PRIO`` for one thread; realtime with reset-on-fork.
+
+    Reset-on-fork: Redis's AOF-rewrite child (forked from the main thread)
+    must not inherit a realtime policy and hold a core for the rewrite.
+    """
+    kind, _, val = spec.partition(":")
+    if kind in ("", "normal"):
+        return
+    if kind == "nice":
+        os.setpriority(os.PRIO_PROCESS, tid, int(val))
+        return
+    policy = {"rr": os.SCHED_RR, "fifo": os.SCHED_FIFO}[kind]
+    os.sched_setscheduler(tid, policy | os.SCHED_RESET_ON_FORK, os.sched_param(int(val or 1)))
+
+
+def set_affinity(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` (Redis has its bio threads) to ``cpus``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
+def _cpus(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def used_memory(url_sock: str) -> int:
@@ -128,6 +265,7 @@ def sample_usage(sock: str, kind: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="cag-load-", dir=args.work))
     rig = None
+    rig_redis = None
     try:
         data = work / f"{args.kind}.csv"
         t0 = time.monotonic()
@@ -141,25 +279,29 @@ def run(args: argparse.Namespace) -> int:
 
             spec = dataset.DatasetSpec(consents=args.world_consents)
             rig = Rig(work / "rig", spec, workers=args.workers)
-            rig.start()
-            assert rig.redis is not None
-            sock, url = str(rig.redis.sock), rig.redis.url
+            with contextlib.redirect_stdout(sys.stderr):  # its progress lines: stdout is the JSON report
+                rig.start()
+            assert rig.redis is not None and rig.redis.proc is not None
+            sock, url, redis_pid = str(rig.redis.sock), rig.redis.url, rig.redis.proc.pid
             gw = rig.gw
         else:
             from gateway.embedded_redis import EmbeddedRedis
 
             rig_redis = EmbeddedRedis(work / "redis-state")
             rig_redis.start()
-            sock, url = str(rig_redis.sock), rig_redis.url
+            assert rig_redis.proc is not None
+            sock, url, redis_pid = str(rig_redis.sock), rig_redis.url, rig_redis.proc.pid
+        _configure_redis(sock, args)
+        if args.redis_cpus:
+            set_affinity(redis_pid, _cpus(args.redis_cpus))
+        set_sched(redis_pid, args.redis_sched)  # the main thread only: not the bio threads
         # The noise floor: the same PING loop with nothing loading (a shared box preempts Redis too).
-        control = Pinger(sock, url)
-        control.start()
+        _latency_reset(sock)
+        control = PingProc(sock, redis_pid, args.pinger_sched)
         time.sleep(args.control_seconds)
-        control.stop_ev.set()
-        control.join()
+        control_ping = control.stop()
+        control_latency = latency_events(sock)
         before = used_memory(sock)
-        pinger = Pinger(sock, url)
-        pinger.start()
         calls: dict[str, Any] = {}
         uac = None
         if gw is not None:
@@ -177,22 +319,41 @@ def run(args: argparse.Namespace) -> int:
         ready_stop = threading.Event()
         if gw is not None:
             threading.Thread(target=_watch_ready, args=(gw, ready_fail, ready_stop), daemon=True).start()
+        _latency_reset(sock)
+        p0 = persistence_stats(sock)
+        r0 = thread_cpu(redis_pid)
+        pinger = PingProc(sock, redis_pid, args.pinger_sched)
+        tpinger = Pinger(sock, url) if args.thread_pinger else None
+        if tpinger is not None:
+            tpinger.start()
+        loadavg = os.getloadavg()
+        loader_cmd = [CAG, "policy", "load", args.kind, str(data), "--redis-url", url, "--gc-grace", "1",
+                      *(["--replace"] if args.replace else []), *args.loader_arg]
+        loader_cpus = _cpus(args.loader_cpus) if args.loader_cpus else None
         t0 = time.monotonic()
         child = subprocess.Popen(
-            [CAG, "policy", "load", args.kind, str(data), "--redis-url", url, "--gc-grace", "1",
-             *(["--replace"] if args.replace else []), *args.loader_arg],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            loader_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, loader_cpus)) if loader_cpus else None,
         )
         rss_kib = 0
+        loader_cpu = 0.0
+        loader_sched: dict[str, Any] = {}
         while child.poll() is None:  # VmHWM: the loader's own peak, not other children's
             rss_kib = max(rss_kib, _hwm_kib(child.pid))
+            loader_sched = _sched_of(child.pid) or loader_sched
+            loader_cpu = max(loader_cpu, proc_cpu_s(child.pid))
             time.sleep(0.2)
         out, err = child.communicate()
         proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
         took = time.monotonic() - t0
         ready_stop.set()
-        pinger.stop_ev.set()
-        pinger.join()
+        ping = pinger.stop()
+        if tpinger is not None:
+            tpinger.stop_ev.set()
+            tpinger.join()
+        r1 = thread_cpu(redis_pid)
+        p1 = persistence_stats(sock)
+        load_latency = latency_events(sock)
         after = used_memory(sock)
         d1 = _decisions(gw) if gw is not None else {}
         if uac is not None:
@@ -204,16 +365,32 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(took, 2),
             "rows_per_s": round(args.rows / took),
             "loader_peak_rss_mib": round(rss_kib / 1024, 1),
+            "loader_cpu_s": round(loader_cpu, 2),
             "redis_bytes_per_row": round((after - before) / args.rows, 1),
             "redis_used_memory_delta_mb": round((after - before) / 1e6, 1),
-            "longest_ping_ms": round(pinger.max_ms, 2),
-            "pings_over_5ms": pinger.over_5ms,
-            "pings": pinger.count,
-            "control_longest_ping_ms": round(control.max_ms, 2),
-            "control_pings_over_5ms": control.over_5ms,
-            "control_pings": control.count,
+            "longest_ping_ms": ping.get("longest_ms"),
+            "pings_over_5ms": ping.get("over_5ms"),
+            "pings_over_1ms": ping.get("over_1ms"),
+            "pings": ping.get("pings"),
+            "slowest_pings": ping.get("slowest", [])[:args.show_slowest],
+            "redis_latency_events": load_latency,
+            "redis_main_thread_cpu_s": round(r1[0] - r0[0], 2),
+            "redis_main_thread_waited_for_cpu_s": round(r1[1] - r0[1], 3),
+            "redis_persistence": {
+                "aof_rewrites": p1["aof_rewrites"] - p0["aof_rewrites"],
+                "forks": p1["total_forks"] - p0["total_forks"],
+                "latest_fork_ms": round(p1["latest_fork_usec"] / 1000, 2),
+                "aof_delayed_fsync": p1["aof_delayed_fsync"] - p0["aof_delayed_fsync"],
+            },
+            "control_longest_ping_ms": control_ping.get("longest_ms"),
+            "control_pings_over_5ms": control_ping.get("over_5ms"),
+            "control_pings": control_ping.get("pings"),
+            "control_redis_latency_events": control_latency,
             **sample_usage(sock, args.kind),
         }
+        if tpinger is not None:
+            report["thread_pinger"] = {"longest_ms": round(tpinger.max_ms, 2), "over_5ms": tpinger.over_5ms,
+                                       "pings": tpinger.count}
         if gw is not None:
             report["gateway_rate"] = args.gateway_rate
             report["decisions_during_load"] = {k: int(d1.get(k, 0) - d0.get(k, 0)) for k in d1 if d1.get(k, 0) != d0.get(k, 0)}
@@ -225,16 +402,94 @@ def run(args: argparse.Namespace) -> int:
             report["control_503"] = sum(v for k, v in control_decisions.items()
                                         if k in ("store_unavailable", "overload", "not_ready"))
             report["sipp"] = calls
+        report["knobs"] = {
+            "loader": [args.kind, *loader_cmd[7:]],
+            "loader_sched": loader_sched,
+            "redis": redis_knobs(sock),
+            "redis_cpus": args.redis_cpus or "any",
+            "redis_sched": args.redis_sched,
+            "redis_main_thread": _sched_of(redis_pid),
+            "pinger_sched": args.pinger_sched,
+            "loader_cpus": args.loader_cpus or "any",
+            "load_average_at_start": [round(x, 2) for x in loadavg],
+            "cores": os.cpu_count(),
+            "pids": {"redis": redis_pid, "loader": child.pid},
+        }
         if proc.returncode != 0:
             report["stderr"] = proc.stderr[-2000:]
         print(json.dumps(report, indent=2))
-        if gw is None:
-            rig_redis.stop()
+        print(summary(report), file=sys.stderr)
         return 0 if proc.returncode == 0 else 1
     finally:
         if rig is not None:
             rig.stop()
+        if rig_redis is not None:
+            rig_redis.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The lines a person reads: the stall figure with its causes, the calls, the knobs."""
+    lat = r.get("redis_latency_events") or {}
+    events = ", ".join(f"{k} {v['max_ms']} ms ({v['over_5ms']} s over 5 ms)" for k, v in sorted(lat.items())) or "none"
+    lines = [
+        f"bench load: {r['rows']:,} {r['kind']} rows in {r['seconds']} s ({r['rows_per_s']:,} rows/s), "
+        f"loader {r['loader_peak_rss_mib']} MiB peak, {r['loader_cpu_s']} s CPU, exit {r['exit']}",
+        f"  longest PING {r['longest_ping_ms']} ms (control {r['control_longest_ping_ms']} ms); "
+        f"{r['pings_over_5ms']} of {r['pings']:,} over 5 ms",
+        f"  Redis latency monitor (threshold {r['knobs']['redis'].get('latency-monitor-threshold')} ms): {events}",
+        f"  Redis main thread {r['redis_main_thread_cpu_s']} s CPU, {r['redis_main_thread_waited_for_cpu_s']} s "
+        f"runnable without a CPU; {r['redis_persistence']['aof_rewrites']} AOF rewrites, "
+        f"{r['redis_persistence']['forks']} forks (last {r['redis_persistence']['latest_fork_ms']} ms)",
+    ]
+    for s in r.get("slowest_pings", [])[:3]:
+        lines.append(f"    PING {s['ms']} ms at {s['at_s']} s: PING client waited {s['self_wait_ms']}, Redis waited "
+                     f"{s['redis_wait_ms']}, Redis ran {s['redis_cpu_ms']}, other {s['other_ms']} ms")
+    if "answered_503_during_load" in r:
+        lines.append(f"  gateway at {r['gateway_rate']} calls/s: {r['answered_503_during_load']} answered 503 during "
+                     f"the load, /readyz failures {r['readyz_failures']}")
+    if r.get("longest_ping_ms") is not None:
+        verdict = (
+            f"  issue 14 target 2: longest PING {r['longest_ping_ms']} ms "
+            f"({'within' if r['longest_ping_ms'] <= 5 else 'over'} ~5 ms)"
+        )
+        if "answered_503_during_load" in r:
+            verdict += f", {r['answered_503_during_load']} answered 503, /readyz failures {r['readyz_failures']}"
+        lines.append(verdict)
+    k = r["knobs"]
+    red = k["redis"]
+    lines.append(
+        f"  knobs: loader {' '.join(k['loader'])} ({k.get('loader_sched')}); redis appendfsync {red.get('appendfsync')}, "
+        f"auto-aof-rewrite {red.get('auto-aof-rewrite-percentage')}% / {red.get('auto-aof-rewrite-min-size')} B, "
+        f"no-appendfsync-on-rewrite {red.get('no-appendfsync-on-rewrite')}, hz {red.get('hz')}; "
+        f"cpus redis {k['redis_cpus']} loader {k['loader_cpus']}; priority redis {k['redis_sched']} "
+        f"PING {k['pinger_sched']}; load average {k['load_average_at_start']}"
+    )
+    return "\n".join(lines)
+
+
+def _configure_redis(sock: str, args: argparse.Namespace) -> None:
+    """--redis-config NAME=VALUE (CONFIG SET), and the latency monitor's threshold."""
+    import redis
+
+    c = redis.Redis(unix_socket_path=sock)
+    try:
+        c.config_set("latency-monitor-threshold", args.latency_threshold_ms)
+        for item in args.redis_config:
+            name, _, value = item.partition("=")
+            c.config_set(name.strip(), value.strip())
+    finally:
+        c.close()
+
+
+def _latency_reset(sock: str) -> None:
+    import redis
+
+    c = redis.Redis(unix_socket_path=sock)
+    try:
+        c.execute_command("LATENCY", "RESET")
+    finally:
+        c.close()
 
 
 def _hwm_kib(pid: int) -> int:
@@ -300,6 +555,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra argument for cag policy load (repeatable), e.g. --loader-arg=--max-rate=50000")
     p.add_argument("--control-seconds", dest="control_seconds", type=float, default=5.0,
                    help="PING loop with nothing loading first: the box's own noise floor")
+    p.add_argument("--redis-config", dest="redis_config", action="append", default=[], metavar="NAME=VALUE",
+                   help="CONFIG SET on the bench's Redis before the run (repeatable), e.g. "
+                   "--redis-config auto-aof-rewrite-percentage=0")
+    p.add_argument("--latency-threshold-ms", dest="latency_threshold_ms", type=int, default=1,
+                   help="Redis's latency-monitor-threshold for the run (default 1 ms)")
+    p.add_argument("--redis-cpus", dest="redis_cpus", default="",
+                   help="pin Redis (every thread) to these CPUs, e.g. 0 (default: not pinned)")
+    p.add_argument("--loader-cpus", dest="loader_cpus", default="",
+                   help="pin the loader to these CPUs, e.g. 1 (default: not pinned)")
+    p.add_argument("--redis-sched", dest="redis_sched", default="normal",
+                   help="Redis main thread's priority: normal, nice:N, rr:PRIO or fifo:PRIO (realtime, reset on fork)")
+    p.add_argument("--pinger-sched", dest="pinger_sched", default="normal",
+                   help="the PING process's priority (same forms): realtime takes its own waits out of the figure")
+    p.add_argument("--thread-pinger", dest="thread_pinger", action="store_true",
+                   help="also PING from a thread of the bench (the earlier measurement), for comparison")
+    p.add_argument("--show-slowest", dest="show_slowest", type=int, default=10,
+                   help="slowest PINGs reported, each taken apart (default 10)")
     p.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp"))
     return run(p.parse_args(argv))
 

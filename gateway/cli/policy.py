@@ -70,7 +70,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if args.nice:
         # On the gateway's own box the loader must lose every fight for a CPU against Redis
-        # and the workers: a load may take longer, a call may not (issue 14).
+        # and the workers: a load may take longer, a call may not (issue 14). SCHED_IDLE was
+        # measured and not kept: Redis then waited behind the loader longer, not shorter
+        # (docs/reference-data.md, "What sets the longest stall").
         try:
             os.nice(args.nice)
         except OSError:
