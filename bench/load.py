@@ -114,22 +114,18 @@ REDIS_KNOBS = (
 def redis_knobs(sock: str) -> dict[str, str]:
     import redis
 
-    c = redis.Redis(unix_socket_path=sock, decode_responses=True)
-    try:
+    with redis.Redis(unix_socket_path=sock, decode_responses=True) as c:
         out: dict[str, str] = {}
         for name in REDIS_KNOBS:
             out.update({str(k): str(v) for k, v in c.config_get(name).items()})
         return out
-    finally:
-        c.close()
 
 
 def latency_events(sock: str) -> dict[str, Any]:
     """Redis's own LATENCY monitor since the last reset: per event, the longest (ms) and how many seconds had one."""
     import redis
 
-    c = redis.Redis(unix_socket_path=sock)
-    try:
+    with redis.Redis(unix_socket_path=sock) as c:
         out: dict[str, Any] = {}
         for row in c.execute_command("LATENCY", "LATEST") or ():
             name = row[0].decode() if isinstance(row[0], bytes) else str(row[0])
@@ -140,20 +136,15 @@ def latency_events(sock: str) -> dict[str, Any]:
                 "over_5ms": sum(1 for _, ms in hist if int(ms) > 5),
             }
         return out
-    finally:
-        c.close()
 
 
 def persistence_stats(sock: str) -> dict[str, int]:
     import redis
 
-    c = redis.Redis(unix_socket_path=sock)
-    try:
+    with redis.Redis(unix_socket_path=sock) as c:
         info = {**c.info("persistence"), **c.info("stats")}
         keys = ("aof_rewrites", "total_forks", "latest_fork_usec", "aof_delayed_fsync", "total_commands_processed")
         return {k: int(info.get(k, 0)) for k in keys}
-    finally:
-        c.close()
 
 
 def thread_cpu(pid: int) -> tuple[float, float]:
@@ -223,11 +214,8 @@ def _cpus(text: str) -> set[int]:
 def used_memory(url_sock: str) -> int:
     import redis
 
-    c = redis.Redis(unix_socket_path=url_sock)
-    try:
+    with redis.Redis(unix_socket_path=url_sock) as c:
         return int(c.info("memory")["used_memory"])
-    finally:
-        c.close()
 
 
 def sample_usage(sock: str, kind: str) -> dict[str, Any]:
@@ -236,8 +224,7 @@ def sample_usage(sock: str, kind: str) -> dict[str, Any]:
 
     from policy.layout import GEN_POINTER, consent_layer_key, dnc_layer_key, parse_layers
 
-    c = redis.Redis(unix_socket_path=sock)
-    try:
+    with redis.Redis(unix_socket_path=sock) as c:
         layers = parse_layers(c.hget(GEN_POINTER, kind))
         if not layers:
             return {}
@@ -258,8 +245,6 @@ def sample_usage(sock: str, kind: str) -> dict[str, Any]:
             "bytes_per_entry_memory_usage": round(total_bytes / max(total_entries, 1), 1),
             "encodings": encodings,
         }
-    finally:
-        c.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -472,24 +457,18 @@ def _configure_redis(sock: str, args: argparse.Namespace) -> None:
     """--redis-config NAME=VALUE (CONFIG SET), and the latency monitor's threshold."""
     import redis
 
-    c = redis.Redis(unix_socket_path=sock)
-    try:
+    with redis.Redis(unix_socket_path=sock) as c:
         c.config_set("latency-monitor-threshold", args.latency_threshold_ms)
         for item in args.redis_config:
             name, _, value = item.partition("=")
             c.config_set(name.strip(), value.strip())
-    finally:
-        c.close()
 
 
 def _latency_reset(sock: str) -> None:
     import redis
 
-    c = redis.Redis(unix_socket_path=sock)
-    try:
+    with redis.Redis(unix_socket_path=sock) as c:
         c.execute_command("LATENCY", "RESET")
-    finally:
-        c.close()
 
 
 def _hwm_kib(pid: int) -> int:

@@ -148,55 +148,42 @@ def conform(arr: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array:
     return arr.cast(typ)
 
 
-def packed_table(records: pa.Table) -> pa.Table:
-    """A table of ``RECORD_SCHEMA`` (in export order) → the packed file's columns (same order)."""
+def _through_duckdb(name: str, table: pa.Table, sql: str, schema: pa.Schema) -> pa.Table:
+    """``sql`` over ``table`` (registered as ``name``) in a throw-away DuckDB, in the file's ``schema``."""
     import duckdb
 
-    from gateway.audit.engine import arrow_table, pack_sql
+    from gateway.audit.engine import arrow_table
 
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET preserve_insertion_order = true")
-        con.register("records_in", records)
-        out = arrow_table(con, pack_sql("records_in"))
+        con.register(name, table)
+        out = arrow_table(con, sql)
     finally:
         con.close()
-    return pa.Table.from_arrays([conform(out.column(f), PACKED_SCHEMA.field(f).type) for f in PACKED_FIELDS],
-                                schema=PACKED_SCHEMA)
+    return pa.Table.from_arrays([conform(out.column(f.name), f.type) for f in schema], schema=schema)
+
+
+def packed_table(records: pa.Table) -> pa.Table:
+    """A table of ``RECORD_SCHEMA`` (in export order) → the packed file's columns (same order)."""
+    from gateway.audit.engine import pack_sql
+
+    return _through_duckdb("records_in", records, pack_sql("records_in"), PACKED_SCHEMA)
 
 
 def index_table(records: pa.Table) -> pa.Table:
     """The index of a records table (``RECORD_SCHEMA``) as compaction writes it (``INDEX_SCHEMA``)."""
-    import duckdb
+    from gateway.audit.engine import index_sql
 
-    from gateway.audit.engine import arrow_table, index_sql
-
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET preserve_insertion_order = true")
-        con.register("records_in", records.select(["callee", "t"]))
-        out = arrow_table(con, index_sql("records_in"))
-    finally:
-        con.close()
-    return pa.Table.from_arrays([conform(out.column(f), INDEX_SCHEMA.field(f).type) for f in INDEX_FIELDS],
-                                schema=INDEX_SCHEMA)
+    return _through_duckdb("records_in", records.select(["callee", "t"]), index_sql("records_in"), INDEX_SCHEMA)
 
 
 def unpacked_table(stored: pa.Table) -> pa.Table:
     """A packed file's table → ``RECORD_SCHEMA`` (the text of every value as it was written)."""
-    import duckdb
+    from gateway.audit.engine import unpack_sql
 
-    from gateway.audit.engine import arrow_table, unpack_sql
-
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET preserve_insertion_order = true")
-        con.register("packed_in", stored)
-        out = arrow_table(con, f"SELECT {unpack_sql(2 if 'ce_n' in stored.column_names else 1)} FROM packed_in")
-    finally:
-        con.close()
-    return pa.Table.from_arrays([conform(out.column(f), RECORD_SCHEMA.field(f).type) for f in RECORD_FIELDS],
-                                schema=RECORD_SCHEMA)
+    layout = 2 if "ce_n" in stored.column_names else 1
+    return _through_duckdb("packed_in", stored, f"SELECT {unpack_sql(layout)} FROM packed_in", RECORD_SCHEMA)
 
 
 def read_records(path: Path | Any) -> pa.Table:

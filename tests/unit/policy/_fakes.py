@@ -265,6 +265,19 @@ class FakeStore:
         return None
 
 
+def answer_calls(store: FakeStore, start: int = 0, end: int | None = None) -> None:
+    """Answer the store calls ``start:end`` not answered yet, each with its kind's default result."""
+    for kind, fut in store.calls[start:end]:
+        if not fut.done():
+            fut.set_result(
+                callee_result()
+                if kind == "callee"
+                else rate_result()
+                if kind == "rate"
+                else fx.CALLEE
+            )
+
+
 def _is_an_admission_store(store: FakeStore) -> AdmissionStore:
     """mypy: the fake satisfies the same protocol as ``PolicyStore``."""
     return store

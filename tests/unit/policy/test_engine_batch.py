@@ -14,7 +14,12 @@ from policy.decision import Decision
 from policy.engine import AdmissionEngine, EngineConfig
 from policy.ports import StoreError
 from tests.unit.policy import _fixtures as fx
-from tests.unit.policy._fakes import FakeStore, ManualTimers, callee_result, rate_result, turns
+from tests.unit.policy._fakes import (
+    FakeStore,
+    ManualTimers,
+    answer_calls,
+    turns,
+)
 
 BUDGET_S = 0.05
 
@@ -34,16 +39,6 @@ async def _engine(
     return store, timers, e
 
 
-def _answer(store: FakeStore, start: int = 0, end: int | None = None) -> None:
-    for kind, fut in store.calls[start:end]:
-        if not fut.done():
-            fut.set_result(
-                callee_result()
-                if kind == "callee"
-                else rate_result()
-                if kind == "rate"
-                else fx.CALLEE
-            )
 
 
 async def test_a_batch_decides_every_item_once_under_one_timer() -> None:
@@ -51,7 +46,7 @@ async def test_a_batch_decides_every_item_once_under_one_timer() -> None:
     got: dict[int, Decision] = {}
     e.admit_many(((i, fx.call(call_id=f"c{i}")) for i in range(8)), got.__setitem__)
     assert got == {} and timers.pending() == 1  # one budget timer, not eight
-    _answer(store)
+    answer_calls(store)
     await turns()
     assert sorted(got) == list(range(8)) and all(d.admit for d in got.values())
     assert timers.pending() == 0  # the last answer cancelled the timer
@@ -67,7 +62,7 @@ async def test_in_memory_rejections_are_handed_over_before_admit_many_returns() 
     )
     assert [t for t, _ in got] == ["bad"] and not got[0][1].admit
     assert got[0][1].reason != "store_unavailable"
-    _answer(store)
+    answer_calls(store)
     await turns()
     assert [t for t, _ in got] == ["bad", "ok"] and got[1][1].admit
 
@@ -77,7 +72,7 @@ async def test_the_budget_fails_only_the_items_still_waiting() -> None:
     got: dict[int, Decision] = {}
     e.admit_many(((i, fx.call(call_id=f"c{i}")) for i in range(3)), got.__setitem__)
     per_call = len(store.calls) // 3
-    _answer(store, 0, per_call)  # the first decision's answers arrive in time
+    answer_calls(store, 0, per_call)  # the first decision's answers arrive in time
     await turns()
     assert list(got) == [0] and got[0].admit
     timers.advance(BUDGET_S)
@@ -85,7 +80,7 @@ async def test_the_budget_fails_only_the_items_still_waiting() -> None:
     assert [got[i].reason for i in (1, 2)] == ["store_unavailable"] * 2
     assert e.stats["store_timeouts"] == 2 and e.stats["fail_closed"] == 2
     # The late answers of the two rejected calls are refunded.
-    _answer(store)
+    answer_calls(store)
     await turns()
     assert len(store.refunds) == 2 * (per_call - 1)  # callee + rate per call, not the token lookup
 
@@ -96,7 +91,7 @@ async def test_a_stalled_timer_gives_one_grace_and_does_not_count_towards_the_br
     e.admit_many(((i, fx.call(call_id=f"c{i}")) for i in range(4)), got.__setitem__)
     timers.stall(0.2)  # the budget timer fires 150 ms late: a grace, not a failure yet
     assert got == {}
-    _answer(store)  # the answers were in the socket buffer
+    answer_calls(store)  # the answers were in the socket buffer
     await turns()
     assert all(d.admit for d in got.values()) and len(got) == 4
     e.admit_many(((i, fx.call(call_id=f"d{i}")) for i in range(4)), got.__setitem__)
@@ -116,7 +111,7 @@ async def test_a_store_error_fails_its_own_decision_at_once() -> None:
     await turns()
     assert list(got) == [0] and got[0].reason == "store_unavailable"
     assert e.stats["store_errors"] == 1
-    _answer(store)
+    answer_calls(store)
     await turns()
     assert got[1].admit and timers.pending() == 0
 

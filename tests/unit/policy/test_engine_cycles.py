@@ -20,7 +20,12 @@ from policy.budget import BatchBudget
 from policy.decision import Decision
 from policy.engine import AdmissionEngine, EngineConfig
 from tests.unit.policy import _fixtures as fx
-from tests.unit.policy._fakes import FakeStore, ManualTimers, callee_result, rate_result, turns
+from tests.unit.policy._fakes import (
+    FakeStore,
+    ManualTimers,
+    answer_calls,
+    turns,
+)
 
 BUDGET_S = 0.05
 OURS = {"_Waiting", "Pending"}  # a decision and its store calls
@@ -57,23 +62,11 @@ async def _engine(mode: Any) -> tuple[FakeStore, ManualTimers, AdmissionEngine]:
     return store, timers, e
 
 
-def _answer(store: FakeStore) -> None:
-    for kind, fut in store.calls:
-        if not fut.done():
-            fut.set_result(
-                callee_result()
-                if kind == "callee"
-                else rate_result()
-                if kind == "rate"
-                else fx.CALLEE
-            )
-
-
 async def test_a_batch_answered_in_time_leaves_no_cycle(no_gc: None) -> None:
     store, timers, e = await _engine("hang")
     got: dict[int, Decision] = {}
     e.admit_many(((i, fx.call(call_id=f"c{i}")) for i in range(8)), got.__setitem__)
-    _answer(store)
+    answer_calls(store)
     await turns()
     assert len(got) == 8 and all(d.admit for d in got.values())
     del store, timers, e
@@ -86,7 +79,7 @@ async def test_a_batch_failed_by_its_budget_leaves_no_cycle(no_gc: None) -> None
     e.admit_many(((i, fx.call(call_id=f"c{i}")) for i in range(4)), got.__setitem__)
     timers.advance(BUDGET_S)
     assert [d.reason for d in got.values()] == ["store_unavailable"] * 4
-    _answer(store)  # the late answers land (and are refunded)
+    answer_calls(store)  # the late answers land (and are refunded)
     await turns()
     del store, timers, e
     assert _left_in_cycles() == set()
