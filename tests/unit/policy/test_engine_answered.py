@@ -11,8 +11,8 @@ from __future__ import annotations
 from policy.decision import Decision
 from policy.ports import StoreError
 from tests.unit.policy import _fixtures as fx
-from tests.unit.policy._fakes import turns
-from tests.unit.policy.test_engine_batch import BUDGET_S, _answer, _engine
+from tests.unit.policy._fakes import answer_calls, turns
+from tests.unit.policy.test_engine_batch import BUDGET_S, _engine
 
 
 async def test_answers_read_but_not_yet_called_back_are_decided_at_the_budget() -> None:
@@ -20,7 +20,7 @@ async def test_answers_read_but_not_yet_called_back_are_decided_at_the_budget() 
     got: dict[int, Decision] = {}
     e.admit_many(((i, fx.call(call_id=f"c{i}")) for i in range(3)), got.__setitem__)
     per_call = len(store.calls) // 3
-    _answer(store, 0, 2 * per_call)  # two decisions' replies read; their callbacks not run yet
+    answer_calls(store, 0, 2 * per_call)  # two decisions' replies read; their callbacks not run yet
     timers.advance(BUDGET_S)  # the timer runs first in the next iteration
     assert sorted(got) == [0, 1, 2]
     assert got[0].admit and got[1].admit
@@ -35,7 +35,7 @@ async def test_an_error_among_the_answers_in_hand_is_a_store_error_not_a_timeout
     got: dict[int, Decision] = {}
     e.admit_many([(0, fx.call(call_id="c0"))], got.__setitem__)
     store.calls[0][1].set_exception(StoreError("redis: boom"))
-    _answer(store)
+    answer_calls(store)
     timers.advance(BUDGET_S)
     assert got[0].reason == "store_unavailable"
     assert e.stats["store_errors"] == 1 and e.stats["store_timeouts"] == 0
